@@ -1,0 +1,123 @@
+"""The one exception tree of otad.
+
+Every failure a user can meet is an `OtadError` whose message says what went wrong, where,
+and what was expected. `cli.py` prints that message as one line; nothing else prints errors.
+Foreign exceptions (OSError, cryptography, zstandard, requests) are turned into these at the
+edge with ``raise ... from exc``.
+
+    OtadError
+     ├── ConfigError              otad.conf / fw_env.config: file:line
+     ├── BundleError              anything wrong with a .swu bundle
+     │    ├── BundleFormatError   the CPIO container: offset, member
+     │    ├── ManifestError       sw-description: line, key
+     │    ├── SignatureError      signature missing, malformed or untrusted
+     │    ├── CompatibilityError  hardware, selection or version policy refuses the bundle
+     │    └── ImageError          one image of the bundle: name
+     │         ├── ImageHashMismatch
+     │         ├── DecompressError
+     │         └── ImageTooLarge
+     ├── InstallError             writing to a target (device or file) failed
+     ├── EnvError                 U-Boot environment
+     │    └── EnvCorrupt          no copy with a good CRC
+     ├── SlotError                A/B slot model: booted slot unknown, bad transition
+     ├── StateError               otad's persistent state file
+     └── WatchdogError            /dev/watchdog
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+
+class OtadError(Exception):
+    """Base of every error otad reports to a user.
+
+    `where` names the input and the position in it (``sw-description:14``,
+    ``bundle.swu@0x1a4``, ``/etc/otad/otad.conf:7``); `what` says what is wrong.
+    """
+
+    exit_code = 1
+
+    def __init__(self, what: str, where: Optional[str] = None) -> None:
+        self.what = what
+        self.where = where
+        super().__init__(self.__str__())
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.what}" if self.where else self.what
+
+    def within(self, context: str) -> "OtadError":
+        """Return this error with `context` prepended to `where` (context grows as it climbs)."""
+        self.where = f"{context}: {self.where}" if self.where else context
+        self.args = (str(self),)
+        return self
+
+
+class ConfigError(OtadError):
+    """A configuration file is malformed or names something that does not exist."""
+
+    exit_code = 2
+
+
+class BundleError(OtadError):
+    """The bundle cannot be installed."""
+
+
+class BundleFormatError(BundleError):
+    """The CPIO container is malformed (magic, header, padding, names, checksum, truncation)."""
+
+
+class ManifestError(BundleError):
+    """sw-description is malformed or has a value of the wrong type."""
+
+
+class SignatureError(BundleError):
+    """The signature is missing, malformed, does not match or does not chain to a trusted key."""
+
+
+class CompatibilityError(BundleError):
+    """The bundle is valid but not for this device: hardware, selection or version policy."""
+
+
+class ImageError(BundleError):
+    """One image of the bundle failed; `image` names it."""
+
+    def __init__(self, what: str, image: str, where: Optional[str] = None) -> None:
+        self.image = image
+        super().__init__(what, where if where is not None else f"image {image!r}")
+
+
+class ImageHashMismatch(ImageError):
+    """The sha256 over the stored bytes differs from sw-description."""
+
+
+class DecompressError(ImageError):
+    """The compressed stream is corrupt or exceeds its limits."""
+
+
+class ImageTooLarge(ImageError):
+    """The decoded image would pass the end of its target (or a configured cap)."""
+
+
+class InstallError(OtadError):
+    """Writing to a target failed, or an install step could not complete."""
+
+
+class EnvError(OtadError):
+    """The U-Boot environment cannot be read or written."""
+
+
+class EnvCorrupt(EnvError):
+    """No copy of the U-Boot environment has a valid CRC."""
+
+
+class SlotError(OtadError):
+    """The A/B slot model cannot answer: unknown booted slot, illegal transition."""
+
+
+class StateError(OtadError):
+    """otad's persistent state is unreadable or a transition is not allowed."""
+
+
+class WatchdogError(OtadError):
+    """/dev/watchdog could not be opened or driven."""
