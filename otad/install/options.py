@@ -1,0 +1,68 @@
+"""Turn the configuration (file plus command-line overrides) into an `InstallRequest`.
+
+Owns the choices that are policy rather than mechanism: which verifier a device trusts,
+where its hardware identity comes from, that unsigned bundles need an explicit opt-in.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Optional, Tuple
+
+from otad.config import Config
+from otad.errors import ConfigError
+from otad.install.installer import InstallRequest
+from otad.swu.manifest import HardwareRevision
+from otad.swu.signature import CmsVerifier, RsaVerifier, TrustedTime, Verifier
+
+log = logging.getLogger(__name__)
+
+
+def make_verifier(config: Config) -> Optional[Verifier]:
+    """The verifier the config asks for; None only when unsigned bundles were allowed."""
+    install = config.install
+    if install.allow_unsigned:
+        return None
+    if install.signature == "rsa":
+        return RsaVerifier.from_file(install.trust_file)
+    return CmsVerifier.from_file(
+        install.trust_file,
+        purpose=install.cert_purpose,
+        forced_signer_name=install.forced_signer_name,
+        trusted_time=TrustedTime(install.time_floor_datetime),
+    )
+
+
+def hardware_identity(config: Config) -> Optional[HardwareRevision]:
+    """`system.hardware` if set, else /etc/hwrevision if it exists, else unknown."""
+    if config.system.hardware:
+        return HardwareRevision.parse(config.system.hardware)
+    path = config.system.hwrevision_file
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read hardware revision: {exc}", path) from exc
+    return HardwareRevision.from_hwrevision_file(text, path)
+
+
+def make_request(config: Config, *, dry_run: bool = False,
+                 selection: Optional[Tuple[str, str]] = None) -> InstallRequest:
+    install = config.install
+    return InstallRequest(
+        verifier=make_verifier(config),
+        hardware=hardware_identity(config),
+        selection=selection or install.selection_pair,
+        check_hardware=install.check_hardware,
+        dry_run=dry_run,
+        device_dir=config.system.device_dir,
+        chunk_bytes=install.chunk_kib << 10,
+        zstd_max_window=install.zstd_max_window_mib << 20,
+    )
+
+
+def status_file(config: Config) -> str:
+    return os.path.join(config.system.state_dir, "targets.json")

@@ -1,0 +1,74 @@
+"""Fixtures shared by unit and integration tests: a PKI, a file-backed device, the CLI."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Tuple
+
+import pytest
+
+from otad.cli import main
+from tests.pki import Pki, make_pki
+
+SLOT_BYTES = 4 << 20
+SLOT_FILL = b"\xaa"
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@dataclass
+class Device:
+    """A directory standing for /dev with two 4 MiB 'partitions', plus config and state dirs."""
+
+    root: Path
+
+    @property
+    def dev(self) -> Path:
+        return self.root / "dev"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state"
+
+    def slot(self, name: str = "mmcblk0p3") -> Path:
+        return self.dev / name
+
+    def slot_bytes(self, name: str = "mmcblk0p3") -> bytes:
+        return self.slot(name).read_bytes()
+
+    def untouched(self, name: str = "mmcblk0p3") -> bool:
+        return self.slot_bytes(name) == SLOT_FILL * SLOT_BYTES
+
+    def config(self, pki: Pki, extra_install: str = "") -> Path:
+        path = self.root / "otad.conf"
+        path.write_text(
+            f'system = {{ state_dir = "{self.state}"; device_dir = "{self.dev}"; hardware = "rpi0w:1.0"; }};\n'
+            f'install = {{ trust_file = "{pki.ca_pem}"; {extra_install} }};\n')
+        return path
+
+
+@pytest.fixture
+def device(tmp_path: Path) -> Device:
+    d = Device(tmp_path / "device")
+    d.dev.mkdir(parents=True)
+    for name in ("mmcblk0p2", "mmcblk0p3"):
+        d.slot(name).write_bytes(SLOT_FILL * SLOT_BYTES)
+    return d
+
+
+def run_cli(args: List[str], capsys: pytest.CaptureFixture[str]) -> Tuple[int, str, str]:
+    """Run `otad ARGS` in-process; returns (exit status, stdout, stderr)."""
+    rc = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+@pytest.fixture(autouse=True)
+def _no_system_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never read the machine's /etc/otad/otad.conf."""
+    monkeypatch.setattr("otad.cli.DEFAULT_CONFIG", os.devnull + ".otad-test-missing")
