@@ -1,9 +1,8 @@
 """libconfig text → plain Python values: the one loader for sw-description and otad.conf.
 
-Built on libconf's recursive-descent parser, with its tokenizer and the grammar rules that
-differ replaced so that otad reads a text exactly as libconfig 1.5 (Debian's, linked into
-SWUpdate) does, or refuses it. It never reads another file (`@include` is an error). What the
-values mean is left to the callers (`otad.config`, `otad.swu.manifest`).
+Built on libconf's parser, its tokenizer and a few grammar rules replaced, so that otad reads a
+text exactly as libconfig 1.5 (Debian's, linked into SWUpdate) does, or refuses it; it never
+reads another file. What the values mean is left to `otad.config` and `otad.swu.manifest`.
 """
 
 from __future__ import annotations
@@ -33,27 +32,33 @@ _RANGES = {
 
 # The scanner rules of libconfig 1.5 (lib/scanner.l) in flex order. flex takes the longest match
 # and, between equally long ones, the earlier rule: so `true` is a boolean but `true-x` a name.
-_RULES: Tuple[Tuple[str, "re.Pattern[str]"], ...] = tuple(
-    (kind, re.compile(rx))
-    for kind, rx in (
-        ("=", r"[=:]"),
-        (",", r","),
-        ("{", r"\{"),
-        ("}", r"\}"),
-        ("boolean", r"[Tt][Rr][Uu][Ee]|[Ff][Aa][Ll][Ss][Ee]"),
-        ("name", r"[A-Za-z*][-A-Za-z0-9_*]*"),
-        ("float", r"[-+]?[0-9]*\.[0-9]*(?:[eE][-+]?[0-9]+)?|[-+]?[0-9]+(?:\.[0-9]*)?[eE][-+]?[0-9]+"),
-        ("integer", r"[-+]?[0-9]+"),
-        ("integer64", r"[-+]?[0-9]+LL?"),
-        ("hex", r"0[Xx][0-9A-Fa-f]+"),
-        ("hex64", r"0[Xx][0-9A-Fa-f]+LL?"),
-        ("[", r"\["),
-        ("]", r"\]"),
-        ("(", r"\("),
-        (")", r"\)"),
-        (";", r";"),
+_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_RULES: Tuple[Tuple[str, str, "re.Pattern[str]"], ...] = tuple(
+    (kind, first, re.compile(rx))
+    for kind, first, rx in (  # (token, the characters it can start with, regex)
+        ("=", "=:", r"[=:]"),
+        (",", ",", r","),
+        ("{", "{", r"\{"),
+        ("}", "}", r"\}"),
+        ("boolean", "TtFf", r"[Tt][Rr][Uu][Ee]|[Ff][Aa][Ll][Ss][Ee]"),
+        ("name", _LETTERS + "*", r"[A-Za-z*][-A-Za-z0-9_*]*"),
+        ("float", "+-.0123456789", r"[-+]?[0-9]*\.[0-9]*(?:[eE][-+]?[0-9]+)?|[-+]?[0-9]+(?:\.[0-9]*)?[eE][-+]?[0-9]+"),
+        ("integer", "+-0123456789", r"[-+]?[0-9]+"),
+        ("integer64", "+-0123456789", r"[-+]?[0-9]+LL?"),
+        ("hex", "0", r"0[Xx][0-9A-Fa-f]+"),
+        ("hex64", "0", r"0[Xx][0-9A-Fa-f]+LL?"),
+        ("[", "[", r"\["),
+        ("]", "]", r"\]"),
+        ("(", "(", r"\("),
+        (")", ")", r"\)"),
+        (";", ";", r";"),
     )
 )
+# The rules worth trying at each first character, in flex order.
+_CANDIDATES: Dict[str, List[Tuple[str, "re.Pattern[str]"]]] = {}
+for _kind, _first, _rx in _RULES:
+    for _char in _first:
+        _CANDIDATES.setdefault(_char, []).append((_kind, _rx))
 # libconfig skips only these: a vertical tab, a NUL or a Unicode space is a syntax error there.
 _SPACE = re.compile(r"[ \t\r\n\f]+")
 # flex's `$` needs the newline: libconfig refuses a comment on a last line that has none.
@@ -143,7 +148,7 @@ class _Tokenizer(libconf.Tokenizer):  # type: ignore[misc]
 
     def _token(self, string: str, pos: int, line: int, column: int) -> _Token:
         best: Optional[Tuple[str, str]] = None
-        for kind, rx in _RULES:
+        for kind, rx in _CANDIDATES.get(string[pos], ()):
             m = rx.match(string, pos)
             if m and (best is None or len(m.group()) > len(best[1])):
                 best = (kind, m.group())

@@ -201,7 +201,7 @@ class SwDescription:
     def boards(self) -> Tuple[str, ...]:
         """Names under `software` that are board sections (hold sets, or sections directly)."""
         tree = _Tree(self)
-        return tuple(name for name, node in tree.groups((ROOT,))
+        return tuple(name for name, _ in tree.groups((ROOT,))
                      if _is_section(tree.follow((ROOT, name))) or any(True for _ in tree.modes((ROOT, name))))
 
     def selections(self) -> Tuple[Selection, ...]:
@@ -381,6 +381,7 @@ class _Selector:
         if board:
             self.bases.append((ROOT, board))
         self.bases.append((ROOT,))
+        self.processed: List[_Entry] = []  # every entry SWUpdate would run a `hook` on
 
     def find(self, key: str) -> Optional[Tuple[_Path, Any]]:
         """The first hit of `key` along the lookup paths, links followed, and where it is."""
@@ -397,14 +398,14 @@ class _Selector:
         self._check_selection_exists()
         version = self.scalar("version", str, "a string")
         script = self.scalar("embedded-script", str, "a string (Lua)")
-        if self.find("partitions") is not None:
-            self.tree.fail(f"{_dotted(self._where('partitions'))}: 'partitions' (UBI volume layout) "
-                           "is not supported by otad")
+        partitions = self.find("partitions")
+        if partitions is not None and partitions[1]:
+            self.tree.fail(f"{_dotted(partitions[0])}: 'partitions' (UBI volume layout) is not supported by otad")
         images = self.entries("images", _image)
         files = self.entries("files", _file)
         scripts = self.entries("scripts", _script)
         bootenv, bootfiles = self.bootenv()
-        self._check_hooks(script, images + files + scripts + bootfiles)
+        self._check_hooks(script)
         if not (images or files or scripts or bootenv or bootfiles):
             raise CompatibilityError(f"found nothing to install for {_describe(self.board, self.selection)}"
                                      f"{self._available()}", self.tree.source)
@@ -425,10 +426,6 @@ class _Selector:
             source=self.tree.source,
         )
 
-    def _where(self, key: str) -> _Path:
-        found = self.find(key)
-        return found[0] if found else (ROOT, key)
-
     def _check_names(self) -> None:
         """libconfig would read '.', ':' or '/' in a name as a deeper path: refuse rather than guess."""
         if self.selection is not None and (len(self.selection) != 2 or not all(self.selection)):
@@ -443,9 +440,10 @@ class _Selector:
     def _check_selection_exists(self) -> None:
         if self.selection is None:
             return
-        candidates = [base for base in self.bases if len(base) > 2]
-        if any(isinstance((self.tree.follow(base) or ((), None))[1], dict) for base in candidates):
-            return
+        for base in self.bases:
+            found = self.tree.follow(base) if len(base) > 2 else None  # paths 1 and 2 name the selection
+            if found is not None and isinstance(found[1], dict):
+                return
         raise CompatibilityError(f"selection {','.join(self.selection)!r} is not in sw-description"
                                  f"{self._available()}", self.tree.source)
 
@@ -487,6 +485,7 @@ class _Selector:
         result = []
         for entry in self.expand(*found, stack=()):
             if entry.filename() is not None:
+                self.processed.append(entry)
                 result.append((entry, build(entry)))
         return result
 
@@ -529,19 +528,22 @@ class _Selector:
         files: List[Tuple[_Entry, Image]] = []
         for entry in self.expand(*found, stack=()):
             if "name" in entry.values:
+                self.processed.append(entry)
                 var = entry.bootenv_var()
                 # SWUpdate walks the list backwards into a dictionary: the first one wins.
                 variables.setdefault(var.name, var)
             elif entry.filename() is not None:
+                self.processed.append(entry)
                 files.append((entry, _image(entry, bootloader=True)))
         return tuple(variables.values()), files
 
-    def _check_hooks(self, script: Optional[str], entries: List[Tuple[_Entry, Any]]) -> None:
+    def _check_hooks(self, script: Optional[str]) -> None:
         """SWUpdate runs each entry's `hook` from `embedded-script` (Lua) at parse time; otad has
-        no Lua, so it refuses when that would change the result and ignores the script otherwise."""
+        no Lua, so it refuses when that would change the result and ignores the script otherwise.
+        Without embedded-script SWUpdate ignores hooks, and so does otad."""
         if script is None:
             return
-        for entry, _ in entries:
+        for entry in self.processed:
             if "hook" in entry.values:
                 self.tree.fail(f"{entry.where}.hook: Lua hooks from embedded-script are not supported by otad")
         log.info("%s: embedded-script ignored (no entry has a hook)", self.tree.source)
@@ -742,6 +744,7 @@ _POSIX_CLASSES = {
     "space": " \\t\\n\\r\\f\\v", "blank": " \\t", "punct": re.escape(string.punctuation),
     "print": "\\x20-\\x7e", "graph": "\\x21-\\x7e", "cntrl": "\\x00-\\x1f\\x7f", "xdigit": "0-9A-Fa-f",
 }
+_RE_DUP_MAX = 0x7FFF  # glibc's limit for a {m,n} count
 # Escapes that glibc's regcomp() gives a meaning in an ERE; any other `\c` is the character c.
 _ERE_ESCAPES = {"w": r"\w", "W": r"\W", "s": r"\s", "S": r"\S", "b": r"\b", "B": r"\B",
                 "<": r"\b", ">": r"\b", "`": r"\A", "'": r"\Z"}
@@ -752,7 +755,7 @@ def _compile_ere(pattern: str) -> "Optional[re.Pattern[str]]":
     """A POSIX extended regex (glibc regcomp, REG_EXTENDED) as a Python regex; None if invalid."""
     try:
         return re.compile(_ere_to_python(pattern), re.DOTALL)
-    except (ValueError, KeyError, re.error, RecursionError):
+    except (ValueError, KeyError, OverflowError, RecursionError, re.error):
         log.warning("hardware-compatibility: %r is not a valid POSIX extended regex; it matches nothing",
                     pattern)
         return None
@@ -774,10 +777,17 @@ def _ere_to_python(pattern: str) -> str:
             out.append(body)
         elif c == "(" and pattern.startswith("(?", i):
             raise ValueError("'(?' has no meaning in a POSIX regex")
+        elif c == "{" and any(int(n) > _RE_DUP_MAX for n in re.findall(r"[0-9]+", _interval(pattern, i))):
+            raise ValueError("repetition count above RE_DUP_MAX")
         else:
             out.append(r"\Z" if c == "$" else c)  # POSIX `$` never matches before a final newline
             i += 1
     return "".join(out)
+
+
+def _interval(pattern: str, i: int) -> str:
+    m = re.match(r"\{[0-9]*(?:,[0-9]*)?\}", pattern[i:])
+    return m.group() if m else ""
 
 
 def _ere_bracket(pattern: str, i: int) -> Tuple[str, int]:

@@ -279,8 +279,10 @@ class _Libconfig:
                 return {item.name.decode(): self._value(item) for item in items}
             values = [self._value(item) for item in items]
             return tuple(values) if kind == "array" else values
-        return {"int": lambda v: v.ival, "int64": lambda v: v.llval, "float": lambda v: v.fval,
-                "bool": lambda v: bool(v.ival), "string": lambda v: v.sval.decode()}[kind](setting.value)
+        value = setting.value
+        if kind == "string":
+            return value.sval.decode()
+        return {"int": value.ival, "int64": value.llval, "float": value.fval, "bool": bool(value.ival)}[kind]
 
 
 def _real_libconfig() -> Optional[_Libconfig]:
@@ -305,7 +307,8 @@ def _values(depth: int) -> st.SearchStrategy[str]:
         return _scalars
     arrays = st.lists(st.sampled_from(["1", '"s"', "2L", "1.0", "true", "0x3"]), max_size=3).map(
         lambda items: "[" + ",".join(items) + "]")
-    lists = st.lists(st.deferred(lambda: _values(depth + 1)), max_size=3).map(lambda items: "(" + ", ".join(items) + ")")
+    lists = st.lists(st.deferred(lambda: _values(depth + 1)), max_size=3).map(
+        lambda items: "(" + ", ".join(items) + ")")
     groups = st.deferred(lambda: _settings(depth + 1)).map(lambda body: "{" + body + "}")
     return st.one_of(_scalars, _scalars, arrays, lists, groups)
 

@@ -23,6 +23,7 @@ from otad.swu.manifest import (
     SwDescription,
     parse,
 )
+from otad.swu.version import compare
 
 SHA_A = "a" * 64
 SHA_B = "0123456789ABCDEF" * 4
@@ -307,7 +308,8 @@ def test_link_cycle_is_refused_naming_the_ref() -> None:
 
 
 def test_dangling_link_is_refused_where_swupdate_would_silently_fall_through() -> None:
-    err = manifest_error(f'version = "1"; {images("top.img")} stable = {{ copy1 = {{ images = {{ ref = "#./nothere"; }}; }}; }};',
+    err = manifest_error(f'version = "1"; {images("top.img")} '
+                         'stable = { copy1 = { images = { ref = "#./nothere"; }; }; };',
                          None, ("stable", "copy1"))
     assert "software.stable.copy1.images.ref" in err.what
     assert "software.stable.copy1.nothere, which does not exist" in err.what
@@ -332,7 +334,8 @@ def test_entry_link_to_a_single_entry_group_is_refused_because_swupdate_installs
 
 
 def test_entry_link_to_a_group_of_entries_splices_its_members() -> None:
-    sw = software(f'version = "1"; images: ( {{ ref = "#./both"; }} ); both = {{ x = {image("x.img")}; y = {image("y.img")}; }};')
+    sw = software(f'version = "1"; images: ( {{ ref = "#./both"; }} ); '
+                  f'both = {{ x = {image("x.img")}; y = {image("y.img")}; }};')
     assert filenames(sw.select()) == ["x.img", "y.img"]
 
 
@@ -361,7 +364,8 @@ def test_uboot_is_ignored_when_any_path_has_bootenv() -> None:
 
 
 def test_the_first_of_two_settings_of_one_variable_wins_as_in_swupdate() -> None:
-    manifest = software('version = "1"; bootenv: ( { name = "a"; value = "1"; }, { name = "a"; value = "2"; } );').select()
+    manifest = software('version = "1"; '
+                        'bootenv: ( { name = "a"; value = "1"; }, { name = "a"; value = "2"; } );').select()
     assert manifest.bootenv == (BootenvVar("a", "1"),)
 
 
@@ -382,7 +386,8 @@ def test_image_with_every_attribute() -> None:
     found = one_image(f'type = "raw"; device = "/dev/mmcblk0p2"; sha256 = "{SHA_B}"; compressed = "zstd"; '
                       'encrypted = true; ivt = "000102030405060708090A0B0C0D0E0F"; installed-directly = true; '
                       'offset = "1M"; size = 1024; name = "rootfs"; version = "2.0"; install-if-different = true; '
-                      'install-if-higher = true; properties = { atomic-install = "true"; decompressed-size = "4096"; }; '
+                      'install-if-higher = true; '
+                      'properties = { atomic-install = "true"; decompressed-size = "4096"; }; '
                       'data = "free text"; volume = "rootfs_a"; hook = "ignored_without_script";')
     assert found == Image(
         filename="a.img", type="raw", device="/dev/mmcblk0p2", sha256=SHA_B.lower(), compressed="zstd",
@@ -410,13 +415,13 @@ def test_device_name_is_under_dev_and_absolute_paths_are_kept() -> None:
 
 
 @pytest.mark.parametrize("offset, expected", [
-    ("16K", 16384), ("16k", 16384), ("1M", 1024**2), ("2G", 2 * 1024**3), ("4KiB", 4096), ("1Mi", 1024**2),
-    ("0x10", 16), ("0x10K", 16384), ("010", 8), ("0", 0), ('"0"', 0), ("512", 512), ("0x80000000", 2**31),
+    ('"16K"', 16384), ('"16k"', 16384), ('"1M"', 1024**2), ('"2G"', 2 * 1024**3), ('"4KiB"', 4096),
+    ('"1Mi"', 1024**2), ('"0x10K"', 16384), ('"010"', 8), ('"0"', 0), ('""', 0), ("0x10", 16), ("512", 512),
+    ("0x80000000", 2**31), ("5000000000L", 5000000000),
 ])
 def test_offset_as_number_or_string_with_suffix_like_swupdate(offset: str, expected: int) -> None:
-    value = offset if offset.startswith(("0x", '"')) or offset.isdigit() and offset != "010" else f'"{offset}"'
-    value = '"010"' if offset == "010" else value
-    assert one_image(f'device = "mmcblk0p2"; offset = {value};').offset == expected
+    # Strings are read like SWUpdate's ustrtoull(s, NULL, 0): a leading 0 is octal.
+    assert one_image(f'device = "mmcblk0p2"; offset = {offset};').offset == expected
 
 
 @pytest.mark.parametrize("value", ["[1, 2]", "(1, 2)", "true", "1.5", '"16 K"', '"16m"', '"-1"', '"08"', "-1"])
@@ -432,25 +437,27 @@ def test_offset_error_quotes_the_value() -> None:
     assert err.what == "software.images[0].offset: expected a number or a string like '16K', got [1, 2]"
 
 
+PLAIN = 'filename = "a.img"; device = "sda"; '
+
+
 @pytest.mark.parametrize("attributes, key", [
-    ('sha256 = "abc";', "sha256"),
-    ('ivt = "00";', "ivt"),
-    ('compressed = "xz";', "compressed"),
-    ('compressed = 1;', "compressed"),
-    ('encrypted = "true";', "encrypted"),
-    ('installed-directly = 1;', "installed-directly"),
-    ('name = 5;', "name"),
-    ('size = -1;', "size"),
-    ('properties = { atomic-install = true; };', "properties.atomic-install"),
-    ('properties = "x";', "properties"),
-    ('filename = "../etc/passwd";', "filename"),
-    ('filename = "/abs";', "filename"),
-    ('filename = 7;', "filename"),
-    ('device = "../sda";', "device"),
+    (PLAIN + 'sha256 = "abc";', "sha256"),
+    (PLAIN + 'ivt = "00";', "ivt"),
+    (PLAIN + 'compressed = "xz";', "compressed"),
+    (PLAIN + 'compressed = 1;', "compressed"),
+    (PLAIN + 'encrypted = "true";', "encrypted"),
+    (PLAIN + 'installed-directly = 1;', "installed-directly"),
+    (PLAIN + 'name = 5;', "name"),
+    (PLAIN + 'size = -1;', "size"),
+    (PLAIN + 'properties = { atomic-install = true; };', "properties.atomic-install"),
+    (PLAIN + 'properties = "x";', "properties"),
+    ('filename = "../etc/passwd"; device = "sda";', "filename"),
+    ('filename = "/abs"; device = "sda";', "filename"),
+    ('filename = 7; device = "sda";', "filename"),
+    ('filename = "a.img"; device = "../sda";', "device"),
 ])
 def test_wrong_types_are_refused_naming_the_full_key(attributes: str, key: str) -> None:
-    err = manifest_error(f'version = "1"; images: ( {{ filename = "a.img"; device = "sda"; {attributes} }} );'
-                         .replace('filename = "a.img"; device = "sda"; filename', 'device = "sda"; filename'))
+    err = manifest_error(f'version = "1"; images: ( {{ {attributes} }} );')
     assert err.what.startswith(f"software.images[0].{key}: expected ")
 
 
@@ -470,7 +477,8 @@ def test_unknown_attributes_are_kept_in_extra() -> None:
 
 
 def test_entries_without_filename_are_ignored_as_swupdate_does() -> None:
-    manifest = software(f'version = "1"; images: ( {{ device = "sda"; offset = "junk"; }}, {image("b.img")} );').select()
+    sw = software(f'version = "1"; images: ( {{ device = "sda"; offset = "junk"; }}, {image("b.img")} );')
+    manifest = sw.select()
     assert filenames(manifest) == ["b.img"]
 
 
@@ -507,8 +515,8 @@ def test_entries_are_images_files_then_scripts() -> None:
 
 
 def test_markers_default_to_true_and_can_be_turned_off() -> None:
-    assert (one_image('device = "x";').__class__, software(f'version = "1"; {images("a")}').select().state_marker) \
-        == (Image, True)
+    manifest = software(f'version = "1"; {images("a")}').select()
+    assert (manifest.transaction_marker, manifest.state_marker) == (True, True)
     manifest = software(f'version = "1"; bootloader_transaction_marker = false; bootloader_state_marker = false; '
                         f'{images("a")}').select()
     assert (manifest.transaction_marker, manifest.state_marker) == (False, False)
@@ -532,6 +540,16 @@ def test_embedded_script_hooks_are_refused() -> None:
     err = manifest_error(f'version = "1"; embedded-script = "function f() end"; '
                          f'images: ( {image("a", "hook = " + chr(34) + "f" + chr(34) + ";")} );')
     assert err.what.startswith("software.images[0].hook: Lua hooks")
+
+
+def test_embedded_script_hooks_on_bootenv_variables_are_refused_too() -> None:
+    err = manifest_error(f'version = "1"; embedded-script = "function f() end"; {images("a")} '
+                         'bootenv: ( { name = "x"; value = "1"; hook = "f"; } );')
+    assert err.what.startswith("software.bootenv[0].hook: Lua hooks")
+
+
+def test_empty_partitions_list_is_harmless() -> None:
+    assert filenames(software(f'version = "1"; {images("a")} partitions: ();').select()) == ["a"]
 
 
 # --- hardware compatibility -------------------------------------------------------------------
@@ -682,8 +700,9 @@ def signer(tmp_path_factory: pytest.TempPathFactory) -> Tuple[Path, Path]:
     return key, cert
 
 
-def swupdate_selects(text: str, selection: Tuple[str, str], signer: Tuple[Path, Path], tmp: Path) -> List[str]:
-    """The image filenames and bootenv pairs SWUpdate parses from `text` (`swupdate -c`)."""
+def swupdate_selects(text: str, board: str, selection: Tuple[str, str], signer: Tuple[Path, Path],
+                     tmp: Path) -> List[str]:
+    """The image filenames and final bootenv pairs SWUpdate parses from `text` (`swupdate -c -v`)."""
     key, cert = signer
     (tmp / "sw-description").write_text(text)
     subprocess.run(["openssl", "cms", "-sign", "-in", "sw-description", "-out", "sw-description.sig", "-signer",
@@ -692,33 +711,58 @@ def swupdate_selects(text: str, selection: Tuple[str, str], signer: Tuple[Path, 
     with open(tmp / "x.swu", "wb") as out:
         subprocess.run(["cpio", "-o", "-H", "crc"], input=b"sw-description\nsw-description.sig\n", cwd=tmp,
                        stdout=out, stderr=subprocess.DEVNULL, check=True)
-    result = subprocess.run(["swupdate", "-c", "-v", "-i", "x.swu", "-k", str(cert), "-H", "rpi0w:1.0",
+    result = subprocess.run(["swupdate", "-c", "-v", "-i", str(tmp / "x.swu"), "-k", str(cert), "-H", f"{board}:1.0",
                              "-e", ",".join(selection)], cwd=tmp, capture_output=True, text=True, timeout=60,
                             env={**os.environ, "TMPDIR": str(tmp)})
-    found = re.findall(r"\[_parse_images\] : Found .*?Image.*?: (\S+) in|Bootloader var: (\S+) = (.*)",
-                       result.stdout + result.stderr)
-    return sorted(image or f"{name}={value}" for image, name, value in found)
+    log = result.stdout + result.stderr
+    found = re.findall(r"\[_parse_images\] : Found .*?Image.*?: (\S+) in", log)
+    # SWUpdate traces the dictionary value after each set; the last trace per name is final.
+    variables = dict(re.findall(r"Bootloader var: (\S+) = (.*)", log))
+    return sorted(found + [f"{name}={value}" for name, value in variables.items()])
 
 
-ORACLE_CASES = {
-    "board section": ("rpi0w", ("stable", "copy1")),
-    "board link to sibling": ("rpi0w", ("stable", "copy2")),
-    "generic set": (None, ("stable", "copy2")),
+ORACLE_TEXTS = {
+    "board section": (REALISTIC, "rpi0w", ("stable", "copy1")),
+    "board link to sibling": (REALISTIC, "rpi0w", ("stable", "copy2")),
+    "generic set with entry link": (REALISTIC, "pi3", ("stable", "copy1")),
+    "entry links, dotdot and a repeated variable": (
+        f'software = {{ version = "1"; hardware-compatibility = ["1.0"]; stable = {{ copy2 = {{ '
+        f'images: ( {image("first")}, {{ ref = "#./../common"; }} ); bootenv: ( {{ name = "a"; value = "1"; }}, '
+        f'{{ name = "a"; value = "2"; }} ); }}; common: ( {image("c1")}, {image("c2")} ); }}; }};',
+        "rpi0w", ("stable", "copy2")),
 }
 
 
 @pytest.mark.oracle
 @pytest.mark.skipif(not _TOOLS, reason="swupdate, openssl or cpio not installed")
-@pytest.mark.parametrize("case", ["board section", "board link to sibling", "entry links and dotdot"])
+@pytest.mark.parametrize("case", list(ORACLE_TEXTS))
 def test_selection_agrees_with_swupdate(case: str, signer: Tuple[Path, Path], tmp_path: Path) -> None:
-    if case == "entry links and dotdot":
-        text = (f'software = {{ version = "1"; hardware-compatibility = ["1.0"]; stable = {{ copy2 = {{ '
-                f'images: ( {image("first")}, {{ ref = "#./../common"; }} ); bootenv: ( {{ name = "a"; value = "1"; }}, '
-                f'{{ name = "a"; value = "2"; }} ); }}; common: ( {image("c1")}, {image("c2")} ); }}; }};')
-        board, selection = "rpi0w", ("stable", "copy2")
-    else:
-        text = REALISTIC.replace('"1.0", "#RE', '"1.0", "#RE').replace('[ "1.1" ]', '[ "1.0" ]')
-        board, selection = ORACLE_CASES[case]  # type: ignore[assignment]
+    text, board, selection = ORACLE_TEXTS[case]
     manifest = description(text).select(board, selection)
     ours = sorted([e.filename for e in manifest.images] + [f"{v.name}={v.value}" for v in manifest.bootenv])
-    assert ours == swupdate_selects(text, selection, signer, tmp_path)
+    assert ours == swupdate_selects(text, board, selection, signer, tmp_path)
+
+
+# --- version comparison (otad.swu.version), for the manifest's versions ------------------------
+# Every expectation below was checked against Debian's swupdate 2022.12 (-N / --max-version).
+
+
+@pytest.mark.parametrize("a, b, expected", [
+    ("1.2.3", "1.2.3.0", 0),  # digits and dots: missing fields are 0
+    ("1.2.3.4.5", "1.2.3.4", 0),  # ... and fields past the fourth are ignored
+    ("1..2", "1.2", 0),  # ... and empty fields skipped
+    ("1.10", "1.9", 1),
+    ("3", "2.9.9", 1),
+    ("1.65536", "1.2", 1),  # a field above 65535: semantic versions instead
+    ("1.0.0-rc1", "1.0.0", -1),  # a prerelease is lower
+    ("1.0.0-rc.2", "1.0.0-rc.10", -1),  # numeric identifiers compare as numbers
+    ("1.0.0-alpha", "1.0.0-alpha.1", -1),
+    ("1.0.0-1", "1.0.0-a", -1),  # numeric below alphanumeric
+    ("1.0.0-beta", "1.0.0-alpha", 1),
+    ("1.2+build", "1.2", 0),  # build metadata does not count
+    ("2.0a", "2.0b", -1),  # neither form: plain strings
+    ("v1.2", "1.3", 1),
+])
+def test_version_comparison_matches_swupdate(a: str, b: str, expected: int) -> None:
+    assert compare(a, b) == expected
+    assert compare(b, a) == -expected
