@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.required = True
     _add_install(commands)
     _add_info(commands)
+    _add_env(commands)
     return parser
 
 
@@ -63,6 +64,24 @@ def _add_info(commands: Any) -> None:
     p.add_argument("-H", "--hwrevision", metavar="BOARD:REV", help="show the sections for this board")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(run=_cmd_info)
+
+
+def _add_env(commands: Any) -> None:
+    p = commands.add_parser("env", help="print or set U-Boot variables (like fw_printenv / fw_setenv)")
+    sub = p.add_subparsers(dest="env_command", metavar="print|set")
+    sub.required = True
+    pr = sub.add_parser("print", help="print variables (all, or the NAMEs given)")
+    pr.add_argument("-c", "--config-env", metavar="FW_ENV_CONFIG", help="fw_env.config (default: from otad.conf)")
+    pr.add_argument("-n", "--noheader", action="store_true", help="print the value only (one NAME)")
+    pr.add_argument("names", nargs="*", metavar="NAME")
+    pr.set_defaults(run=_cmd_env_print)
+    st = sub.add_parser("set", help="set NAME=VALUE (NAME= deletes), all in one atomic write")
+    st.add_argument("-c", "--config-env", metavar="FW_ENV_CONFIG", help="fw_env.config (default: from otad.conf)")
+    st.add_argument("-s", "--script", metavar="FILE", help="read 'name value' lines from FILE ('-' = stdin)")
+    st.add_argument("-f", "--defenv", metavar="FILE",
+                    help="start from this default env (name=value lines) if no copy is valid")
+    st.add_argument("assignments", nargs="*", metavar="NAME=VALUE")
+    st.set_defaults(run=_cmd_env_set)
 
 
 def _load_config(args: argparse.Namespace) -> Any:
@@ -142,6 +161,32 @@ def _cmd_info(args: argparse.Namespace) -> int:
     else:
         _print_info(info)
     return 0 if info.ok else 1
+
+
+def _env(args: argparse.Namespace) -> Any:
+    from otad.boot.envcmd import open_env
+
+    cfg = _load_config(args)
+    return open_env(args.config_env or cfg.bootloader.fw_env_config, cfg.bootloader.lock_file)
+
+
+def _cmd_env_print(args: argparse.Namespace) -> int:
+    from otad.boot.envcmd import print_variables
+
+    result = print_variables(_env(args), args.names, value_only=args.noheader)
+    for line in result.lines:
+        print(line)
+    return 0
+
+
+def _cmd_env_set(args: argparse.Namespace) -> int:
+    from otad.boot.envcmd import parse_assignments, read_default_env, read_script, set_variables
+
+    changes = read_script(args.script) if args.script else {}
+    changes.update(parse_assignments(args.assignments))
+    default = read_default_env(args.defenv) if args.defenv else None
+    set_variables(_env(args), changes, default)
+    return 0
 
 
 def _print_info(info: Any) -> None:

@@ -83,8 +83,7 @@ def issue(cn: str, *, issuer: Optional[Issued] = None, key: Union[str, PrivateKe
           eku: Optional[Sequence[x509.ObjectIdentifier]] = (EMAIL,),
           key_usage: Optional[Sequence[str]] = _UNSET,
           not_before: Optional[datetime.datetime] = None, not_after: Optional[datetime.datetime] = None,
-          serial: Optional[int] = None, hash_alg: Optional[hashes.HashAlgorithm] = None,
-          basic_constraints: bool = True, subject_key_id: bool = True) -> Issued:
+          serial: Optional[int] = None, basic_constraints: bool = True, subject_key_id: bool = True) -> Issued:
     """A certificate for `cn`, signed by `issuer` (self-signed when None).
 
     `key` is a key kind for `new_key` or a key. `eku=None` leaves extendedKeyUsage out (CAs
@@ -117,7 +116,7 @@ def issue(cn: str, *, issuer: Optional[Issued] = None, key: Union[str, PrivateKe
         builder = builder.add_extension(x509.SubjectKeyIdentifier.from_public_key(private.public_key()),
                                         critical=False)
     signer_key = issuer.key if issuer else private
-    cert = builder.sign(signer_key, hash_alg or hashes.SHA256())
+    cert = builder.sign(signer_key, hashes.SHA256())
     return Issued(cert, private)
 
 

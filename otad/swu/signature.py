@@ -179,6 +179,7 @@ class _Signer:
 class _Cms:
     content_type: str
     embedded: bool
+    digest_algorithms: Tuple[str, ...]  # SignedData.digestAlgorithms: OpenSSL digests with these
     certs: Tuple[_CmsCert, ...]
     signers: Tuple[_Signer, ...]
 
@@ -262,8 +263,15 @@ def _parse_cert(der: bytes, what: str, where: str) -> _Cert:
         raise SignatureError(f"{what} cannot be parsed: {exc}", where) from exc
 
 
+def _checked(seq: Any) -> Any:
+    """`seq` with every field built: asn1crypto checks a field's tag only when it is first read."""
+    for name in seq:
+        seq[name]
+    return seq
+
+
 def _read_signer(si: Any) -> _Signer:
-    sid = si["sid"]
+    sid = _checked(si)["sid"]
     if sid.name == "issuer_and_serial_number":
         ias = sid.chosen
         key: Tuple[Any, ...] = ("ias", ias["issuer"].hashable, ias["serial_number"].native)
@@ -299,13 +307,14 @@ def _read_cms_cert(choice: Any) -> Optional[_CmsCert]:
 
 
 def _read_cms(sig: bytes) -> _Cms:
-    info = asn1_cms.ContentInfo.load(sig, strict=True)
+    info = _checked(asn1_cms.ContentInfo.load(sig, strict=True))
     if info["content_type"].native != "signed_data":
         raise ValueError(f"content type is {info['content_type'].native}, expected signed_data")
-    data = info["content"]
-    encap = data["encap_content_info"]
+    data = _checked(info["content"])
+    encap = _checked(data["encap_content_info"])
     certs = [] if isinstance(data["certificates"], asn1_core.Void) else list(data["certificates"])
     return _Cms(str(encap["content_type"].native), not isinstance(encap["content"], asn1_core.Void),
+                tuple(str(alg["algorithm"].native) for alg in data["digest_algorithms"]),
                 tuple(c for c in map(_read_cms_cert, certs) if c is not None),
                 tuple(_read_signer(si) for si in data["signer_infos"]))
 
@@ -425,6 +434,9 @@ class CmsVerifier:
     def _verify_signer(self, cms: _Cms, signer: _Signer, content: bytes, at: datetime,
                        untrusted: bool) -> SignerInfo:
         cert = self._signer_cert(cms, signer)
+        if signer.digest not in cms.digest_algorithms:  # OpenSSL refuses this too
+            raise SignatureError(f"digest algorithm {signer.digest} of the signer is not listed in "
+                                 "SignedData.digestAlgorithms", SIG_NAME)
         _check_signature(signer, cert, content)
         self._check_path(cms, cert, at, untrusted)
         self._check_name(cert)

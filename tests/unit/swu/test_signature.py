@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Callable, Dict, Optional, Tuple
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from asn1crypto import cms as asn1_cms  # type: ignore[import-untyped]
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from otad import RELEASE_DATE
@@ -83,7 +84,8 @@ def test_openssl_signature_variants_verify(tmp_path: Path, content: Path, extra:
 
 def test_signature_without_signed_attributes_still_covers_the_content(tmp_path: Path, content: Path) -> None:
     pki = make_pki(tmp_path)
-    refused(verifier(pki), TEXT + b"\n", sign(pki, content, extra=["-noattr"]), "signature does not match sw-description")
+    sig = sign(pki, content, extra=["-noattr"])
+    refused(verifier(pki), TEXT + b"\n", sig, "signature does not match sw-description")
 
 
 @pytest.mark.parametrize("key", ["rsa", "ec256"])
@@ -125,7 +127,8 @@ def test_every_signer_must_verify_as_with_openssl(tmp_path: Path, content: Path)
     refused(verifier(pki), TEXT, sig.read_bytes(), " of 2: signer 'CN=otad test signer' does not chain")
     assert not openssl_cms_verify(content, sig, pki.ca_pem)[0]
     write_pem(tmp_path / "both.pem", pki.root, other.root)
-    assert CmsVerifier.from_file(str(tmp_path / "both.pem")).verify(TEXT, sig.read_bytes()).issuer == "CN=otad test root"
+    both_roots = CmsVerifier.from_file(str(tmp_path / "both.pem"))
+    assert both_roots.verify(TEXT, sig.read_bytes()).issuer == "CN=otad test root"
 
 
 # --- bad content, bad signer -------------------------------------------------------------------
@@ -276,7 +279,8 @@ def test_purpose_of_the_signer_certificate(tmp_path: Path, content: Path, eku: o
 def test_purpose_message_names_the_missing_usage(tmp_path: Path, content: Path) -> None:
     pki = make_pki(tmp_path, eku=(SERVER_AUTH,))
     refused(verifier(pki), TEXT, sign(pki, content),
-            "purpose: certificate 'CN=otad test signer' lacks emailProtection in extendedKeyUsage (it lists serverAuth)")
+            "purpose: certificate 'CN=otad test signer' lacks emailProtection in extendedKeyUsage "
+            "(it lists serverAuth)")
 
 
 @pytest.mark.parametrize("usage,ok", [(("key_encipherment",), False), (("content_commitment",), True), (None, True)],
@@ -363,6 +367,22 @@ def test_signed_data_whose_content_type_is_not_data_is_refused(tmp_path: Path, c
     pki = make_pki(tmp_path)
     sig = sign(pki, content, extra=["-econtent_type", "1.2.3.4"])
     refused(verifier(pki), TEXT, sig, "signed content type is 1.2.3.4, expected data")
+
+
+def test_fields_nothing_else_reads_are_still_checked_like_openssl(tmp_path: Path, content: Path) -> None:
+    pki = make_pki(tmp_path)
+    sig = sign(pki, content)
+    sha256_oid = bytes.fromhex("0609608648016503040201")
+    first = sig.index(sha256_oid)  # SignedData.digestAlgorithms comes before the SignerInfo
+    sha384_only = sig[:first + 10] + b"\x02" + sig[first + 11:]
+    refused(verifier(pki), TEXT, sha384_only, "sha256 of the signer is not listed in SignedData.digestAlgorithms")
+    (tmp_path / "bad.sig").write_bytes(sha384_only)
+    assert not openssl_cms_verify(content, tmp_path / "bad.sig", pki.ca_pem)[0]
+    signer_info = asn1_cms.ContentInfo.load(sig)["content"]["signer_infos"][0]
+    version = sig.index(signer_info.dump()) + len(signer_info.dump()) - len(signer_info.contents)
+    assert sig[version:version + 3] == b"\x02\x01\x01"
+    bad_tag = sig[:version] + b"\x04" + sig[version + 1:]  # SignerInfo.version as OCTET STRING
+    refused(verifier(pki), TEXT, bad_tag, "not DER CMS SignedData", "CMSVersion")
 
 
 # --- trust file --------------------------------------------------------------------------------

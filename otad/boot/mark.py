@@ -1,0 +1,520 @@
+"""Deciding a trial after a boot, marking slots by hand, arming after an install, and `status`.
+
+Owns the policy of docs/uboot-ab.md §6 rows 2, 5, 7, 8, 9: what the state, the env and the
+booted slot together mean, and the power-cut-safe order of env and state writes. The env
+variables are `bootchooser`'s, the state file `otad.state`'s, the checks `health`'s.
+
+Write order. Arming: state ARMING (intent) → env (one write) → state TRIAL_ARMED. Deciding:
+env first, then state: the env is what U-Boot acts on, so it must never say less than the
+state (state-first could leave an unhealthy slot armed and later be "cleared" as committed).
+`otad_prev` in the env is the breadcrumb: only an arm sets it, only otad's commit/abort
+writes drop it, U-Boot keeps it, so on restart "ARMING + otad_prev = previous" means the arm
+write landed. A power cut between any two writes is resolved by the next `confirm`.
+
+`confirm` (T/P = trial target/previous slot, B = booted slot, E = the env's slot, ua =
+upgrade_available, n = bootcount; "health:" = run the checks, first outcome if they pass):
+
+  phase          B  E   ua  also          verdict           env write          state         reboot
+  any            -  ?   -   (E no slot,   env_unknown       -                  -             no
+                             or not T/P)
+  ARMING         -  P   -   otad_prev≠P   aborted           -                  → idle        no
+  ARMING         B  T   -   otad_prev≠P   aborted           mark_bad(T) → P    → idle        if B=T
+  ARMING         -  -   -   otad_prev=P   (→ TRIAL_ARMED, then as TRIAL_ARMED)
+  TRIAL_ARMED    T  T   1                 health: confirmed mark_good          → idle        no
+                                                  health_failed mark_bad(T) → P → idle      yes
+  TRIAL_ARMED    T  T   0   (committed,   health: confirmed mark_good (no-op)  → idle        no
+                             unrecorded)          health_failed mark_bad(T) → P → idle      yes
+  TRIAL_ARMED    T  P   0                 aborted           -                  → idle        yes
+  TRIAL_ARMED    T  P   1                 aborted           -                  → idle        no
+  TRIAL_ARMED    P  P   0   otad_prev     fell_back         mark_good          → idle        no
+  TRIAL_ARMED    P  P   0   no otad_prev  fell_back         -                  → idle        no
+  TRIAL_ARMED    P  P   1                 fell_back         mark_good          → idle        no
+  TRIAL_ARMED    P  T   1   n = 0         waiting           -                  -             no
+  TRIAL_ARMED    P  T   1   n ≥ 1         aborted (§6 r9)   mark_bad(T) → P    → idle        no
+  TRIAL_ARMED    P  T   0                 waiting           re-arm T           -             no
+  no trial       B  B   0                 nothing           -                  -             no
+  no trial       B  B   1   (stray)       health: stray_cleared mark_good      -             no
+                                                  stray_unhealthy -            -             no
+  no trial       B  O   0/1               nothing           -                  -             no
+
+"→ idle" is → final_pending when the state holds a hawkBit action_id. "no trial" is every
+phase but ARMING/TRIAL_ARMED. A stray trial (upgrade_available set without otad's record) on
+the running slot is committed only if healthy; else U-Boot's counter is left to decide.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
+
+from otad.boot.bootchooser import Bootchooser, BootEnv
+from otad.boot.health import HealthResult
+from otad.boot.slots import BootedSlot, Slot, SlotTable, env_mismatch
+from otad.errors import EnvError, OtadError, SlotError, StateError
+from otad.install.status import FAILED, INSTALLING, TargetRecord, TargetStatusStore
+from otad.state import LastResult, Outcome, Phase, State, StateStore
+
+log = logging.getLogger(__name__)
+
+
+class Verdict(Enum):
+    """What `confirm` found and did."""
+
+    NOTHING = "nothing"  # no trial of otad's to decide
+    WAITING = "waiting"  # a trial is armed; the reboot into it has not happened yet
+    CONFIRMED = "confirmed"
+    HEALTH_FAILED = "health_failed"  # switched back: reboot now
+    FELL_BACK = "fell_back"
+    ABORTED = "aborted"
+    STRAY_CLEARED = "stray_cleared"  # upgrade_available set outside otad on a healthy running slot
+    STRAY_UNHEALTHY = "stray_unhealthy"
+    ENV_UNKNOWN = "env_unknown"  # the env's slot variable names no slot: nothing decided
+
+
+class _Env(Enum):
+    NONE = "none"
+    MARK_GOOD = "mark_good"
+    SWITCH_AWAY = "switch_away"  # from the trial target to the previous slot
+    REARM = "rearm"
+
+
+@dataclass(frozen=True)
+class _Plan:
+    verdict: Verdict
+    message: str
+    env: _Env = _Env.NONE
+    record: Optional[Outcome] = None  # conclude the trial with this outcome
+    reboot: bool = False
+
+
+@dataclass(frozen=True)
+class _HealthGate:
+    """A decision that waits for the health checks."""
+
+    passed: _Plan
+    failed: _Plan
+
+
+@dataclass(frozen=True)
+class ConfirmOutcome:
+    """What `confirm` decided; `reboot` asks the caller to reboot now (the env switched away
+    from the running slot), `health` is set when the checks ran, `state` is the state after."""
+
+    verdict: Verdict
+    message: str
+    booted: str
+    reboot: bool
+    state: State
+    health: Optional[HealthResult] = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"verdict": self.verdict.value, "message": self.message, "booted": self.booted,
+                "reboot": self.reboot, "phase": self.state.phase.value,
+                "health_failures": list(self.health.failures) if self.health else None}
+
+
+# --------------------------------------------------------------------------- confirm
+
+
+def confirm(store: StateStore, chooser: Bootchooser, booted: BootedSlot,
+            health: Callable[[], HealthResult]) -> ConfirmOutcome:
+    """Decide the trial after a boot (table above): commit, record a fallback, or switch back."""
+    with store.lock():
+        state = store.load()
+        env = chooser.read()
+        if env.slot is None:
+            return _outcome(_env_unknown(env, booted), booted, state)
+        if state.phase is Phase.ARMING:
+            if not _arm_landed(state, env, chooser.table):
+                decision: Union[_Plan, _HealthGate] = _arming_interrupted(state, env, booted.slot)
+            else:
+                state = store.transition(Phase.TRIAL_ARMED)
+                decision = _decide(state, env, booted.slot, chooser.table)
+        else:
+            decision = _decide(state, env, booted.slot, chooser.table)
+        result: Optional[HealthResult] = None
+        if isinstance(decision, _HealthGate):
+            result = health()
+            decision = decision.passed if result.ok else decision.failed
+            if not result.ok:
+                decision = _Plan(decision.verdict, f"{decision.message}: {result.describe()}",
+                                 decision.env, decision.record, decision.reboot)
+        _write_env(decision, state, chooser)
+        if decision.record is not None:
+            state = _conclude(store, state, decision)
+        log.info("confirm: %s: %s", decision.verdict.value, decision.message)
+        return _outcome(decision, booted, state, result)
+
+
+def _arm_landed(state: State, env: BootEnv, table: SlotTable) -> bool:
+    previous = table.by_name(_name(state.previous_slot))
+    return env.prev_value == previous.boot_value
+
+
+def _arming_interrupted(state: State, env: BootEnv, booted: Slot) -> _Plan:
+    """ARMING whose env write never landed: abort, and make sure the target does not boot
+    next (the env may select it from before, e.g. after a mark-bad of the running slot)."""
+    message = (f"arming the trial of slot {state.target_slot} was interrupted before the boot env "
+               f"was switched; slot {state.previous_slot} stays")
+    assert env.slot is not None
+    if env.slot.name != state.target_slot:
+        return _Plan(Verdict.ABORTED, message, record=Outcome.ABORTED)
+    return _Plan(Verdict.ABORTED, f"{message} and boots next", _Env.SWITCH_AWAY, Outcome.ABORTED,
+                 reboot=booted.name == state.target_slot)
+
+
+def _decide(state: State, env: BootEnv, booted: Slot, table: SlotTable) -> Union[_Plan, _HealthGate]:
+    """The table of the module docstring, for a readable env (env.slot is set)."""
+    assert env.slot is not None
+    if state.phase is not Phase.TRIAL_ARMED:
+        return _decide_no_trial(env, booted)
+    target = table.by_name(_name(state.target_slot))
+    previous = table.by_name(_name(state.previous_slot))
+    trial = f"the trial of slot {target.name}{_version(state)}"
+    if booted not in (target, previous) or env.slot not in (target, previous):
+        return _Plan(Verdict.ENV_UNKNOWN, f"nothing decided: {trial} from slot {previous.name} does not "
+                     f"explain slot {booted.name} running and the env selecting slot {env.slot.name}")
+    if booted == target:
+        return _decide_on_target(env, target, previous, trial)
+    if env.slot == previous:
+        if env.upgrade_available:
+            return _Plan(Verdict.FELL_BACK, f"{trial} failed: slot {previous.name} runs again, but "
+                         "upgrade_available is still set (altbootcmd should clear it); cleared",
+                         _Env.MARK_GOOD, Outcome.FELL_BACK)
+        if env.prev_value is not None:
+            boots = f"{env.bootlimit} boots" if env.bootlimit else "its boot limit"
+            return _Plan(Verdict.FELL_BACK, f"{trial} failed: U-Boot fell back to slot {previous.name} "
+                         f"after {boots} of slot {target.name}", _Env.MARK_GOOD, Outcome.FELL_BACK)
+        return _Plan(Verdict.FELL_BACK, f"{trial} failed: slot {previous.name} runs again and the boot env "
+                     "no longer arms it (switched back by U-Boot or by otad before the result was recorded)",
+                     record=Outcome.FELL_BACK)
+    # booted is the previous slot and the env still selects the target
+    if not env.upgrade_available:
+        return _Plan(Verdict.WAITING, f"{trial} is pending: slot {target.name} boots next; the bootcount "
+                     "was not armed (cleared outside otad?), re-armed", _Env.REARM)
+    if env.bootcount == 0:
+        return _Plan(Verdict.WAITING, f"{trial} is armed: slot {target.name} boots at the next reboot")
+    return _Plan(Verdict.ABORTED, f"{trial} was aborted: slot {previous.name} was booted by other means "
+                 f"while slot {target.name} was armed (bootcount {env.bootcount}); slot {previous.name} "
+                 "boots next", _Env.SWITCH_AWAY, Outcome.ABORTED)
+
+
+def _decide_on_target(env: BootEnv, target: Slot, previous: Slot, trial: str) -> Union[_Plan, _HealthGate]:
+    """The trial target is running."""
+    if env.slot == target:
+        return _HealthGate(
+            passed=_Plan(Verdict.CONFIRMED, f"{trial} succeeded: slot {target.name} is committed",
+                         _Env.MARK_GOOD, Outcome.CONFIRMED),
+            failed=_Plan(Verdict.HEALTH_FAILED, f"{trial} failed its health checks: slot {previous.name} "
+                         "boots next", _Env.SWITCH_AWAY, Outcome.HEALTH_FAILED, reboot=True),
+        )
+    if env.upgrade_available:
+        return _Plan(Verdict.ABORTED, f"{trial} was aborted: the boot env was changed outside otad and "
+                     f"arms slot {previous.name}", record=Outcome.ABORTED)
+    return _Plan(Verdict.ABORTED, f"{trial} was aborted: the boot env was switched back to slot {previous.name} "
+                 "(a failed health check or mark-bad whose result was not recorded)",
+                 record=Outcome.ABORTED, reboot=True)
+
+
+def _decide_no_trial(env: BootEnv, booted: Slot) -> Union[_Plan, _HealthGate]:
+    if env.slot != booted:
+        armed = " with the bootcount armed (not by otad)" if env.upgrade_available else ""
+        return _Plan(Verdict.NOTHING, f"no trial of otad's; slot {booted.name} runs and the boot env selects "
+                     f"slot {_name_of(env.slot)} for the next boot{armed}")
+    if not env.upgrade_available:
+        return _Plan(Verdict.NOTHING, f"no trial: slot {booted.name} runs and boots next")
+    stray = f"upgrade_available is set on the running slot {booted.name} without a trial of otad's"
+    return _HealthGate(
+        passed=_Plan(Verdict.STRAY_CLEARED, f"{stray}; it is healthy, so the bootcount was cleared", _Env.MARK_GOOD),
+        failed=_Plan(Verdict.STRAY_UNHEALTHY, f"{stray}; left for U-Boot's bootcount to decide, as it is "
+                     "not healthy"),
+    )
+
+
+def _env_unknown(env: BootEnv, booted: BootedSlot) -> _Plan:
+    shown = f"={env.slot_value!r}" if env.slot_value is not None else " is unset"
+    return _Plan(Verdict.ENV_UNKNOWN, f"nothing decided: the boot env's {env.slot_variable}{shown} selects no "
+                 f"slot; slot {booted.slot.name} runs ({booted.evidence}); fix the env by hand")
+
+
+def _write_env(plan: _Plan, state: State, chooser: Bootchooser) -> None:
+    if plan.env is _Env.MARK_GOOD:
+        chooser.mark_good()
+    elif plan.env is _Env.SWITCH_AWAY:
+        chooser.mark_bad(chooser.table.by_name(_name(state.target_slot)))
+    elif plan.env is _Env.REARM:
+        chooser.arm_trial(chooser.table.by_name(_name(state.target_slot)),
+                          chooser.table.by_name(_name(state.previous_slot)))
+
+
+def _conclude(store: StateStore, state: State, plan: _Plan) -> State:
+    """End the trial in the state: IDLE, or FINAL_PENDING while a hawkBit action waits for it."""
+    assert plan.record is not None
+    result = LastResult(plan.record, _name(state.target_slot), state.version, plan.message, store.now())
+    to = Phase.FINAL_PENDING if state.action_id is not None else Phase.IDLE
+    return store.transition(to, last_result=result)
+
+
+def _outcome(plan: _Plan, booted: BootedSlot, state: State, health: Optional[HealthResult] = None) -> ConfirmOutcome:
+    return ConfirmOutcome(plan.verdict, plan.message, booted.slot.name, plan.reboot, state, health)
+
+
+def _name(value: Optional[str]) -> str:
+    if value is None:
+        raise StateError("the state names no slot for its trial")
+    return value
+
+
+def _name_of(slot: Optional[Slot]) -> str:
+    return slot.name if slot is not None else "?"
+
+
+def _version(state: State) -> str:
+    return f" (version {state.version})" if state.version else ""
+
+
+# --------------------------------------------------------------------------- arm
+
+
+def arm_after_install(store: StateStore, chooser: Bootchooser, target: Slot, previous: Slot,
+                      version: Optional[str], bootenv: Mapping[str, Optional[str]], *,
+                      action_id: Optional[str] = None) -> State:
+    """Switch the env to the freshly installed `target` with the bootcount armed (§6 row 2).
+
+    Order: state ARMING (the intent) → one env write → state TRIAL_ARMED. A power cut after
+    the first write leaves ARMING, which the next `confirm` completes (env switched) or aborts
+    (env untouched). The bundle's `bootenv` is checked before anything is written.
+    """
+    if target == previous:
+        raise SlotError(f"cannot arm slot {target.name}: it is the running (previous) slot")
+    with store.lock():
+        extra = chooser.check_extra(bootenv)
+        state = store.load()
+        _check_not_fallback(state, target)
+        if not state.trial and chooser.read().prev_value is not None:
+            chooser.forget_trial_record()  # else a stale breadcrumb would fake a landed arm
+        store.transition(Phase.ARMING, target_slot=target.name, previous_slot=previous.name,
+                         version=version, armed_at=store.now(), action_id=action_id)
+        try:
+            chooser.arm_trial(target, previous, extra)
+        except OtadError as exc:
+            _abort_arming(store, chooser, previous, exc)
+            raise
+        return store.transition(Phase.TRIAL_ARMED)
+
+
+def check_can_install(store: StateStore, target: Slot, chooser: Optional[Bootchooser] = None) -> None:
+    """Call before writing into `target`. Refused while `target` is the fallback of an undecided
+    trial (the trial slot would lose what U-Boot falls back to), and, given `chooser`, while the
+    env boots `target` next without the bootcount (a power cut mid-write would leave it unbootable)."""
+    _check_not_fallback(store.load(), target)
+    if chooser is not None:
+        env = chooser.read()
+        if env.slot == target and not env.upgrade_available:
+            raise SlotError(f"the boot env selects slot {target.name} for the next boot without the bootcount "
+                            f"armed; writing into it now could leave the device unbootable after a power cut "
+                            f"(run 'otad mark-bad {target.name}' first)")
+
+
+def _check_not_fallback(state: State, target: Slot) -> None:
+    if state.trial and state.previous_slot == target.name:
+        raise SlotError(f"slot {target.name} is the fallback of the undecided trial of slot "
+                        f"{state.target_slot} ({state.phase.value}); confirm or mark that trial first")
+
+
+def _abort_arming(store: StateStore, chooser: Bootchooser, previous: Slot, exc: OtadError) -> None:
+    """The env write failed: record that, unless the env did switch (then confirm decides)."""
+    try:
+        landed = chooser.read().prev_value == previous.boot_value
+        if not landed:
+            state = store.load()
+            _conclude(store, state, _Plan(Verdict.ABORTED, f"arming the trial of slot {state.target_slot} "
+                                          f"failed: {exc}", record=Outcome.ABORTED))
+    except OtadError as again:
+        log.warning("arming failed and its state stays ARMING for the next confirm: %s", again)
+
+
+# --------------------------------------------------------------------------- mark-bad
+
+
+@dataclass(frozen=True)
+class MarkOutcome:
+    """`slot` was marked bad; `next_slot` boots next; `reboot` when the running slot was marked."""
+
+    slot: str
+    next_slot: str
+    reboot: bool
+    message: str
+    state: State
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"slot": self.slot, "next_slot": self.next_slot, "reboot": self.reboot,
+                "message": self.message, "phase": self.state.phase.value}
+
+
+def mark_bad(store: StateStore, chooser: Bootchooser, booted: BootedSlot, slot: Optional[Slot] = None, *,
+             targets: Optional[TargetStatusStore] = None, device_dir: str = "/dev",
+             reason: str = "marked bad by hand") -> MarkOutcome:
+    """Make the env boot the slot other than `slot` (default: the booted one), uncounted.
+
+    Env first, then state (as in `confirm`). Refused when `slot` is the fallback of an armed
+    trial (that would commit the untested target) or when the slot to switch to holds no
+    valid image according to the install records.
+    """
+    slot = slot if slot is not None else booted.slot
+    other = chooser.table.other(slot)
+    with store.lock():
+        state = store.load()
+        if state.trial and slot.name == state.previous_slot:
+            raise SlotError(f"slot {slot.name} is the fallback of the armed trial of slot {state.target_slot}; "
+                            f"marking it bad would commit slot {state.target_slot} untested (confirm it or "
+                            f"mark slot {state.target_slot} bad instead)")
+        record = None if other == booted.slot else _install_record(targets, other, device_dir)
+        if record is not None and record.state in (FAILED, INSTALLING):
+            raise SlotError(f"slot {other.name} holds no valid image (its install is {record.state}); "
+                            f"refusing to make it boot next", where=other.device)
+        chooser.mark_bad(slot)
+        message = f"slot {slot.name} marked bad ({reason}); slot {other.name} boots next"
+        if state.trial or state.phase is Phase.IDLE:
+            version = state.version if state.trial else _installed_version(targets, slot, device_dir)
+            result = LastResult(Outcome.MARKED_BAD, slot.name, version, message, store.now())
+            to = Phase.FINAL_PENDING if state.trial and state.action_id is not None else Phase.IDLE
+            state = store.transition(to, last_result=result)
+        log.info("mark-bad: %s", message)
+        return MarkOutcome(slot.name, other.name, slot == booted.slot, message, state)
+
+
+# --------------------------------------------------------------------------- status
+
+
+@dataclass(frozen=True)
+class SlotReport:
+    """One slot for `otad status`. `state`: trial (armed, undecided), good (running or
+    committed), bad (failed a trial, marked bad, or holds a failed install), inactive."""
+
+    name: str
+    device: str
+    boot_value: str
+    booted: bool
+    next_boot: bool
+    state: str
+    installed_version: Optional[str]
+    install_state: Optional[str]
+    note: Optional[str]
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class SlotStatusReport:
+    """Everything `otad status` shows; a part that could not be read has a `*_problem` instead."""
+
+    booted: Optional[str]
+    booted_evidence: Optional[str]
+    env_slot: Optional[str]
+    env: Mapping[str, Optional[str]]
+    phase: Optional[str]
+    pending_trial: Optional[Mapping[str, Any]]
+    last_result: Optional[LastResult]
+    slots: Tuple[SlotReport, ...]
+    mismatch: Optional[str]
+    booted_problem: Optional[str] = None
+    env_problem: Optional[str] = None
+    state_problem: Optional[str] = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {
+            "booted": self.booted, "booted_evidence": self.booted_evidence, "env_slot": self.env_slot,
+            "env": dict(self.env), "phase": self.phase,
+            "pending_trial": dict(self.pending_trial) if self.pending_trial else None,
+            "last_result": self.last_result.to_dict() if self.last_result else None,
+            "slots": [s.to_dict() for s in self.slots], "mismatch": self.mismatch,
+            "booted_problem": self.booted_problem, "env_problem": self.env_problem,
+            "state_problem": self.state_problem,
+        }
+
+
+def status(store: StateStore, chooser: Bootchooser, booted: Optional[BootedSlot], *,
+           booted_problem: Optional[str] = None, targets: Optional[TargetStatusStore] = None,
+           device_dir: str = "/dev") -> SlotStatusReport:
+    """Gather the slot picture; never raises for an unreadable env or state (it reports them)."""
+    env: Optional[BootEnv] = None
+    state: Optional[State] = None
+    env_problem = state_problem = None
+    try:
+        env = chooser.read()
+    except EnvError as exc:
+        env_problem = str(exc)
+    try:
+        state = store.load()
+    except StateError as exc:
+        state_problem = str(exc)
+    mismatch = None
+    if booted is not None and env is not None:
+        mismatch = env_mismatch(chooser.table, booted, env.slot_value, variable=chooser.slot_variable)
+    slots = tuple(_slot_report(s, booted, env, state, targets, device_dir) for s in chooser.table.slots)
+    pending = None
+    if state is not None and state.trial:
+        pending = {"phase": state.phase.value, "target_slot": state.target_slot,
+                   "previous_slot": state.previous_slot, "version": state.version,
+                   "armed_at": state.armed_at, "action_id": state.action_id}
+    return SlotStatusReport(
+        booted=booted.slot.name if booted else None, booted_evidence=booted.evidence if booted else None,
+        env_slot=env.slot.name if env and env.slot else None, env=dict(env.values) if env else {},
+        phase=state.phase.value if state else None, pending_trial=pending,
+        last_result=state.last_result if state else None, slots=slots, mismatch=mismatch,
+        booted_problem=booted_problem, env_problem=env_problem, state_problem=state_problem,
+    )
+
+
+def _slot_report(slot: Slot, booted: Optional[BootedSlot], env: Optional[BootEnv], state: Optional[State],
+                 targets: Optional[TargetStatusStore], device_dir: str) -> SlotReport:
+    record = _install_record(targets, slot, device_dir)
+    is_booted = booted is not None and booted.slot == slot
+    next_boot = env is not None and env.slot == slot
+    kind, note = _slot_state(slot, is_booted, next_boot, env, state, record)
+    return SlotReport(slot.name, slot.device, slot.boot_value, is_booted, next_boot, kind,
+                      record.version if record else None, record.state if record else None, note)
+
+
+def _slot_state(slot: Slot, is_booted: bool, next_boot: bool, env: Optional[BootEnv], state: Optional[State],
+                record: Optional[TargetRecord]) -> Tuple[str, Optional[str]]:
+    if state is not None and state.trial and state.target_slot == slot.name:
+        return "trial", f"{state.phase.value}, version {state.version or '?'}"
+    if next_boot and env is not None and env.upgrade_available:
+        return "trial", "upgrade_available is set (not by otad)"
+    if record is not None and record.state in (FAILED, INSTALLING):
+        return "bad", f"install {record.state}" + (f": {record.reason}" if record.reason else "")
+    last = state.last_result if state is not None else None
+    newer_install = record is not None and record.updated_at is not None and last is not None \
+        and record.updated_at > last.at
+    if last is not None and last.slot == slot.name and not newer_install:
+        if last.outcome.failed and last.outcome is not Outcome.ABORTED:
+            return "bad", f"{last.outcome.value}: {last.reason}"
+    if is_booted or next_boot:
+        return "good", None
+    return "inactive", None
+
+
+def _install_record(targets: Optional[TargetStatusStore], slot: Slot, device_dir: str) -> Optional[TargetRecord]:
+    """The install record of the slot's device (records are keyed by the path written to)."""
+    if targets is None:
+        return None
+    path = slot.device
+    if path.startswith("/dev/"):
+        path = os.path.join(device_dir, path[len("/dev/"):])
+    for key in (path, slot.device, os.path.realpath(path)):
+        record = targets.get(key)
+        if record is not None:
+            return record
+    return None
+
+
+def _installed_version(targets: Optional[TargetStatusStore], slot: Slot, device_dir: str) -> Optional[str]:
+    record = _install_record(targets, slot, device_dir)
+    return record.version if record is not None else None
