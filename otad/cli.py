@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_install(commands)
     _add_info(commands)
     _add_env(commands)
+    _add_status(commands)
+    _add_confirm(commands)
+    _add_mark_bad(commands)
     return parser
 
 
@@ -54,6 +57,8 @@ def _add_install(commands: Any) -> None:
     p.add_argument("-n", "--dry-run", action="store_true", help="verify everything, write nothing")
     p.add_argument("--device-dir", metavar="DIR", help="directory standing for /dev (tests, simulators)")
     p.add_argument("--no-hw-check", action="store_true", help="skip the hardware-compatibility check")
+    p.add_argument("--no-switch", action="store_true",
+                   help="write the inactive slot but do not arm it for the next boot")
     p.set_defaults(run=_cmd_install)
 
 
@@ -64,6 +69,27 @@ def _add_info(commands: Any) -> None:
     p.add_argument("-H", "--hwrevision", metavar="BOARD:REV", help="show the sections for this board")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(run=_cmd_info)
+
+
+def _add_status(commands: Any) -> None:
+    p = commands.add_parser("status", help="booted slot, each slot's state, pending trial, env values")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(run=_cmd_status)
+
+
+def _add_confirm(commands: Any) -> None:
+    for name in ("confirm", "mark-good"):
+        p = commands.add_parser(name, help="after a boot: commit a healthy trial slot or record the fallback")
+        p.add_argument("--no-reboot", action="store_true", help="never run the reboot command, only say so")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+        p.set_defaults(run=_cmd_confirm)
+
+
+def _add_mark_bad(commands: Any) -> None:
+    p = commands.add_parser("mark-bad", help="give up on a slot now (default: the running one) and switch back")
+    p.add_argument("slot", nargs="?", metavar="SLOT", help="slot name (default: the booted slot)")
+    p.add_argument("--no-reboot", action="store_true", help="never run the reboot command, only say so")
+    p.set_defaults(run=_cmd_mark_bad)
 
 
 def _add_env(commands: Any) -> None:
@@ -121,25 +147,89 @@ def _open_bundle(path: str) -> Any:
 
 
 def _cmd_install(args: argparse.Namespace) -> int:
+    from otad import update
     from otad.console import ProgressDisplay, human_bytes
-    from otad.install.installer import install_bundle
-    from otad.install.options import make_request, status_file
-    from otad.install.status import TargetStatusStore
 
     cfg = _load_config(args)
-    request = make_request(cfg, dry_run=args.dry_run)
-    status = TargetStatusStore(None if args.dry_run else status_file(cfg))
     source, size = _open_bundle(args.bundle)
     with source:
-        result = install_bundle(source, request, name=args.bundle, total_bytes=size,
-                                progress=ProgressDisplay(), status=status)
+        done = update.install(cfg, source, name=args.bundle, total_bytes=size, progress=ProgressDisplay(),
+                              dry_run=args.dry_run, no_switch=args.no_switch)
+    result = done.install
     verb = "verified (dry run, nothing written)" if result.dry_run else "installed"
     for image in result.images:
         print(f"{image.name}: {human_bytes(image.written_bytes)} {verb}, sha256 {image.sha256}")
-    print(f"{args.bundle}: version {result.manifest.version} {verb} in {result.seconds:.1f} s")
-    if result.bootenv and not result.dry_run:
-        print(f"note: bootenv ({len(result.bootenv)} variables) not applied: no bootloader configured",
-              file=sys.stderr)
+    where = f" into slot {done.target.name}" if done.target else ""
+    print(f"{args.bundle}: version {result.manifest.version} {verb}{where} in {result.seconds:.1f} s")
+    if done.state is not None and done.target is not None:
+        print(f"slot {done.target.name} armed for a trial boot: reboot to try it; "
+              f"`otad confirm` after the boot commits it")
+    elif done.target is not None and not result.dry_run:
+        print(f"slot {done.target.name} not armed (--no-switch)")
+    elif result.bootenv and not result.dry_run:
+        print(f"note: bootenv ({len(result.bootenv)} variables) not applied: no slots configured", file=sys.stderr)
+    return 0
+
+
+def _reboot(cfg: Any, needed: bool, no_reboot: bool) -> None:
+    if not needed:
+        return
+    if no_reboot:
+        print("reboot needed (not rebooting: --no-reboot)")
+        return
+    import subprocess
+
+    print(f"rebooting: {cfg.system.reboot_command}")
+    sys.stdout.flush()
+    subprocess.run(cfg.system.reboot_command, shell=True, check=False)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from otad import update
+
+    report = update.slot_status(_load_config(args))
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2, default=str))
+        return 0
+    print(f"booted:  {report.booted or 'unknown'}" + (f" ({report.booted_evidence})" if report.booted_evidence else ""))
+    print(f"next:    {report.env_slot or 'unknown'}")
+    for slot in report.slots:
+        version = f" version {slot.installed_version}" if slot.installed_version else ""
+        marks = "".join(m for m, on in ((" [booted]", slot.booted), (" [next]", slot.next_boot)) if on)
+        note = f"  ({slot.note})" if slot.note else ""
+        print(f"slot {slot.name} {slot.device}: {slot.state}{version}{marks}{note}")
+    if report.pending_trial:
+        print("trial:   " + ", ".join(f"{k}={v}" for k, v in report.pending_trial.items() if v is not None))
+    if report.last_result:
+        r = report.last_result
+        print(f"last:    {r.outcome.value} slot {r.slot} version {r.version or '-'}" + (f": {r.reason}" if r.reason else ""))
+    print("env:     " + " ".join(f"{k}={v if v is not None else '-'}" for k, v in report.env.items()))
+    for problem in (report.mismatch, report.booted_problem, report.env_problem, report.state_problem):
+        if problem:
+            print(f"warning: {problem}")
+    return 0
+
+
+def _cmd_confirm(args: argparse.Namespace) -> int:
+    from otad import update
+
+    cfg = _load_config(args)
+    outcome = update.confirm_boot(cfg)
+    if args.json:
+        print(json.dumps(outcome.to_dict(), indent=2))
+    else:
+        print(f"{outcome.verdict.value}: {outcome.message}")
+    _reboot(cfg, outcome.reboot, args.no_reboot)
+    return 0
+
+
+def _cmd_mark_bad(args: argparse.Namespace) -> int:
+    from otad import update
+
+    cfg = _load_config(args)
+    outcome = update.mark_bad_now(cfg, args.slot)
+    print(outcome.message)
+    _reboot(cfg, outcome.reboot, args.no_reboot)
     return 0
 
 

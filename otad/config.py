@@ -95,6 +95,7 @@ class SystemConfig:
     device_dir: str = "/dev"  # sw-description's /dev/NAME resolves to device_dir/NAME
     hwrevision_file: str = "/etc/hwrevision"
     hardware: Optional[str] = None  # "board:revision"; overrides hwrevision_file
+    reboot_command: str = "reboot"  # run when a decision needs the other slot booted now
 
 
 @dataclass(frozen=True)

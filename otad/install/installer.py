@@ -9,12 +9,13 @@ the bootenv pairs travel in the result and the caller applies them last, in one 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
-from otad.errors import CompatibilityError, ImageError, ManifestError, OtadError
+from otad.errors import CompatibilityError, ImageError, InstallError, ManifestError, OtadError
 from otad.install.handlers import HANDLERS
 from otad.install.handlers.raw import RawHandler, RawTarget
 from otad.install.pipeline import DEFAULT_CHUNK, ArtifactResult, Decoding, Reader, Sink, stream_artifact
@@ -42,6 +43,7 @@ class InstallRequest:
     device_dir: str = "/dev"
     chunk_bytes: int = DEFAULT_CHUNK
     zstd_max_window: int = 1 << 27
+    protected_paths: Tuple[str, ...] = ()  # never written: the running slot, the boot env
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,7 @@ class InstallResult:
     manifest: Manifest
     signer: Optional[SignerInfo]
     images: Tuple[ArtifactResult, ...]
+    targets: Tuple[str, ...]  # every path written
     bootenv: Tuple[BootenvVar, ...]
     dry_run: bool
     seconds: float
@@ -84,7 +87,8 @@ def install_bundle(source: Reader, request: InstallRequest, *, name: str = "bund
             exc.within(name)
         raise
     progress(Progress("done", None, bundle.bytes_read, total_bytes))
-    return InstallResult(manifest, verified.signer, results, manifest.bootenv, request.dry_run,
+    targets = tuple(t.path for plan in plans.values() for _, t in plan.targets)
+    return InstallResult(manifest, verified.signer, results, targets, manifest.bootenv, request.dry_run,
                          time.monotonic() - started)
 
 
@@ -128,9 +132,19 @@ def _plan_image(image: Image, request: InstallRequest) -> RawTarget:
         raise ImageError(f"no handler for type {image.type!r} (have: {', '.join(sorted(HANDLERS))})",
                          image.filename)
     try:
-        return handler_class(request.device_dir).plan(image)
+        target = handler_class(request.device_dir).plan(image)
     except OtadError as exc:
         raise exc.within(f"image {image.filename!r}")
+    _check_not_protected(target, image, request.protected_paths)
+    return target
+
+
+def _check_not_protected(target: RawTarget, image: Image, protected: Tuple[str, ...]) -> None:
+    real = os.path.realpath(target.path)
+    for path in protected:
+        if real == os.path.realpath(path):
+            raise InstallError(f"refusing to write {target.path}: it is in use (the running slot or the boot "
+                               "environment)", f"image {image.filename!r}")
 
 
 def _declared_size(image: Image) -> Optional[int]:

@@ -1,0 +1,189 @@
+"""`otad install` on an A/B device: inactive slot, one env write arming the trial, refusals.
+
+The device is files: two slot files under a fake /dev, a uboot.env with fw_env.config, a fake
+/proc/cmdline. U-Boot's side of later boots is the emulator in otad.sim.uboot.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Dict
+
+import pytest
+
+from otad.boot.ubootenv import UBootEnv, build_image, load_fw_env_config
+from otad.sim.uboot import UBootEmulator
+from tests.bundles import ImageSpec, sha256, signed_members, write_bundle
+from tests.conftest import SLOT_BYTES, run_cli
+
+ENV_SIZE = 0x4000
+DEFAULT_ENV = {"bootcmd": "run mmcboot", "bootlimit": "3", "bootcount": "0", "upgrade_available": "0",
+               "rootpart": "2", "altbootcmd": "run swap_and_boot"}
+GOOD = b"OTAD-SIM-IMAGE ok\n" + os.urandom(5000)
+
+
+class AbDevice:
+    def __init__(self, root: Path, pki) -> None:
+        self.root = root
+        (root / "dev").mkdir(parents=True)
+        for part in ("mmcblk0p2", "mmcblk0p3"):
+            (root / "dev" / part).write_bytes(b"\xaa" * SLOT_BYTES)
+        (root / "boot").mkdir()
+        (root / "boot" / "uboot.env").write_bytes(build_image(DEFAULT_ENV, ENV_SIZE))
+        (root / "fw_env.config").write_text(f"{root / 'boot' / 'uboot.env'} 0x0 0x{ENV_SIZE:x}\n")
+        self.boot_slot("2")
+        self.config = root / "otad.conf"
+        self.config.write_text(f"""
+system = {{ state_dir = "{root / 'state'}"; device_dir = "{root / 'dev'}"; hardware = "rpi0w:1.0";
+           reboot_command = "true"; }};
+install = {{ trust_file = "{pki.ca_pem}"; }};
+bootloader = {{ fw_env_config = "{root / 'fw_env.config'}"; lock_file = "{root / 'fw.lock'}";
+               cmdline = "{root / 'cmdline'}"; mountinfo = ""; }};
+slots = ( {{ name = "a"; device = "/dev/mmcblk0p2"; boot_value = "2"; selection = "stable,copy1"; }},
+          {{ name = "b"; device = "/dev/mmcblk0p3"; boot_value = "3"; selection = "stable,copy2"; }} );
+""")
+
+    def env(self) -> Dict[str, str]:
+        return dict(self.uboot_env().read().variables)
+
+    def uboot_env(self) -> UBootEnv:
+        return UBootEnv(load_fw_env_config(str(self.root / "fw_env.config")), lock_path=str(self.root / "fw.lock"))
+
+    def boot_slot(self, value: str) -> None:
+        (self.root / "cmdline").write_text(f"console=ttyS0 root=/dev/mmcblk0p{value} otad.rootpart={value} rootwait\n")
+
+    def power_on(self) -> str:
+        """U-Boot decides; the kernel command line follows. Returns the booted rootpart."""
+        decision = UBootEmulator(self.uboot_env(), default_env=DEFAULT_ENV).boot()
+        self.boot_slot(decision.slot_value)
+        return decision.slot_value
+
+    def slot(self, part: str) -> bytes:
+        return (self.root / "dev" / part).read_bytes()
+
+    def otad(self, capsys, *args):
+        return run_cli(["--config", self.config, *args], capsys)
+
+
+@pytest.fixture
+def ab(tmp_path, pki) -> AbDevice:
+    return AbDevice(tmp_path / "ab", pki)
+
+
+def ab_bundle(tmp_path: Path, pki, image: bytes = GOOD, *, copy1_device: str = "/dev/mmcblk0p2",
+              copy2_device: str = "/dev/mmcblk0p3", bootenv: str = "", version: str = "2.0.0") -> Path:
+    digest = sha256(image)
+    desc = (f'software = {{ version = "{version}"; hardware-compatibility = ["1.0"];\n'
+            f'  stable = {{\n'
+            f'    copy1 = {{ images = ( {{ filename = "rootfs.img"; device = "{copy1_device}"; sha256 = "{digest}"; }} );'
+            f' {bootenv} }};\n'
+            f'    copy2 = {{ images = ( {{ filename = "rootfs.img"; device = "{copy2_device}"; sha256 = "{digest}"; }} );'
+            f' {bootenv} }};\n'
+            f'  }};\n}};\n').encode()
+    work = tmp_path / f"w{version}"
+    work.mkdir()
+    return write_bundle(tmp_path / f"ab-{version}.swu",
+                        signed_members(desc, [ImageSpec("rootfs.img", image, "")], pki, work))
+
+
+def test_install_writes_the_inactive_slot_and_arms_the_trial_in_one_env_write(tmp_path, pki, ab, capsys) -> None:
+    before_flags = ab.uboot_env().read().flags
+    rc, out, err = ab.otad(capsys, "install", ab_bundle(tmp_path, pki, bootenv='bootenv = ( { name = "note"; '
+                                                                                'value = "v2"; } );'))
+    assert rc == 0, err
+    assert "into slot b" in out and "armed for a trial boot" in out
+    assert ab.slot("mmcblk0p3")[:len(GOOD)] == GOOD and ab.slot("mmcblk0p2") == b"\xaa" * SLOT_BYTES
+    env = ab.env()
+    assert (env["rootpart"], env["upgrade_available"], env["bootcount"], env["otad_prev"], env["note"]) == \
+        ("3", "1", "0", "2", "v2")
+    assert before_flags == ab.uboot_env().read().flags  # single copy: no flags, one file replaced
+
+
+def test_good_update_boots_the_new_slot_and_confirm_commits_it(tmp_path, pki, ab, capsys) -> None:
+    assert ab.otad(capsys, "install", ab_bundle(tmp_path, pki))[0] == 0
+    assert ab.power_on() == "3"
+    assert ab.env()["bootcount"] == "1"
+    rc, out, _ = ab.otad(capsys, "confirm")
+    assert rc == 0 and out.startswith("confirmed:")
+    env = ab.env()
+    assert (env["rootpart"], env["upgrade_available"], env["bootcount"]) == ("3", "0", "0") and "otad_prev" not in env
+    for _ in range(10):  # the seed system's RAM-bootcount bug: later boots must never flip back
+        assert ab.power_on() == "3"
+    rc, out, _ = ab.otad(capsys, "status")
+    assert "booted:  b" in out and "last:    confirmed slot b version 2.0.0" in out
+
+
+def test_failed_trial_falls_back_and_confirm_records_it(tmp_path, pki, ab, capsys) -> None:
+    assert ab.otad(capsys, "install", ab_bundle(tmp_path, pki))[0] == 0
+    booted = [ab.power_on() for _ in range(4)]  # the new kernel hangs: the watchdog resets it thrice
+    assert booted == ["3", "3", "3", "2"]
+    rc, out, _ = ab.otad(capsys, "confirm")
+    assert rc == 0 and out.startswith("fell_back:") and "slot a" in out
+    rc, out, _ = ab.otad(capsys, "status", "--json")
+    import json
+
+    report = json.loads(out)
+    assert report["booted"] == "a" and report["last_result"]["outcome"] == "fell_back"
+    assert report["pending_trial"] is None
+    assert [ab.power_on() for _ in range(5)] == ["2"] * 5
+
+
+def test_health_check_failure_switches_back_and_asks_for_a_reboot(tmp_path, pki, ab, capsys) -> None:
+    ab.config.write_text(ab.config.read_text() + 'health = { timeout_s = 5; checks = ( "exit 3" ); };\n')
+    assert ab.otad(capsys, "install", ab_bundle(tmp_path, pki))[0] == 0
+    assert ab.power_on() == "3"
+    rc, out, _ = ab.otad(capsys, "confirm", "--no-reboot")
+    assert rc == 0 and out.startswith("health_failed:") and "reboot needed" in out
+    assert ab.env()["rootpart"] == "2" and ab.power_on() == "2"
+
+
+def test_no_switch_writes_the_slot_but_leaves_the_env_alone(tmp_path, pki, ab, capsys) -> None:
+    before = (ab.root / "boot" / "uboot.env").read_bytes()
+    rc, out, _ = ab.otad(capsys, "install", "--no-switch", ab_bundle(tmp_path, pki))
+    assert rc == 0 and "not armed" in out
+    assert ab.slot("mmcblk0p3")[:len(GOOD)] == GOOD
+    assert (ab.root / "boot" / "uboot.env").read_bytes() == before
+
+
+def test_a_section_targeting_the_running_slot_is_refused_before_writing(tmp_path, pki, ab, capsys) -> None:
+    before = (ab.root / "boot" / "uboot.env").read_bytes()
+    bundle = ab_bundle(tmp_path, pki, copy2_device="/dev/mmcblk0p2")
+    rc, _, err = ab.otad(capsys, "install", bundle)
+    assert rc == 1 and "in use" in err
+    assert ab.slot("mmcblk0p2") == b"\xaa" * SLOT_BYTES and (ab.root / "boot" / "uboot.env").read_bytes() == before
+
+
+def test_a_failed_install_never_touches_the_env(tmp_path, pki, ab, capsys) -> None:
+    before = (ab.root / "boot" / "uboot.env").read_bytes()
+    bundle = ab_bundle(tmp_path, pki)
+    blob = bytearray(bundle.read_bytes())
+    blob[blob.index(GOOD[:18]) + 100] ^= 1  # image bytes no longer match the signed sha256
+    bundle.write_bytes(bytes(blob))
+    rc, _, err = ab.otad(capsys, "install", bundle)
+    assert rc == 1 and "sha256 mismatch" in err
+    assert (ab.root / "boot" / "uboot.env").read_bytes() == before
+    rc, out, _ = ab.otad(capsys, "status")
+    assert "slot b /dev/mmcblk0p3: bad" in out
+
+
+def test_a_bundle_bootenv_may_not_touch_the_trial_variables(tmp_path, pki, ab, capsys) -> None:
+    bundle = ab_bundle(tmp_path, pki, bootenv='bootenv = ( { name = "bootcount"; value = "9"; } );')
+    rc, _, err = ab.otad(capsys, "install", bundle)
+    assert rc == 1 and "bootcount" in err
+    assert ab.env()["rootpart"] == "2" and ab.env()["upgrade_available"] == "0"
+
+
+def test_unknown_booted_slot_is_a_clear_error(tmp_path, pki, ab, capsys) -> None:
+    (ab.root / "cmdline").write_text("console=ttyS0 root=/dev/sda1\n")
+    rc, _, err = ab.otad(capsys, "install", ab_bundle(tmp_path, pki))
+    assert rc == 1 and "cannot tell which slot is booted" in err and "/dev/sda1" in err
+    assert ab.slot("mmcblk0p3") == b"\xaa" * SLOT_BYTES
+
+
+def test_mark_bad_on_the_new_slot_switches_back_now(tmp_path, pki, ab, capsys) -> None:
+    assert ab.otad(capsys, "install", ab_bundle(tmp_path, pki))[0] == 0
+    assert ab.power_on() == "3"
+    rc, out, _ = ab.otad(capsys, "mark-bad", "--no-reboot")
+    assert rc == 0 and "reboot needed" in out
+    assert ab.env()["rootpart"] == "2" and ab.env()["upgrade_available"] == "0"
