@@ -150,10 +150,14 @@ def _cmd_install(args: argparse.Namespace) -> int:
     from otad import update
     from otad.console import ProgressDisplay, human_bytes
 
+    from otad.boot.watchdog import ProgressPetter
+    from otad.progress import fan_out
+
     cfg = _load_config(args)
     source, size = _open_bundle(args.bundle)
-    with source:
-        done = update.install(cfg, source, name=args.bundle, total_bytes=size, progress=ProgressDisplay(),
+    with source, update.open_watchdog(cfg) as watchdog:
+        progress = fan_out([ProgressDisplay(), ProgressPetter(watchdog)])
+        done = update.install(cfg, source, name=args.bundle, total_bytes=size, progress=progress,
                               dry_run=args.dry_run, no_switch=args.no_switch)
     result = done.install
     verb = "verified (dry run, nothing written)" if result.dry_run else "installed"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, replace
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple, Union
 
 from otad.boot.bootchooser import Bootchooser
 from otad.boot.health import HealthResult, run_checks
@@ -19,6 +19,7 @@ from otad.boot.mark import (ConfirmOutcome, MarkOutcome, SlotStatusReport, arm_a
                             confirm, mark_bad, status)
 from otad.boot.slots import BootedSlot, Slot, booted_slot
 from otad.boot.ubootenv import load_fw_env_config
+from otad.boot.watchdog import DeviceWatchdog, NullWatchdog
 from otad.config import Config
 from otad.errors import ConfigError, InstallError, OtadError, SlotError
 from otad.install.handlers.raw import resolve_device
@@ -105,6 +106,15 @@ def _check_wrote_target(result: InstallResult, target: Slot, cfg: Config) -> Non
     if wanted not in written and not result.dry_run:
         raise InstallError(f"the selected section installs nothing into slot {target.name} ({target.device}); "
                            "not switching to it")
+
+
+def open_watchdog(cfg: Config) -> Union[DeviceWatchdog, NullWatchdog]:
+    """The hardware watchdog when the config enables it, else one that does nothing. Use it as
+    a context manager: a clean exit stops the timer, a crash leaves it running (the board resets)."""
+    wd = cfg.watchdog
+    if not wd.enabled:
+        return NullWatchdog()
+    return DeviceWatchdog.open(wd.device, timeout_s=wd.timeout_s, nowayout=wd.nowayout)
 
 
 def confirm_boot(cfg: Config) -> ConfirmOutcome:

@@ -16,8 +16,7 @@ from typing import Callable, List, Optional, Tuple
 
 import pytest
 
-from otad.cli import main
-from tests.bundles import (CRC, NEWC, ImageSpec, description, gz, signed_members, swugenerator_bundle,
+from tests.bundles import (NEWC, ImageSpec, description, gz, signed_members, swugenerator_bundle,
                            write_bundle, write_bundle_gnu_cpio, zst)
 from tests.pki import Pki, make_pki
 

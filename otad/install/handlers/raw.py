@@ -61,13 +61,20 @@ def _size_of(path: str) -> tuple[int, bool]:
         raise InstallError(f"cannot read the size of the block device: {exc.strerror}", path) from exc
 
 
+# Flush dirty pages every so often: on a 512 MB board hundreds of MB of page cache would
+# otherwise pile up, and the final fsync of an SD card could outlast the 15 s watchdog.
+SYNC_EVERY_BYTES = 32 << 20
+
+
 class RawSink:
     """Writes sequentially from the target's offset; `capacity` stops an image at its end."""
 
-    def __init__(self, fd: int, capacity: int) -> None:
+    def __init__(self, fd: int, capacity: int, sync_every: int = SYNC_EVERY_BYTES) -> None:
         self._fd = fd
         self.capacity: Optional[int] = capacity
         self.written = 0
+        self._sync_every = sync_every
+        self._unsynced = 0
 
     def write(self, data: bytes) -> None:
         view = memoryview(data)
@@ -75,6 +82,10 @@ class RawSink:
             done = os.write(self._fd, view)
             view = view[done:]
             self.written += done
+            self._unsynced += done
+        if self._unsynced >= self._sync_every:
+            os.fdatasync(self._fd)
+            self._unsynced = 0
 
 
 class CountingSink:

@@ -272,3 +272,18 @@ def test_intermediate_only_carried_in_the_cms_is_not_trusted(tmp_path, device, c
                                                ("r.img", b"x" * 10)])
     rc, _, err = install(device, chain, bundle, capsys)
     assert rc == 1 and "trusted" in err and device.untouched()
+
+
+def test_install_pets_the_watchdog_and_stops_it_cleanly(tmp_path, device, pki, capsys, monkeypatch) -> None:
+    from otad.sim.watchdog import FakeWatchdogDevice
+
+    fake = FakeWatchdogDevice()
+    monkeypatch.setattr("otad.update.DeviceWatchdog", type("W", (), {
+        "open": staticmethod(lambda path, **kw: fake.open_watchdog(path, **kw))}))
+    conf = device.config(pki)
+    conf.write_text(conf.read_text() + 'watchdog = { enabled = true; timeout_s = 30; };\n')
+    rc, _, err = run_cli(["--config", conf, "install", build(tmp_path, pki)], capsys)
+    assert rc == 0, err
+    assert ("ioctl", "SETTIMEOUT", 30, 15) in fake.calls  # the Pi's driver grants at most 15 s
+    assert ("keepalive",) in fake.calls
+    assert fake.calls[-2:] == [("write", b"V"), ("close",)] and fake.stopped

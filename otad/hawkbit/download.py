@@ -1,0 +1,343 @@
+"""A resumable artifact download that reads like a file: `read(n)` over DdiClient.open_artifact.
+
+Owns byte counting, reconnecting with Range/If-Range, hashing what it delivers and checking the
+hash at EOF. What the bytes are (CPIO, images) is the install pipeline's; whether to restart a
+whole install after RestartRequired, and what to persist, is the agent's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import http.client
+import logging
+import random
+import time
+from types import TracebackType
+from typing import Any, Callable, List, Optional, Tuple, Type
+
+import requests
+import urllib3
+
+from otad.errors import OtadError
+from otad.hawkbit.ddi import (Artifact, ArtifactResponse, Conflict, DdiClient, ServerError,
+                              ServerUnavailable)
+from otad.hawkbit.policy import ResumePolicy
+
+log = logging.getLogger(__name__)
+
+CHUNK_BYTES = 1 << 20  # requests' iter_content default is 1 byte (0.4 MB/s); 1 MiB runs at ~1 GB/s
+
+# What a broken or stalled body raises, wrapped by requests or (on some versions) raw from urllib3.
+_BODY_ERRORS = (requests.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException, OSError)
+
+
+class DownloadError(OtadError):
+    """An artifact download cannot go on; `url` is the artifact, `position` the byte reached."""
+
+    def __init__(self, what: str, url: str, position: int) -> None:
+        self.url = url
+        self.position = position
+        super().__init__(what, url)
+
+
+class RestartRequired(DownloadError):
+    """The server cannot continue at `position` (200 to a Range, stale If-Range, 416, new ETag).
+
+    The consumer has already used the earlier bytes: the caller restarts the whole install.
+    """
+
+
+class HashMismatch(DownloadError):
+    """The bytes delivered do not have the hash the deployment announced."""
+
+
+class SizeMismatch(DownloadError):
+    """The server's size disagrees with the deployment's, or it sent more bytes than that."""
+
+
+class Cancelled(DownloadError):
+    """`should_stop()` asked the download to stop."""
+
+
+class DownloadInterrupted(ServerUnavailable):
+    """Retries ran out (attempts or time) while the server kept failing; `position` was reached."""
+
+    def __init__(self, what: str, url: str, position: int) -> None:
+        self.position = position
+        super().__init__(what, url)
+
+
+class ResumableDownload:
+    """`read(n)` over an artifact, resuming after drops, short bodies and stalls.
+
+    Every byte is hashed as it arrives; the strongest hash the artifact announces is checked
+    before the last chunk is handed out, so a consumer never reads a complete but wrong file.
+    `verify()` reads (and checks) whatever a consumer that stopped early left unread.
+    Memory: one body chunk (<= `chunk_bytes`) plus what a single `read(n)` asks for.
+
+    To continue after a reboot, pass `start_offset` and `prefix_hash`: a hashlib object already
+    fed the first `start_offset` bytes, of an algorithm the artifact announces (or None: no
+    verification), and `if_range`, the ETag seen before, if known.
+    """
+
+    def __init__(self, client: DdiClient, artifact: Artifact, *, start_offset: int = 0,
+                 prefix_hash: Optional[Any] = None, if_range: Optional[str] = None,
+                 policy: ResumePolicy = ResumePolicy(),
+                 on_progress: Optional[Callable[[int, Optional[int]], None]] = None,
+                 should_stop: Optional[Callable[[], bool]] = None,
+                 rng: Optional[random.Random] = None,
+                 sleep: Callable[[float], None] = time.sleep,
+                 monotonic: Callable[[], float] = time.monotonic,
+                 chunk_bytes: int = CHUNK_BYTES) -> None:
+        if not 0 <= start_offset <= artifact.size:
+            raise ValueError(f"start_offset: expected 0..{artifact.size}, got {start_offset}")
+        if chunk_bytes < 1:
+            raise ValueError(f"chunk_bytes: expected >= 1, got {chunk_bytes}")
+        self.artifact = artifact
+        self.url = artifact.download_url
+        self._client = client
+        self._policy = policy
+        self._on_progress = on_progress
+        self._should_stop = should_stop
+        self._rng = rng if rng is not None else random.Random()
+        self._sleep = sleep
+        self._monotonic = monotonic
+        self._chunk_bytes = chunk_bytes
+        self._expected = self._expected_hash(start_offset, prefix_hash)
+        self._hash: Optional[Any] = None if self._expected is None else (
+            prefix_hash if start_offset else hashlib.new(self._expected[0]))
+        # sha256 over all bytes: the artifact's identity in otad's state, whatever the server announces.
+        self._sha256: Optional[Any] = None
+        if start_offset == 0:
+            self._sha256 = self._hash if self._expected and self._expected[0] == "sha256" else hashlib.sha256()
+        self._hashers = [h for h in (self._hash, self._sha256) if h is not None]
+        if len(self._hashers) == 2 and self._hashers[0] is self._hashers[1]:
+            del self._hashers[1]
+        self._received = start_offset  # bytes taken from the server (== next Range offset)
+        self._delivered = start_offset  # bytes handed to the consumer by read()
+        self._etag = if_range
+        self._resp: Optional[ArtifactResponse] = None
+        self._body: Optional[Callable[[], bytes]] = None
+        self._buf = b""
+        self._buf_pos = 0
+        self._eof = False
+        self._verified = False
+        self._reopens = 0
+
+    # the file-like side
+
+    @property
+    def position(self) -> int:
+        """Bytes delivered by read() so far, counted from the start of the artifact."""
+        return self._delivered
+
+    @property
+    def total(self) -> int:
+        return self.artifact.size
+
+    @property
+    def etag(self) -> Optional[str]:
+        """The server's ETag for the artifact (worth persisting for a resume after reboot)."""
+        return self._etag
+
+    @property
+    def sha256(self) -> Optional[str]:
+        """Hex sha256 of the whole artifact once at EOF; None before, or when started at an offset."""
+        return self._sha256.hexdigest() if self._eof and self._sha256 is not None else None
+
+    @property
+    def verified(self) -> bool:
+        return self._verified
+
+    def read(self, n: int = -1) -> bytes:
+        """Up to `n` bytes (all remaining for n < 0); fewer only at EOF, b"" after it."""
+        want = self.artifact.size - self._delivered if n < 0 else n
+        parts: List[bytes] = []
+        while want > 0:
+            if self._buf_pos >= len(self._buf):
+                self._buf = b""  # let the spent chunk go before the next one arrives
+                self._buf, self._buf_pos = self._next_chunk(), 0
+                if not self._buf:
+                    break
+            part = self._buf[self._buf_pos:self._buf_pos + want]
+            self._buf_pos += len(part)
+            want -= len(part)
+            parts.append(part)
+        data = b"".join(parts)
+        self._delivered += len(data)
+        return data
+
+    def verify(self) -> None:
+        """Read (and hash) whatever the consumer left, then check the hash; raise HashMismatch."""
+        while self.read(self._chunk_bytes):
+            pass
+
+    def close(self) -> None:
+        self._drop_response()
+
+    def __enter__(self) -> "ResumableDownload":
+        return self
+
+    def __exit__(self, exc_type: Optional[Type[BaseException]], exc: Optional[BaseException],
+                 tb: Optional[TracebackType]) -> None:
+        self.close()
+
+    # the network side
+
+    def _next_chunk(self) -> bytes:
+        """The next piece of the body (b"" at EOF, after the hash check), reconnecting as needed."""
+        failures = 0
+        stall_started = self._monotonic()
+        while not self._eof:
+            if self._should_stop is not None and self._should_stop():
+                self._drop_response()
+                raise Cancelled("download cancelled", self.url, self._received)
+            try:
+                chunk = self._receive()
+            except ServerError as exc:
+                if not isinstance(exc, (ServerUnavailable, Conflict)):
+                    raise  # 401/403/404/410/...: retrying would only loop
+                failures += 1
+                self._wait(failures, stall_started, exc.retry_after_s, exc.what)
+                continue
+            if chunk:
+                return chunk
+        self._check_hash()
+        return b""
+
+    def _receive(self) -> bytes:
+        """One chunk from the open body, opening it first; b"" when the file is complete."""
+        if self._body is None:
+            self._open()
+            if self._eof:
+                return b""
+        assert self._body is not None
+        try:
+            chunk = self._body()
+        except _BODY_ERRORS as exc:
+            self._drop_response()
+            raise ServerUnavailable(f"body broke off at byte {self._received} ({type(exc).__name__}: {exc})",
+                                    self.url) from exc
+        if not chunk:
+            self._drop_response()
+            if self._received == self.artifact.size:
+                self._eof = True
+                return b""
+            # urllib3 1.26 may end a dropped body early without an error, and a proxy may cut
+            # a body short with a matching Content-Length: only the byte count tells.
+            raise ServerUnavailable(f"body ended at byte {self._received} of {self.artifact.size}", self.url)
+        if self._received + len(chunk) > self.artifact.size:
+            self._drop_response()
+            raise SizeMismatch(f"server sent more than the announced {self.artifact.size} bytes", self.url,
+                               self._received)
+        self._received += len(chunk)
+        for h in self._hashers:
+            h.update(chunk)
+        if self._received == self.artifact.size:
+            # Check before handing out the last chunk: a consumer that stops reading at the
+            # exact end never holds an unverified file as complete.
+            self._eof = True
+            self._drop_response()
+            self._check_hash()
+        if self._on_progress is not None:
+            self._on_progress(self._received, self.artifact.size)
+        return chunk
+
+    def _open(self) -> None:
+        offset = self._received
+        self._reopens += 1
+        resp = self._client.open_artifact(self.artifact, offset=offset,
+                                          if_range=self._etag if offset and _strong(self._etag) else None)
+        if resp.status == 416:
+            if resp.complete:
+                self._eof = True
+                return
+            raise RestartRequired(f"server refused the range from byte {offset} (its size: "
+                                  f"{resp.total_size})", self.url, offset)
+        try:
+            self._check_response(resp, offset)
+        except BaseException:
+            resp.close()
+            raise
+        self._resp = resp
+        self._etag = resp.etag or self._etag
+        self._body = _body_reader(resp.response, self._chunk_bytes)
+        log.debug("%s: reading from byte %d (HTTP %d)", self.url, offset, resp.status)
+
+    def _check_response(self, resp: ArtifactResponse, offset: int) -> None:
+        if resp.status == 200 and offset > 0:
+            raise RestartRequired(f"server cannot resume at byte {offset}: it sent the whole file",
+                                  self.url, offset)
+        if offset > 0 and self._etag and resp.etag and resp.etag != self._etag:
+            raise RestartRequired(f"artifact changed on the server (ETag {self._etag} -> {resp.etag})",
+                                  self.url, offset)
+        # 206: Content-Range gives the file's size. 200: Content-Length is only the body's, and a
+        # short one is a body cut short (resumed later); a longer one is another file.
+        size = resp.total_size
+        if size is not None and (size > self.artifact.size or (resp.status == 206 and size != self.artifact.size)):
+            raise SizeMismatch(f"server has {size} bytes, the deployment announced {self.artifact.size}",
+                               self.url, offset)
+
+    def _wait(self, failures: int, stall_started: float, retry_after_s: Optional[float], why: str) -> None:
+        p = self._policy
+        stalled = self._monotonic() - stall_started
+        if failures > p.max_attempts or self._reopens >= p.max_reopens or stalled >= p.max_stall_s:
+            raise DownloadInterrupted(f"gave up at byte {self._received} of {self.artifact.size} after "
+                                      f"{failures - 1} retries and {stalled:.0f} s without progress "
+                                      f"({self._reopens} connections in all): {why}", self.url, self._received)
+        delay = p.backoff.next(failures - 1, self._rng)
+        if retry_after_s is not None:
+            delay = max(delay, retry_after_s)
+        delay = min(delay, max(0.0, p.max_stall_s - stalled))
+        log.info("%s: %s; resuming at byte %d in %.1f s", self.url, why, self._received, delay)
+        self._sleep(delay)
+
+    def _check_hash(self) -> None:
+        if self._verified or self._expected is None or self._hash is None:
+            return
+        algorithm, expected = self._expected
+        got = self._hash.hexdigest()
+        if not hmac.compare_digest(got, expected):
+            raise HashMismatch(f"{algorithm} of the {self._received} bytes is {got}, expected {expected}",
+                               self.url, self._received)
+        self._verified = True
+
+    def _expected_hash(self, start_offset: int, prefix_hash: Optional[Any]) -> Optional[Tuple[str, str]]:
+        if start_offset == 0:
+            if prefix_hash is not None:
+                raise ValueError("prefix_hash: only with start_offset > 0")
+            return self.artifact.strongest_hash()
+        if prefix_hash is None:
+            return None
+        name = str(prefix_hash.name).lower()
+        expected: Optional[str] = getattr(self.artifact, name, None) if name in ("sha256", "sha1", "md5") else None
+        if expected is None:
+            raise ValueError(f"prefix_hash: the artifact announces no {name} to check it against")
+        return name, expected
+
+    def _drop_response(self) -> None:
+        if self._resp is not None:
+            self._resp.close()
+        self._resp, self._body = None, None
+
+
+def _body_reader(response: requests.Response, chunk_bytes: int) -> Callable[[], bytes]:
+    """A function returning the next piece of the body (b"" at its end), at most `chunk_bytes`.
+
+    read1 returns what one socket read brings, so bytes that arrived before a drop or a stall
+    are delivered instead of being lost inside a larger read (urllib3 2's read(n) and
+    iter_content drop them with the IncompleteRead). urllib3 1.26 has no read1: read(n) with
+    n <= 64 KiB bounds that loss. Content coding is refused by open_artifact, so raw bytes are
+    the file's bytes.
+    """
+    raw = response.raw
+    if hasattr(raw, "read1"):
+        return lambda: bytes(raw.read1(chunk_bytes, decode_content=False))
+    small = min(chunk_bytes, 64 * 1024)
+    return lambda: bytes(raw.read(small, decode_content=False))
+
+
+def _strong(etag: Optional[str]) -> bool:
+    """If-Range takes only a strong validator; a weak one would always get the full file."""
+    return bool(etag) and not str(etag).startswith("W/")
