@@ -164,7 +164,7 @@ def _cmd_install(args: argparse.Namespace) -> int:
     for image in result.images:
         print(f"{image.name}: {human_bytes(image.written_bytes)} {verb}, sha256 {image.sha256}")
     where = f" into slot {done.target.name}" if done.target else ""
-    print(f"{args.bundle}: version {result.manifest.version} {verb}{where} in {result.seconds:.1f} s")
+    print(f"{args.bundle}: version {result.manifest.version} {verb}{where} in {result.seconds:.2f} s")
     if done.state is not None and done.target is not None:
         print(f"slot {done.target.name} armed for a trial boot: reboot to try it; "
               f"`otad confirm` after the boot commits it")
@@ -328,3 +328,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("otad: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader of our output went away (`otad status | head`): not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
