@@ -1,8 +1,8 @@
 """A resumable artifact download that reads like a file: `read(n)` over DdiClient.open_artifact.
 
-Owns byte counting, reconnecting with Range/If-Range, hashing what it delivers and checking the
-hash at EOF. What the bytes are (CPIO, images) is the install pipeline's; whether to restart a
-whole install after RestartRequired, and what to persist, is the agent's.
+Owns byte counting, reconnecting with Range/If-Range, hashing every byte and checking the hash
+before the last chunk goes out. What the bytes are (CPIO, images) is the install pipeline's;
+whether to restart a whole install after RestartRequired, and what to persist, is the agent's.
 """
 
 from __future__ import annotations
