@@ -21,7 +21,14 @@ edge with ``raise ... from exc``.
      │    └── EnvCorrupt          no copy with a good CRC
      ├── SlotError                A/B slot model: booted slot unknown, bad transition
      ├── StateError               otad's persistent state file
-     └── WatchdogError            /dev/watchdog
+     ├── WatchdogError            /dev/watchdog
+     ├── ServerError              a hawkBit request failed: url, status, retry_after_s
+     │    ├── ServerUnavailable   no answer, 5xx, rate-limit 429: retry later
+     │    ├── QuotaExceeded, AuthError (401), Forbidden (403), NotFound (404),
+     │    │   Conflict (409), Gone (410), Rejected (other 4xx)
+     │    └── MalformedResponse   the answer is not DDI: field
+     ├── UnsupportedDeployment    a deployment otad cannot carry out
+     └── InvalidConfigData        configData hawkBit would refuse
 """
 
 from __future__ import annotations
@@ -121,3 +128,65 @@ class StateError(OtadError):
 
 class WatchdogError(OtadError):
     """/dev/watchdog could not be opened or driven."""
+
+
+
+class ServerError(OtadError):
+    """A hawkBit request failed; `url` is the request, `status` the HTTP code (None: no answer)."""
+
+    def __init__(self, what: str, url: Optional[str] = None, status: Optional[int] = None, *,
+                 retry_after_s: Optional[float] = None) -> None:
+        self.url = url
+        self.status = status
+        self.retry_after_s = retry_after_s
+        super().__init__(what, url)
+
+
+class ServerUnavailable(ServerError):
+    """No answer, a 5xx, or a 429 from a rate limiter: retry later (after `retry_after_s` if set)."""
+
+
+class QuotaExceeded(ServerError):
+    """429 with a hawkBit quota error: permanent for this action (stop intermediate feedback)."""
+
+
+class AuthError(ServerError):
+    """401, or the token file cannot be read: credentials are missing or wrong."""
+
+
+class Forbidden(ServerError):
+    """403: blacklisted, auth mode disabled on the server, or no permission."""
+
+
+class NotFound(ServerError):
+    """404 (unknown target, action or artifact; action not in that state), or goosebit's `null`."""
+
+
+class Conflict(ServerError):
+    """409: concurrent modification on the server; retry soon."""
+
+
+class Gone(ServerError):
+    """410: the action is closed (feedback counts as delivered) or the artifact was deleted."""
+
+
+class Rejected(ServerError):
+    """Another 4xx (400, 405, 412, 422, ...): the server refused this request as sent."""
+
+
+class MalformedResponse(ServerError):
+    """The answer is not what DDI specifies; `field` is the JSON path or header concerned."""
+
+    def __init__(self, detail: str, url: Optional[str] = None, status: Optional[int] = None, *,
+                 field: Optional[str] = None) -> None:
+        self.detail = detail
+        self.field = field
+        super().__init__(f"{field}: {detail}" if field else detail, url, status)
+
+
+class UnsupportedDeployment(OtadError):
+    """A well-formed deployment otad cannot carry out (not exactly one .swu, no usable hash)."""
+
+
+class InvalidConfigData(OtadError):
+    """configData attributes that hawkBit would refuse; raised before anything is sent."""

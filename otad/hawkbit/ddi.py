@@ -20,7 +20,20 @@ from typing import (Any, Callable, Dict, List, Mapping, NoReturn, Optional, Sequ
 
 import requests
 
-from otad.errors import ConfigError, OtadError
+from otad.errors import ConfigError
+# The errors live in otad.errors; re-exported here because callers catch them per endpoint.
+from otad.errors import AuthError as AuthError
+from otad.errors import Conflict as Conflict
+from otad.errors import Forbidden as Forbidden
+from otad.errors import Gone as Gone
+from otad.errors import InvalidConfigData as InvalidConfigData
+from otad.errors import MalformedResponse as MalformedResponse
+from otad.errors import NotFound as NotFound
+from otad.errors import QuotaExceeded as QuotaExceeded
+from otad.errors import Rejected as Rejected
+from otad.errors import ServerError as ServerError
+from otad.errors import ServerUnavailable as ServerUnavailable
+from otad.errors import UnsupportedDeployment as UnsupportedDeployment
 from otad.hawkbit.policy import parse_sleep, retry_after
 
 log = logging.getLogger(__name__)
@@ -43,69 +56,6 @@ _CONFIG_TEXT = re.compile(r"[\x20-\x5f\x61-\x7d]*")  # printable ASCII without `
 _TOKEN = re.compile(r"[\x21-\x7e]+")
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 _UNSATISFIED_RANGE = re.compile(r"bytes\s+\*/(\d+)")
-
-
-# --- errors (to move into otad/errors.py) ----------------------------------------------------
-
-class ServerError(OtadError):
-    """A hawkBit request failed; `url` is the request, `status` the HTTP code (None: no answer)."""
-
-    def __init__(self, what: str, url: Optional[str] = None, status: Optional[int] = None, *,
-                 retry_after_s: Optional[float] = None) -> None:
-        self.url = url
-        self.status = status
-        self.retry_after_s = retry_after_s
-        super().__init__(what, url)
-
-
-class ServerUnavailable(ServerError):
-    """No answer, a 5xx, or a 429 from a rate limiter: retry later (after `retry_after_s` if set)."""
-
-
-class QuotaExceeded(ServerError):
-    """429 with a hawkBit quota error: permanent for this action (stop intermediate feedback)."""
-
-
-class AuthError(ServerError):
-    """401, or the token file cannot be read: credentials are missing or wrong."""
-
-
-class Forbidden(ServerError):
-    """403: blacklisted, auth mode disabled on the server, or no permission."""
-
-
-class NotFound(ServerError):
-    """404 (unknown target, action or artifact; action not in that state), or goosebit's `null`."""
-
-
-class Conflict(ServerError):
-    """409: concurrent modification on the server; retry soon."""
-
-
-class Gone(ServerError):
-    """410: the action is closed (feedback counts as delivered) or the artifact was deleted."""
-
-
-class Rejected(ServerError):
-    """Another 4xx (400, 405, 412, 422, ...): the server refused this request as sent."""
-
-
-class MalformedResponse(ServerError):
-    """The answer is not what DDI specifies; `field` is the JSON path or header concerned."""
-
-    def __init__(self, detail: str, url: Optional[str] = None, status: Optional[int] = None, *,
-                 field: Optional[str] = None) -> None:
-        self.detail = detail
-        self.field = field
-        super().__init__(f"{field}: {detail}" if field else detail, url, status)
-
-
-class UnsupportedDeployment(OtadError):
-    """A well-formed deployment otad cannot carry out (not exactly one .swu, no usable hash)."""
-
-
-class InvalidConfigData(OtadError):
-    """configData attributes that hawkBit would refuse; raised before anything is sent."""
 
 
 # --- settings and results ----------------------------------------------------------------

@@ -19,9 +19,8 @@ from typing import Any, Callable, List, Optional, Tuple, Type
 import requests
 import urllib3
 
-from otad.errors import OtadError
-from otad.hawkbit.ddi import (Artifact, ArtifactResponse, Conflict, DdiClient, ServerError,
-                              ServerUnavailable)
+from otad.errors import Conflict, OtadError, ServerError, ServerUnavailable
+from otad.hawkbit.ddi import Artifact, ArtifactResponse, DdiClient
 from otad.hawkbit.policy import ResumePolicy
 
 log = logging.getLogger(__name__)

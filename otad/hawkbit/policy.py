@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
-from otad.errors import ConfigError
+from otad.errors import ConfigError, MalformedResponse
 
 RETRY_AFTER_CAP_S = 3600.0  # a proxy's Retry-After is honoured up to an hour (hawkBit sends none)
 MAX_EXPONENT = 62  # 2**62 s is far past any cap: keeps base * 2**attempt a finite float
@@ -123,7 +123,6 @@ def parse_sleep(text: str) -> float:
         seconds = _parse_clock(value) if value[:1].isdigit() else _parse_iso(value)
         if seconds is not None:
             return seconds
-    from otad.hawkbit.ddi import MalformedResponse  # errors move to otad/errors.py; then import at the top
 
     raise MalformedResponse("expected HH:MM:SS, MM:SS, SS or an ISO-8601 duration such as PT26H, "
                             f"got {text!r}", field="config.polling.sleep")
