@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_status(commands)
     _add_confirm(commands)
     _add_mark_bad(commands)
+    _add_run(commands)
     return parser
 
 
@@ -59,6 +60,11 @@ def _add_install(commands: Any) -> None:
     p.add_argument("--no-hw-check", action="store_true", help="skip the hardware-compatibility check")
     p.add_argument("--no-switch", action="store_true",
                    help="write the inactive slot but do not arm it for the next boot")
+    p.add_argument("-K", "--key-aes", metavar="FILE",
+                   help="AES key file for encrypted images: '<hex key> <hex iv>' (or key=/iv= lines)")
+    p.add_argument("-N", "--min-version", metavar="V", help="refuse a bundle whose version is lower than V")
+    p.add_argument("--max-version", metavar="V", help="refuse a bundle whose version is higher than V")
+    p.add_argument("-R", "--no-reinstall", metavar="V", help="refuse a bundle whose version string is exactly V")
     p.set_defaults(run=_cmd_install)
 
 
@@ -90,6 +96,14 @@ def _add_mark_bad(commands: Any) -> None:
     p.add_argument("slot", nargs="?", metavar="SLOT", help="slot name (default: the booted slot)")
     p.add_argument("--no-reboot", action="store_true", help="never run the reboot command, only say so")
     p.set_defaults(run=_cmd_mark_bad)
+
+
+def _add_run(commands: Any) -> None:
+    p = commands.add_parser("run", help="the daemon: poll hawkBit, install, report (see hawkbit in otad.conf)")
+    p.add_argument("--once", action="store_true", help="one poll cycle, then exit")
+    p.add_argument("--no-reboot", action="store_true", help="never run the reboot command (tests)")
+    p.add_argument("--syslog", action="store_true", help="log to syslog as well as stderr")
+    p.set_defaults(run=_cmd_run)
 
 
 def _add_env(commands: Any) -> None:
@@ -126,6 +140,10 @@ def _load_config(args: argparse.Namespace) -> Any:
         install["check_hardware"] = False
     if getattr(args, "select", None):
         install["selection"] = args.select
+    for flag, key in (("key_aes", "aes_key_file"), ("min_version", "min_version"), ("max_version", "max_version"),
+                      ("no_reinstall", "no_reinstall")):
+        if getattr(args, flag, None):
+            install[key] = getattr(args, flag)
     system: Dict[str, Any] = {}
     if getattr(args, "hwrevision", None):
         system["hardware"] = args.hwrevision
@@ -188,12 +206,40 @@ def _reboot(cfg: Any, needed: bool, no_reboot: bool) -> None:
     subprocess.run(cfg.system.reboot_command, shell=True, check=False)
 
 
-def _cmd_status(args: argparse.Namespace) -> int:
-    from otad import update
+def _cmd_run(args: argparse.Namespace) -> int:
+    from otad.console import add_syslog
+    from otad.hawkbit.agent import Agent, AgentOptions
 
-    report = update.slot_status(_load_config(args))
+    if args.syslog:
+        add_syslog()
+    import signal
+
+    # `stop` from the init script: leave through the normal exits (state stays consistent,
+    # the watchdog gets its magic close) instead of dying mid-write.
+    signal.signal(signal.SIGTERM, lambda _sig, _frame: sys.exit(0))
+    return Agent(_load_config(args), AgentOptions(once=args.once, reboot=not args.no_reboot)).run()
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from otad import update
+    from otad.console import human_bytes
+    from otad.errors import StateError
+    from otad.hawkbit.publish import read_status
+
+    cfg = _load_config(args)
+    report = update.slot_status(cfg)
+    daemon_problem = None
+    try:
+        daemon = read_status(os.path.join(cfg.system.state_dir, "daemon.json"))
+    except StateError as exc:
+        daemon, daemon_problem = None, str(exc)
     if args.json:
-        print(json.dumps(report.to_dict(), indent=2, default=str))
+        doc = report.to_dict()
+        doc["daemon"] = dataclasses.asdict(daemon) if daemon else None
+        doc["daemon_problem"] = daemon_problem
+        print(json.dumps(doc, indent=2, default=str))
         return 0
     print(f"booted:  {report.booted or 'unknown'}" + (f" ({report.booted_evidence})" if report.booted_evidence else ""))
     print(f"next:    {report.env_slot or 'unknown'}")
@@ -208,7 +254,27 @@ def _cmd_status(args: argparse.Namespace) -> int:
         r = report.last_result
         print(f"last:    {r.outcome.value} slot {r.slot} version {r.version or '-'}" + (f": {r.reason}" if r.reason else ""))
     print("env:     " + " ".join(f"{k}={v if v is not None else '-'}" for k, v in report.env.items()))
-    for problem in (report.mismatch, report.booted_problem, report.env_problem, report.state_problem):
+    if daemon is None:
+        print("daemon:  not started" if daemon_problem is None else "daemon:  unknown")
+    else:
+        parts = [daemon.phase + (f" action {daemon.action_id}" if daemon.action_id else "")
+                 + (f" version {daemon.version}" if daemon.version else "")]
+        if daemon.phase in ("downloading", "installing"):
+            of = f" of {human_bytes(daemon.bytes_total)}" if daemon.bytes_total else ""
+            pct = f" ({daemon.bytes_done * 100 // daemon.bytes_total}%)" if daemon.bytes_total else ""
+            parts.append(f"{human_bytes(daemon.bytes_done)}{of}{pct}")
+            if daemon.rate_bps:
+                parts.append(f"{human_bytes(int(daemon.rate_bps))}/s")
+        if daemon.next_poll_in_s is not None and daemon.running:
+            import time
+
+            left = daemon.next_poll_in_s - max(0.0, time.time() - daemon.updated_at)
+            parts.append(f"next poll in {max(0.0, left):.0f} s")
+        if daemon.last_error:
+            parts.append(f"last error: {daemon.last_error}")
+        print("daemon:  " + ", ".join(parts))
+    for problem in (report.mismatch, report.booted_problem, report.env_problem, report.state_problem,
+                    daemon_problem):
         if problem:
             print(f"warning: {problem}")
     return 0
@@ -302,6 +368,13 @@ def _print_info(info: Any) -> None:
             check = {True: "hash ok", False: "HASH MISMATCH", None: "missing" if e.stored_bytes is None else "no hash"}
             print(f"  {e.kind} {e.filename} [{e.type}{', ' + ', '.join(flags) if flags else ''}] -> "
                   f"{e.target or '-'}  {human_bytes(e.stored_bytes)}  {check[e.hash_ok]}")
+            details = [f"encrypted: yes, {'own ivt' if e.ivt else 'IV from the key file'}" if e.encrypted
+                       else "encrypted: no"]
+            if e.version_gate:
+                details.append(f"{e.version_gate}: {e.name} {e.version} (skipped unless sw-versions allows)")
+            elif e.name or e.version:
+                details.append(f"component {e.name or '-'} version {e.version or '-'} (not gated)")
+            print("      " + "; ".join(details))
         for name, value in sel.bootenv.items():
             print(f"  bootenv {name}={value}")
     for problem in info.problems:

@@ -10,18 +10,22 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import math
 import re
+import urllib.parse
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Type, TypeVar, Union, cast
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Type, TypeVar, Union, cast
 
 from otad import RELEASE_DATE
 from otad.boot.slots import Slot, SlotTable
 from otad.errors import ConfigError
+from otad.hawkbit.suricatta import TokenRef, read_suricatta
 
 DEFAULT_PATH = "/etc/otad/otad.conf"
 
 SIGNATURE_METHODS = ("cms", "rsa")
 CERT_PURPOSES = ("emailProtection", "codeSigning", "any")
+FILES_VIA = ("auto", "mount", "debugfs")
 # The env variables of the bootcount trial: the slot variable must not be one of them.
 TRIAL_VARIABLES = ("upgrade_available", "bootcount", "bootlimit", "altbootcmd", "otad_prev")
 
@@ -96,6 +100,7 @@ class SystemConfig:
     hwrevision_file: str = "/etc/hwrevision"
     hardware: Optional[str] = None  # "board:revision"; overrides hwrevision_file
     reboot_command: str = "reboot"  # run when a decision needs the other slot booted now
+    sw_versions_file: str = "/etc/sw-versions"  # "name version" lines for install-if-different/-higher
 
 
 @dataclass(frozen=True)
@@ -112,6 +117,14 @@ class InstallConfig:
     selection: Optional[str] = None  # "set,mode" when no slot decides it
     chunk_kib: int = 256  # 1024 costs ~2.5 MB more peak RSS for no measurable speed (docs/performance.md)
     zstd_max_window_mib: int = 128
+    aes_key_file: Optional[str] = None  # SWUpdate -K: "<hex key> <hex iv>" (or swugenerator's key=/iv=)
+    min_version: Optional[str] = None  # SWUpdate -N: refuse bundles with a lower version (anti-rollback)
+    max_version: Optional[str] = None  # SWUpdate --max-version: refuse bundles with a higher version
+    no_reinstall: Optional[str] = None  # SWUpdate -R: refuse a bundle whose version string is exactly this
+    # files and scripts:
+    ext4_resize: bool = False  # grow `type = "ext4"` images to their partition (properties.resize overrides)
+    script_timeout_s: float = 300.0  # per script; its process group is killed after it
+    files_via: str = "auto"  # files into a device: "mount", "debugfs" (rawfile on ext2/3/4, no root) or "auto"
 
     def __post_init__(self) -> None:
         _one_of("install.signature", self.signature, SIGNATURE_METHODS)
@@ -121,6 +134,9 @@ class InstallConfig:
         parse_date("install.time_floor", self.time_floor)
         if self.selection is not None:
             parse_selection(self.selection)
+        _check_versions(self)
+        _positive(("install", "script_timeout_s"), self.script_timeout_s)
+        _one_of("install.files_via", self.files_via, FILES_VIA)
 
     @property
     def time_floor_datetime(self) -> datetime.datetime:
@@ -129,6 +145,19 @@ class InstallConfig:
     @property
     def selection_pair(self) -> Optional[Tuple[str, str]]:
         return parse_selection(self.selection) if self.selection else None
+
+
+def _check_versions(install: InstallConfig) -> None:
+    for key in ("min_version", "max_version", "no_reinstall"):
+        value = getattr(install, key)
+        if value is not None and (not value or any(c.isspace() or ord(c) < 0x20 for c in value)):
+            raise _BadValue(f"install.{key}: expected a version such as \"2.1.0\", got {value!r}", ("install", key))
+    if install.min_version is not None and install.max_version is not None:
+        from otad.swu.version import compare
+
+        if compare(install.min_version, install.max_version) > 0:
+            raise _BadValue(f"install.max_version: {install.max_version!r} is lower than install.min_version "
+                            f"{install.min_version!r}; no bundle could be installed", ("install", "max_version"))
 
 
 @dataclass(frozen=True)
@@ -222,6 +251,133 @@ class WatchdogConfig:
         _positive(("watchdog", "timeout_s"), self.timeout_s)
 
 
+HAWKBIT_AUTH_MODES = ("none", "target_token", "gateway_token")
+MAX_ATTRIBUTES = 100  # hawkBit's configData limit (ddi.MAX_CONFIG_ENTRIES)
+MAX_ATTRIBUTE_CHARS = 128
+_ATTRIBUTE_TEXT = re.compile(r"[\x20-\x5f\x61-\x7d]*")  # printable ASCII without ` (0x60) and ~ (0x7e)
+_HAWKBIT_PAIRS = (("client_cert", "client_key"),)
+
+
+@dataclass(frozen=True)
+class HawkbitConfig:
+    """The hawkBit server otad polls (docs/hawkbit-ddi.md). `url` None: no server, `otad run` refuses.
+
+    Secrets never sit here: a token is read from `token_file` at every request. With
+    `swupdate_cfg`, that file's `suricatta` section supplies defaults (see `_with_swupdate_cfg`).
+    """
+
+    url: Optional[str] = None  # http(s)://host[:port][/path], without the tenant
+    tenant: str = "DEFAULT"
+    controller_id: Optional[str] = None
+    controller_id_from: Optional[str] = None  # a file whose first line is the id, e.g. /etc/machine-id
+    auth: str = "none"  # none | target_token | gateway_token
+    token_file: Optional[str] = None  # required unless auth = none; read at every request
+    ca_file: Optional[str] = None  # CA bundle for the server's certificate (default: the system's)
+    client_cert: Optional[str] = None  # TLS client certificate and key: both or neither
+    client_key: Optional[str] = None
+    verify_tls: bool = True
+    connect_timeout_s: float = 30.0
+    read_timeout_s: float = 60.0
+    download_without_token: bool = False  # artifacts on a CDN that refuses hawkBit's Authorization
+    poll_min_s: float = 30.0  # floor for the server's `sleep` (hawkBit's own floor; tests use 1)
+    poll_max_s: float = 86400.0
+    poll_jitter: float = 0.1  # polls come up to this fraction early, never late
+    backoff_cap_s: float = 300.0  # longest wait after failed requests
+    feedback_interval_s: float = 10.0  # least time between two intermediate feedbacks of an action
+    max_download_attempts: int = 10
+    attributes: Tuple[Tuple[str, str], ...] = ()  # configData sent besides otad's own
+    swupdate_cfg: Optional[str] = None  # an existing swupdate.cfg whose suricatta section gives defaults
+
+    def __post_init__(self) -> None:
+        if self.url is not None:
+            _http_url(("hawkbit", "url"), self.url)
+        for key in ("tenant", "controller_id"):
+            value = getattr(self, key)
+            if value is not None and (not value or "/" in value or any(c.isspace() for c in value)):
+                raise _BadValue(f"hawkbit.{key}: expected a non-empty name without '/' or blanks, got {value!r}",
+                                ("hawkbit", key))
+        self._check_identity()
+        _one_of("hawkbit.auth", self.auth, HAWKBIT_AUTH_MODES)
+        if self.auth != "none" and not self.token_file:
+            raise _BadValue(f"hawkbit.token_file: required with auth = {self.auth!r} (the token itself is "
+                            "never written into otad.conf)", ("hawkbit", "auth"))
+        if self.auth == "none" and self.token_file:
+            raise _BadValue("hawkbit.token_file: given but auth = 'none'; expected auth = \"target_token\" "
+                            "or \"gateway_token\"", ("hawkbit", "token_file"))
+        for first, second in _HAWKBIT_PAIRS:
+            if bool(getattr(self, first)) != bool(getattr(self, second)):
+                given, missing = (first, second) if getattr(self, first) else (second, first)
+                raise _BadValue(f"hawkbit.{given}: given without hawkbit.{missing}; expected both or neither",
+                                ("hawkbit", given))
+        self._check_numbers()
+        _check_attributes(self.attributes)
+
+    def _check_identity(self) -> None:
+        if self.controller_id is not None and self.controller_id_from is not None:
+            raise _BadValue("hawkbit.controller_id_from: given together with hawkbit.controller_id; "
+                            "expected exactly one of them", ("hawkbit", "controller_id_from"))
+        if self.url is not None and self.controller_id is None and self.controller_id_from is None:
+            raise _BadValue("hawkbit: url is set but no controller id; expected controller_id or "
+                            "controller_id_from (e.g. \"/etc/machine-id\")", ("hawkbit", "url"))
+
+    def _check_numbers(self) -> None:
+        for key in ("connect_timeout_s", "read_timeout_s", "poll_min_s", "backoff_cap_s"):
+            _positive(("hawkbit", key), getattr(self, key))
+        if not (math.isfinite(self.poll_max_s) and self.poll_max_s >= self.poll_min_s):
+            raise _BadValue(f"hawkbit.poll_max_s: expected a number >= poll_min_s ({self.poll_min_s}), "
+                            f"got {self.poll_max_s!r}", ("hawkbit", "poll_max_s"))
+        if not 0.0 <= self.poll_jitter <= 0.5:
+            raise _BadValue(f"hawkbit.poll_jitter: expected 0..0.5, got {self.poll_jitter!r}",
+                            ("hawkbit", "poll_jitter"))
+        if not (math.isfinite(self.feedback_interval_s) and self.feedback_interval_s >= 0):
+            raise _BadValue(f"hawkbit.feedback_interval_s: expected a number >= 0, got {self.feedback_interval_s!r}",
+                            ("hawkbit", "feedback_interval_s"))
+        _in_range("hawkbit.max_download_attempts", self.max_download_attempts, 1, 1000)
+
+    @property
+    def enabled(self) -> bool:
+        """A server is configured: `otad run` has something to poll."""
+        return self.url is not None
+
+    def resolved_controller_id(self) -> str:
+        """`controller_id`, or the first line of `controller_id_from` (read now, ConfigError naming it)."""
+        if self.controller_id is not None:
+            return self.controller_id
+        path = self.controller_id_from
+        if path is None:
+            raise ConfigError("hawkbit: no controller id; expected controller_id or controller_id_from")
+        try:
+            with open(path, "rb") as f:
+                first = f.read(4096).decode("utf-8").splitlines()
+        except OSError as exc:
+            raise ConfigError(f"hawkbit.controller_id_from: cannot read: {exc.strerror or exc}", path) from exc
+        except UnicodeDecodeError:
+            raise ConfigError("hawkbit.controller_id_from: expected a line of UTF-8 text", path) from None
+        value = first[0].strip() if first else ""
+        if not value or "/" in value or any(c.isspace() for c in value):
+            raise ConfigError(f"hawkbit.controller_id_from: expected a first line with a name without '/' "
+                              f"or blanks, got {value!r}", path)
+        return value
+
+
+def _http_url(path: KeyPath, value: str) -> None:
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise _BadValue(f"{_dotted(path)}: expected http(s)://host[:port][/path], got {value!r}", path)
+
+
+def _check_attributes(attributes: Tuple[Tuple[str, str], ...]) -> None:
+    path: KeyPath = ("hawkbit", "attributes")
+    if len(attributes) > MAX_ATTRIBUTES:
+        raise _BadValue(f"hawkbit.attributes: expected at most {MAX_ATTRIBUTES}, got {len(attributes)}", path)
+    for key, value in attributes:
+        for what, text in (("name", key), ("value", value)):
+            if not isinstance(text, str) or len(text) > MAX_ATTRIBUTE_CHARS or not _ATTRIBUTE_TEXT.fullmatch(text) \
+                    or (what == "name" and not text):
+                raise _BadValue(f"hawkbit.attributes.{key}: expected a {what} of up to {MAX_ATTRIBUTE_CHARS} "
+                                f"printable ASCII characters without ` and ~, got {text!r}", (*path, str(key)))
+
+
 @dataclass(frozen=True)
 class Config:
     system: SystemConfig = field(default_factory=SystemConfig)
@@ -230,6 +386,7 @@ class Config:
     slots: Tuple[SlotConfig, ...] = ()  # none: plain installs, no A/B switch (etc/otad.conf has the Pi's)
     health: HealthConfig = field(default_factory=HealthConfig)
     watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
+    hawkbit: HawkbitConfig = field(default_factory=HawkbitConfig)
     source: Optional[str] = None
 
     def __post_init__(self) -> None:
@@ -268,6 +425,7 @@ SECTIONS: Dict[str, Union[Type[Any], ListOf]] = {
     "slots": ListOf(SlotConfig),
     "health": HealthConfig,
     "watchdog": WatchdogConfig,
+    "hawkbit": HawkbitConfig,
 }
 
 
@@ -305,6 +463,7 @@ def parse(text: str, *, source: str) -> Config:
     tree = libconfig.loads(text, source=source, error=ConfigError)
     where = _Locator(source, text)
     sections: Dict[str, Any] = {}
+    hawkbit: Optional[Mapping[str, Any]] = None
     for name, values in tree.items():
         kind = SECTIONS.get(name)
         if kind is None:
@@ -314,8 +473,14 @@ def parse(text: str, *, source: str) -> Config:
             sections[name] = _list_section(kind.item, name, values, where)
         elif not isinstance(values, Mapping):
             raise ConfigError(f"{name}: expected a group {{ ... }}", where(name))
+        elif kind is HawkbitConfig:
+            hawkbit = values  # read last: a token migrated from swupdate.cfg goes under system.state_dir
         else:
             sections[name] = _section(kind, name, values, where)
+    if hawkbit is not None:
+        state_dir = cast(SystemConfig, sections.get("system", SystemConfig())).state_dir
+        sections["hawkbit"] = _section(HawkbitConfig, "hawkbit", hawkbit, where,
+                                       complete=lambda given: _with_swupdate_cfg(given, state_dir, where))
     try:
         return Config(source=source, **sections)
     except _BadValue as exc:
@@ -326,14 +491,18 @@ T = TypeVar("T")
 
 _TYPES: Dict[str, Tuple[type, ...]] = {
     "str": (str,), "Optional[str]": (str,), "int": (int,), "bool": (bool,), "float": (int, float),
-    "Tuple[str, ...]": (list, tuple),
+    "Tuple[str, ...]": (list, tuple), "Tuple[Tuple[str, str], ...]": (dict,),
 }
-_SHOWN_TYPES = {"Optional[str]": "str", "Tuple[str, ...]": "a list of strings ( \"...\", ... )"}
+_SHOWN_TYPES = {"Optional[str]": "str", "Tuple[str, ...]": "a list of strings ( \"...\", ... )",
+                "Tuple[Tuple[str, str], ...]": "a group { name = \"value\"; ... }"}
+
+Completion = Callable[[Dict[str, Any]], Dict[str, Any]]
 
 
 def _section(cls: Type[T], name: str, values: Mapping[str, Any], where: "_Locator",
-             index: Optional[int] = None) -> T:
-    """One group read as `cls`; `index` places a group that is an element of a list section."""
+             index: Optional[int] = None, complete: Optional[Completion] = None) -> T:
+    """One group read as `cls`; `index` places a group that is an element of a list section.
+    `complete` adds defaults from elsewhere to the checked keys (hawkbit's swupdate.cfg)."""
     known = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     label = name if index is None else f"{name}[{index}]"
     base: KeyPath = (name,) if index is None else (name, index)
@@ -344,6 +513,8 @@ def _section(cls: Type[T], name: str, values: Mapping[str, Any], where: "_Locato
             raise ConfigError(f"{label}.{key}: unknown setting (expected one of: {', '.join(known)})",
                               where(*base, key))
         kwargs[key] = _value(f, value, f"{label}.{key}", where(*base, key))
+    if complete is not None:
+        kwargs = complete(kwargs)
     missing = [n for n, f in known.items() if n not in kwargs and f.default is dataclasses.MISSING
                and f.default_factory is dataclasses.MISSING]
     if missing:
@@ -367,6 +538,10 @@ def _value(f: "dataclasses.Field[Any]", value: Any, label: str, where: str) -> A
         raise ConfigError(f"{label}: expected {_SHOWN_TYPES.get(kind, kind)}, got {value!r}", where)
     if kind == "Tuple[str, ...]":
         return _strings(cast(Sequence[Any], value), label, where)  # a list ( ) or an array [ ]
+    if kind == "Tuple[Tuple[str, str], ...]":
+        pairs = tuple(cast(Mapping[str, Any], value).items())  # a group: its names are libconfig names
+        _strings([v for _, v in pairs], label, where)
+        return pairs
     return None if kind == "Optional[str]" and value == "" else value
 
 
@@ -375,6 +550,42 @@ def _strings(items: Sequence[Any], label: str, where: str) -> Tuple[str, ...]:
     if bad:
         raise ConfigError(f"{label}: expected strings only, got {bad[0]!r}", where)
     return tuple(items)
+
+
+def _with_swupdate_cfg(given: Dict[str, Any], state_dir: str, where: "_Locator") -> Dict[str, Any]:
+    """hawkbit keys over the defaults of `given["swupdate_cfg"]` (its suricatta section).
+
+    Keys that belong together come from one side only: an explicit controller_id_from drops
+    swupdate.cfg's `id`, an explicit client_cert or client_key drops both of its files, and its
+    token is used only while `auth` and `token_file` are not given otherwise. That token is
+    stored under `state_dir` (mode 0600) only then, which is why this runs at load time.
+    Attributes merge by name, the explicit ones winning.
+    """
+    path = given.get("swupdate_cfg")
+    if not path:
+        return given
+    defaults = read_suricatta(path)
+    token = defaults.pop("token_file", None)
+    kind = defaults.pop("auth", None)
+    if "controller_id_from" in given or "controller_id" in given:
+        defaults.pop("controller_id", None)
+    for pair in _HAWKBIT_PAIRS:
+        if any(key in given for key in pair):
+            for key in pair:
+                defaults.pop(key, None)
+    merged = {**defaults, **given}
+    if "attributes" in defaults and "attributes" in given:
+        merged["attributes"] = tuple({**dict(defaults["attributes"]), **dict(given["attributes"])}.items())
+    if isinstance(token, TokenRef) and "token_file" not in given and given.get("auth", kind) == kind:
+        merged["auth"] = kind
+        merged["token_file"] = token.store(state_dir)
+    try:
+        HawkbitConfig(**merged)
+    except _BadValue as exc:
+        key = str(exc.path[1]) if len(exc.path) > 1 else ""
+        if key in defaults and key not in given:
+            raise ConfigError(f"{exc.what} (a default from {path})", where("hawkbit", "swupdate_cfg")) from None
+    return merged
 
 
 def _list_section(cls: Type[T], name: str, values: Any, where: "_Locator") -> Tuple[T, ...]:

@@ -19,6 +19,18 @@ def setup_logging(verbose: int, quiet: bool) -> None:
     logging.basicConfig(level=level, stream=sys.stderr, format="otad: %(levelname)s: %(message)s", force=True)
 
 
+def add_syslog(address: str = "/dev/log") -> None:
+    """Also log to syslog (SysV boards have no journald); silently skipped where there is none."""
+    import logging.handlers
+    import os
+
+    if not os.path.exists(address):
+        return
+    handler = logging.handlers.SysLogHandler(address=address, facility=logging.handlers.SysLogHandler.LOG_DAEMON)
+    handler.setFormatter(logging.Formatter("otad[%(process)d]: %(levelname)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+
+
 class ProgressDisplay:
     """A ProgressListener that draws a bar on a TTY, or logs every 10 % elsewhere."""
 

@@ -15,7 +15,8 @@ edge with ``raise ... from exc``.
      │    └── ImageError          one image of the bundle: name
      │         ├── ImageHashMismatch
      │         ├── DecompressError
-     │         └── ImageTooLarge
+     │         ├── ImageTooLarge
+     │         └── DecryptError   AES: no key, wrong key, bad padding, truncated
      ├── InstallError             writing to a target (device or file) failed
      ├── EnvError                 U-Boot environment
      │    └── EnvCorrupt          no copy with a good CRC
@@ -104,6 +105,11 @@ class DecompressError(ImageError):
 
 class ImageTooLarge(ImageError):
     """The decoded image would pass the end of its target (or a configured cap)."""
+
+
+class DecryptError(ImageError):
+    """An encrypted image cannot be decrypted: no key configured, wrong key or IV, bad PKCS#7
+    padding, or ciphertext that is not whole AES blocks (truncated)."""
 
 
 class InstallError(OtadError):

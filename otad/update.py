@@ -99,6 +99,33 @@ def install(cfg: Config, source: Reader, *, name: str, total_bytes: Optional[int
     return SlotInstallResult(result, target, booted.slot, state)
 
 
+def arm(cfg: Config, target_name: str, version: str, bootenv: Dict[str, Optional[str]], *,
+        action_id: Optional[str] = None) -> State:
+    """Arm a slot that already holds a verified install (the daemon's deferred update)."""
+    table = cfg.slot_table()
+    booted = detect_booted(cfg)
+    target = table.by_name(target_name)
+    if target == booted.slot:
+        raise SlotError(f"slot {target_name} is the running slot; nothing to arm")
+    record = _targets(cfg).get(resolve_device(target.device, cfg.system.device_dir))
+    if record is None or record.state != "installed" or record.version != version:
+        raise InstallError(f"slot {target_name} no longer holds the verified install of version {version}")
+    return arm_after_install(StateStore(cfg.system.state_dir), Bootchooser.from_config(cfg), target, booted.slot,
+                             version, bootenv, action_id=action_id)
+
+
+def running_version(cfg: Config) -> Optional[str]:
+    """The version of the bundle installed in the booted slot, if otad installed it."""
+    if not cfg.ab_enabled:
+        return None
+    try:
+        booted = detect_booted(cfg)
+    except OtadError:
+        return None
+    record = _targets(cfg).get(resolve_device(booted.slot.device, cfg.system.device_dir))
+    return record.version if record is not None and record.state == "installed" else None
+
+
 def _check_wrote_target(result: InstallResult, target: Slot, cfg: Config) -> None:
     """An A/B bundle section that never writes the target slot would arm an untouched slot."""
     wanted = os.path.realpath(resolve_device(target.device, cfg.system.device_dir))

@@ -108,8 +108,9 @@ def write_bundle_gnu_cpio(path: Path, members: Sequence[Tuple[str, bytes]], fmt:
 
 
 def swugenerator_bundle(path: Path, template: str, artifacts: Dict[str, bytes], pki: Optional[object],
-                        workdir: Path) -> Path:
-    """Build with SWUpdate's swugenerator: it hashes (and compresses) and signs with CMS."""
+                        workdir: Path, aes_key_file: Optional[Path] = None) -> Path:
+    """Build with SWUpdate's swugenerator: it hashes (and compresses, and with `aes_key_file`,
+    a `key=`/`iv=` file, encrypts `encrypted = true` entries, writing their `ivt`) and signs with CMS."""
     art = workdir / "artifacts"
     art.mkdir(exist_ok=True)
     for name, data in artifacts.items():
@@ -119,9 +120,18 @@ def swugenerator_bundle(path: Path, template: str, artifacts: Dict[str, bytes], 
            "-a", str(art), "-o", str(path)]
     if pki is not None:
         cmd += ["-k", f"CMS,{pki.signer_key},{pki.signer_cert}"]  # type: ignore[attr-defined]
+    if aes_key_file is not None:
+        cmd += ["-K", str(aes_key_file)]
     subprocess.run(cmd + ["create"], check=True, capture_output=True, cwd=workdir)
     return path
 
 
-__all__ = ["CRC", "NEWC", "ImageSpec", "description", "gz", "sha256", "signed_members", "swugenerator_bundle",
-           "write_bundle", "write_bundle_gnu_cpio", "zst"]
+def openssl_aes(data: bytes, key: str, iv: str, *, pad: bool = True) -> bytes:
+    """`openssl enc -aes-<bits>-cbc -K KEY -iv IV -nosalt`, as SWUpdate's docs encrypt an image;
+    the key size follows the key's length (32/48/64 hex digits). `pad=False` adds -nopad."""
+    cmd = ["openssl", "enc", f"-aes-{len(key) * 4}-cbc", "-K", key, "-iv", iv, "-nosalt"] + ([] if pad else ["-nopad"])
+    return subprocess.run(cmd, input=data, capture_output=True, check=True).stdout
+
+
+__all__ = ["CRC", "NEWC", "ImageSpec", "description", "gz", "openssl_aes", "sha256", "signed_members",
+           "swugenerator_bundle", "write_bundle", "write_bundle_gnu_cpio", "zst"]

@@ -13,6 +13,8 @@ from typing import Optional, Tuple
 from otad.config import Config
 from otad.errors import ConfigError
 from otad.install.installer import InstallRequest
+from otad.install.versionpolicy import VersionPolicy
+from otad.swu.crypto import AesKey, load_key_file
 from otad.swu.manifest import HardwareRevision
 from otad.swu.signature import CmsVerifier, RsaVerifier, TrustedTime, Verifier
 
@@ -61,7 +63,31 @@ def make_request(config: Config, *, dry_run: bool = False,
         device_dir=config.system.device_dir,
         chunk_bytes=install.chunk_kib << 10,
         zstd_max_window=install.zstd_max_window_mib << 20,
+        aes_key=aes_key(config),
+        version_policy=version_policy(config),
+        work_dir=work_dir(config),
+        ext4_resize=install.ext4_resize,
+        files_via=install.files_via,
+        script_timeout_s=install.script_timeout_s,
     )
+
+
+def work_dir(config: Config) -> str:
+    """Where scripts, spooled files and mount points live during an install: on disk, in the
+    state directory (on the Pi /tmp is RAM)."""
+    return os.path.join(config.system.state_dir, "tmp")
+
+
+def aes_key(config: Config) -> Optional[AesKey]:
+    """The device's AES key, read now: a bad key file fails every install, as in SWUpdate."""
+    path = config.install.aes_key_file
+    return load_key_file(path) if path else None
+
+
+def version_policy(config: Config) -> VersionPolicy:
+    install = config.install
+    return VersionPolicy(min_version=install.min_version, max_version=install.max_version,
+                         no_reinstall=install.no_reinstall, sw_versions_file=config.system.sw_versions_file)
 
 
 def status_file(config: Config) -> str:

@@ -1,8 +1,9 @@
 """The byte path of one artifact: stored bytes → [decrypt] → [decompress] → sink.
 
 Owns the readers stacked on a CPIO member: `HashingReader` (sha256 over the bytes as stored,
-as SWUpdate checks them), the bounded decompressors and `stream_artifact`, which drives the
-stack in fixed-size chunks into a sink and checks the hash at the end. Every stage is a
+as SWUpdate checks them), AES-CBC decryption (swu/crypto.py), the bounded decompressors and
+`stream_artifact`, which drives the stack in fixed-size chunks into a sink and checks the hash
+at the end. Every stage is a
 reader with `read(n)` that never returns more than `n` bytes, so memory stays flat whatever
 the image size. Knows nothing of targets (see handlers/) or of the bundle order (installer).
 """
@@ -14,7 +15,8 @@ import zlib
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Protocol
 
-from otad.errors import DecompressError, ImageHashMismatch, ImageTooLarge
+from otad.errors import DecompressError, DecryptError, ImageHashMismatch, ImageTooLarge
+from otad.swu.crypto import AesCbcReader, AesKey
 
 DEFAULT_CHUNK = 1 << 20
 
@@ -37,6 +39,16 @@ class Decoding:
 
     compressed: Optional[str] = None  # None, "zlib" (a gzip stream, as SWUpdate) or "zstd"
     zstd_max_window: int = 1 << 27
+    encrypted: bool = False  # AES-CBC, decrypted before decompressing (producers compress first)
+    key: Optional[AesKey] = None  # the device key; None with `encrypted` is refused
+    ivt: Optional[str] = None  # the artifact's own IV (32 hex digits); else the key file's
+
+    def aes_iv(self, name: str) -> bytes:
+        """The IV to decrypt with; DecryptError when the device has no key (or no IV) for it."""
+        if self.key is None:
+            raise DecryptError("image is encrypted but no AES key is configured (install.aes_key_file or -K FILE)",
+                               name)
+        return self.key.iv_for(self.ivt, name)
 
 
 @dataclass(frozen=True)
@@ -186,6 +198,15 @@ def decoder_for(source: Reader, name: str, decoding: Decoding, chunk: int = DEFA
     raise DecompressError(f"unknown compression {decoding.compressed!r} (expected zlib or zstd)", name)
 
 
+def decrypter_for(source: Reader, name: str, decoding: Decoding, chunk: int = DEFAULT_CHUNK) -> Reader:
+    """The plaintext of an encrypted artifact; `source` itself when it is not encrypted."""
+    if not decoding.encrypted:
+        return source
+    iv = decoding.aes_iv(name)
+    assert decoding.key is not None
+    return AesCbcReader(source, decoding.key.key, iv, name, chunk)
+
+
 def stream_artifact(
     member: Reader,
     name: str,
@@ -205,7 +226,24 @@ def stream_artifact(
     size sw-description declares (`decompressed-size`), checked when given.
     """
     stored = HashingReader(member, on_bytes)
-    decoded = decoder_for(stored, name, decoding, chunk)
+    try:
+        written = _decode_into(sink, stored, name, decoding, chunk)
+    except (DecryptError, DecompressError) as exc:
+        if decoding.encrypted:
+            _hash_outranks(stored, name, expected_sha256, chunk, exc)
+        raise
+    if expected_size is not None and written != expected_size:
+        raise DecompressError(f"decoded {written} bytes, sw-description declares {expected_size}", name)
+    digest = stored.sha256.hexdigest()
+    if expected_sha256 is not None and digest != expected_sha256.lower():
+        raise _mismatch(expected_sha256, digest, name)
+    return ArtifactResult(name, stored.count, written, digest)
+
+
+def _decode_into(sink: Sink, stored: HashingReader, name: str, decoding: Decoding, chunk: int) -> int:
+    """stored → [decrypt] → [decompress] → sink; returns the bytes written."""
+    plain = decrypter_for(stored, name, decoding, chunk)
+    decoded = decoder_for(plain, name, decoding, chunk)
     written = 0
     capacity = sink.capacity
     while True:
@@ -217,12 +255,32 @@ def stream_artifact(
                 f"decoded image exceeds its target's {capacity} bytes (stopped after {written + len(data)})", name)
         sink.write(data)
         written += len(data)
-    if stored.drain(chunk):
+    # A decompressor stops at its end marker, possibly before its source ends. What is left
+    # must be nothing; for AES, reading to the end is also what checks the padding.
+    if _drain(plain, chunk):
         raise DecompressError("data after the end of the compressed stream", name)
-    if expected_size is not None and written != expected_size:
-        raise DecompressError(f"decoded {written} bytes, sw-description declares {expected_size}", name)
+    return written
+
+
+def _drain(reader: Reader, chunk: int) -> int:
+    """Read to the end; returns how many bytes were left."""
+    left = 0
+    while True:
+        data = reader.read(chunk)
+        if not data:
+            return left
+        left += len(data)
+
+
+def _hash_outranks(stored: HashingReader, name: str, expected: Optional[str], chunk: int, exc: Exception) -> None:
+    """Report a tampered encrypted image as what it is, a hash mismatch. Reporting its padding
+    or decompression error instead would make the device a padding oracle (errors travel to
+    hawkBit) for anyone who can hand it a modified bundle."""
+    stored.drain(chunk)
     digest = stored.sha256.hexdigest()
-    if expected_sha256 is not None and digest != expected_sha256.lower():
-        raise ImageHashMismatch(f"sha256 mismatch: sw-description says {expected_sha256}, stored bytes hash to {digest}",
-                                name)
-    return ArtifactResult(name, stored.count, written, digest)
+    if expected is not None and digest != expected.lower():
+        raise _mismatch(expected, digest, name) from exc
+
+
+def _mismatch(expected: str, digest: str, name: str) -> ImageHashMismatch:
+    return ImageHashMismatch(f"sha256 mismatch: sw-description says {expected}, stored bytes hash to {digest}", name)

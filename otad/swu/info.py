@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from otad.errors import BundleFormatError, CompatibilityError, OtadError
 from otad.swu.bundle import Bundle
 from otad.swu.cpio import SupportsRead
-from otad.swu.manifest import Manifest, SwDescription, parse
+from otad.swu.manifest import Entry, File, Image, Manifest, SwDescription, parse
 from otad.swu.signature import SignerInfo, Verifier
 
 
@@ -36,6 +36,15 @@ class EntryInfo:
     sha256: Optional[str]
     stored_bytes: Optional[int]  # None: no such member in the bundle
     hash_ok: Optional[bool]  # None: nothing to compare
+    ivt: Optional[str] = None  # an encrypted entry's own IV; None: the key file's IV is used
+    name: Optional[str] = None  # component name and version, matched against sw-versions
+    version: Optional[str] = None
+    install_if: Optional[str] = None  # "different", "higher" or None: when sw-versions lets it install
+
+    @property
+    def version_gate(self) -> Optional[str]:
+        """`install-if-higher` etc. when the entry is gated (SWUpdate ignores a flag without name and version)."""
+        return f"install-if-{self.install_if}" if self.install_if and self.name and self.version else None
 
 
 @dataclass(frozen=True)
@@ -129,12 +138,32 @@ def _selection_info(manifest: Manifest, members: Dict[str, MemberInfo], problems
         elif hash_ok is False:
             problems.append(f"{_label(manifest)}: {entry.filename!r}: sha256 mismatch")
         kind = type(entry).__name__.lower()
-        target = getattr(entry, "device", None) or getattr(entry, "path", None)
+        target = _target(entry)
         entries.append(EntryInfo(kind, entry.filename, entry.type, target, getattr(entry, "compressed", None),
-                                 entry.encrypted, entry.sha256, member.stored_bytes if member else None, hash_ok))
+                                 entry.encrypted, entry.sha256, member.stored_bytes if member else None, hash_ok,
+                                 ivt=entry.ivt, name=getattr(entry, "name", None),
+                                 version=getattr(entry, "version", None), install_if=_install_if(entry)))
     return SelectionInfo(manifest.selection, manifest.board, manifest.version, manifest.hardware_compatibility,
                          tuple(entries), {v.name: v.value for v in manifest.bootenv})
 
 
+def _install_if(entry: Entry) -> Optional[str]:
+    if getattr(entry, "install_if_higher", False):
+        return "higher"
+    return "different" if getattr(entry, "install_if_different", False) else None
+
+
 def _label(manifest: Manifest) -> str:
     return ",".join(manifest.selection) if manifest.selection else "default"
+
+
+def _target(entry: Entry) -> Optional[str]:
+    """Where an entry goes: an image's device, a file's path (inside its device, if it has
+    one), nothing for a script."""
+    if isinstance(entry, File):
+        if entry.device:
+            return f"{entry.path or '?'} on {entry.device} ({entry.filesystem or 'no filesystem'})"
+        return entry.path
+    if isinstance(entry, Image):
+        return entry.device
+    return None

@@ -12,11 +12,11 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import pytest
 
-from tests.bundles import (NEWC, ImageSpec, description, gz, signed_members, swugenerator_bundle,
+from tests.bundles import (NEWC, ImageSpec, description, gz, openssl_aes, signed_members, swugenerator_bundle,
                            write_bundle, write_bundle_gnu_cpio, zst)
 from tests.pki import Pki, make_pki
 
@@ -32,9 +32,10 @@ def fresh_target(path: Path) -> Path:
     return path
 
 
-def swupdate(bundle: Path, pki: Pki, selection: Optional[str] = "stable,copy2") -> Tuple[bool, str]:
+def swupdate(bundle: Path, pki: Pki, selection: Optional[str] = "stable,copy2",
+             extra: Sequence[str] = ()) -> Tuple[bool, str]:
     """Run Debian's swupdate; success is read from its log (2022.12 may exit 1 after success)."""
-    cmd = ["swupdate", "-i", str(bundle), "-k", str(pki.ca_pem), "-H", "rpi0w:1.0", "-v"]
+    cmd = ["swupdate", "-i", str(bundle), "-k", str(pki.ca_pem), "-H", "rpi0w:1.0", "-v", *extra]
     if selection:
         cmd += ["-e", selection]
     scratch = bundle.parent / "swupdate-tmp" / "inner"  # a '../' member lands beside it, not in /
@@ -44,24 +45,26 @@ def swupdate(bundle: Path, pki: Pki, selection: Optional[str] = "stable,copy2") 
     return "SWUPDATE successful" in log and "FAILURE" not in log.upper().split("SWUPDATE SUCCESSFUL")[-1], log
 
 
-def otad(bundle: Path, pki: Pki, tmp_path: Path, selection: Optional[str] = "stable,copy2") -> Tuple[bool, str]:
+def otad(bundle: Path, pki: Pki, tmp_path: Path, selection: Optional[str] = "stable,copy2",
+         extra: Sequence[str] = (), system: str = "") -> Tuple[bool, str]:
     conf = tmp_path / "otad.conf"
-    conf.write_text(f'system = {{ state_dir = "{tmp_path / "state"}"; hardware = "rpi0w:1.0"; }};\n'
+    conf.write_text(f'system = {{ state_dir = "{tmp_path / "state"}"; hardware = "rpi0w:1.0"; {system} }};\n'
                     f'install = {{ trust_file = "{pki.ca_pem}"; }};\n')
-    args = ["--config", str(conf), "install", str(bundle)] + (["-e", selection] if selection else [])
+    args = ["--config", str(conf), "install", str(bundle), *extra] + (["-e", selection] if selection else [])
     proc = subprocess.run([os.path.join(os.path.dirname(sys.executable), "otad"), *args],
                           capture_output=True, text=True, timeout=120)
     return proc.returncode == 0, proc.stderr
 
 
-def both_install(tmp_path: Path, bundle: Path, pki: Pki, target: Path) -> Tuple[bytes, bytes]:
+def both_install(tmp_path: Path, bundle: Path, pki: Pki, target: Path, swupdate_args: Sequence[str] = (),
+                 otad_args: Sequence[str] = ()) -> Tuple[bytes, bytes]:
     """Install with swupdate, keep the slot, reset it, install with otad; return both slots."""
     fresh_target(target)
-    ok, log = swupdate(bundle, pki)
+    ok, log = swupdate(bundle, pki, extra=swupdate_args)
     assert ok, log
     by_swupdate = target.read_bytes()
     fresh_target(target)
-    ok, err = otad(bundle, pki, tmp_path)
+    ok, err = otad(bundle, pki, tmp_path, extra=otad_args)
     assert ok, err
     return by_swupdate, target.read_bytes()
 
@@ -161,3 +164,169 @@ def test_otad_stops_an_image_at_the_end_of_its_target_where_swupdate_writes_past
     fresh_target(target)
     ok, err = otad(bundle, pki, tmp_path)
     assert not ok and "exceeds its target" in err and target.stat().st_size == TARGET_BYTES
+
+
+# --- AES-encrypted images (swupdate -K) -----------------------------------------------------
+
+AES_KEY = bytes(range(32)).hex()
+AES_IV = bytes(range(100, 116)).hex()
+AES_IVT = bytes(range(200, 216)).hex()
+
+
+def aes_key_files(tmp_path: Path, key: str = AES_KEY) -> Tuple[Path, Path]:
+    """The same key in SWUpdate's -K format and in swugenerator's (which swupdate cannot read)."""
+    (tmp_path / "aes.key").write_text(f"{key} {AES_IV}\n")
+    (tmp_path / "gen.key").write_text(f"key={key}\niv={AES_IV}\n")
+    return tmp_path / "aes.key", tmp_path / "gen.key"
+
+
+def _openssl_bundle(tmp_path: Path, pki: Pki, compressed: Optional[str], ivt: Optional[str],
+                    key: str = AES_KEY) -> Path:
+    target = str(tmp_path / "slot-b.img")
+    encode = {None: lambda d: d, "zlib": gz, "zstd": zst}[compressed]
+    extra = {"encrypted": "true", **({"ivt": f'"{ivt}"'} if ivt else {})}
+    images = [ImageSpec("rootfs.enc", openssl_aes(encode(IMAGE), key, ivt or AES_IV), target, compressed=compressed,
+                        extra=extra)]
+    work = tmp_path / "aes-sign"
+    work.mkdir()
+    return write_bundle(tmp_path / "aes.swu", signed_members(description(images, selection=("stable", "copy2")),
+                                                             images, pki, work), NEWC)
+
+
+@pytest.mark.parametrize("compressed,ivt,key", [("zlib", None, AES_KEY), ("zstd", AES_IVT, AES_KEY),
+                                                (None, AES_IVT, AES_KEY), ("zlib", None, AES_KEY[:32])])
+def test_openssl_encrypted_bundle_installs_identically_with_otad_and_swupdate(tmp_path, pki, compressed, ivt,
+                                                                              key) -> None:
+    bundle = _openssl_bundle(tmp_path, pki, compressed, ivt, key)
+    swupdate_key, _ = aes_key_files(tmp_path, key)
+    by_swupdate, by_otad = both_install(tmp_path, bundle, pki, tmp_path / "slot-b.img", ["-K", str(swupdate_key)],
+                                        ["-K", str(swupdate_key)])
+    assert by_otad == by_swupdate and by_otad[:len(IMAGE)] == IMAGE
+
+
+@pytest.mark.parametrize("compression", ["zlib", "zstd", None])
+def test_swugenerator_encrypted_bundle_installs_identically_with_otad_and_swupdate(tmp_path, pki,
+                                                                                   compression) -> None:
+    target = tmp_path / "slot-b.img"
+    comp = f' compressed = "{compression}";' if compression else ""
+    template = (f'software = {{ version = "3.1.4"; hardware-compatibility = ["1.0"];\n'
+                f'  stable = {{ copy2 = {{ images = ( {{ filename = "rootfs.img"; device = "{target}";{comp} '
+                f'encrypted = true; }} ); }}; }}; }};\n')
+    swupdate_key, generator_key = aes_key_files(tmp_path)
+    bundle = swugenerator_bundle(tmp_path / "gen.swu", template, {"rootfs.img": IMAGE}, pki, tmp_path, generator_key)
+    assert not swupdate(bundle, pki, extra=["-K", str(generator_key)])[0]  # swupdate cannot read that format
+    by_swupdate, by_otad = both_install(tmp_path, bundle, pki, target, ["-K", str(swupdate_key)],
+                                        ["-K", str(generator_key)])  # otad reads both
+    assert by_otad == by_swupdate and by_otad[:len(IMAGE)] == IMAGE
+
+
+def _aes_bad(tmp_path: Path, pki: Pki, stored: bytes) -> Path:
+    target = str(fresh_target(tmp_path / "slot-b.img"))
+    images = [ImageSpec("rootfs.enc", stored, target, extra={"encrypted": "true"})]
+    work = tmp_path / "aes-sign"
+    work.mkdir()
+    return write_bundle(tmp_path / "bad.swu", signed_members(description(images, selection=("stable", "copy2")),
+                                                             images, pki, work), NEWC)
+
+
+AES_REFUSED_BY_BOTH = {
+    # case: (stored bytes, key file text; None: no -K at all)
+    "wrong key": (lambda: openssl_aes(IMAGE, AES_KEY, AES_IV), f"{bytes(32).hex()} {AES_IV}"),
+    "truncated ciphertext": (lambda: openssl_aes(IMAGE, AES_KEY, AES_IV)[:-5], f"{AES_KEY} {AES_IV}"),
+    "bad padding": (lambda: openssl_aes(IMAGE + bytes(16 - len(IMAGE) % 16), AES_KEY, AES_IV, pad=False),
+                    f"{AES_KEY} {AES_IV}"),
+    "encrypted, no key configured": (lambda: openssl_aes(IMAGE, AES_KEY, AES_IV), None),
+    "key file with a 62-digit key": (lambda: openssl_aes(IMAGE, AES_KEY, AES_IV), f"{AES_KEY[:-2]} {AES_IV}"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(AES_REFUSED_BY_BOTH))
+def test_bad_encrypted_images_swupdate_refuses_otad_refuses(tmp_path, pki, case) -> None:
+    make, key_text = AES_REFUSED_BY_BOTH[case]
+    bundle = _aes_bad(tmp_path, pki, make())
+    args: List[str] = []
+    if key_text is not None:
+        (tmp_path / "k").write_text(key_text + "\n")
+        args = ["-K", str(tmp_path / "k")]
+    ok, log = swupdate(bundle, pki, extra=args)
+    assert not ok, f"swupdate accepted it:\n{log}"
+    ok, err = otad(bundle, pki, tmp_path, extra=args)
+    assert not ok, "otad accepted it"
+    assert err.strip().splitlines()[-1].startswith("otad: error: ")
+
+
+# --- version policy (-N, --max-version, -R, install-if-*) -----------------------------------
+
+def _versions(tmp_path: Path, installed: Sequence[Tuple[str, str]]) -> Tuple[List[str], str]:
+    """swupdate reads installed versions from `-f swupdate.cfg`; otad from system.sw_versions_file."""
+    entries = ", ".join(f'{{ name = "{n}"; version = "{v}"; }}' for n, v in installed)
+    (tmp_path / "swupdate.cfg").write_text(f"globals = {{ loglevel = 6; }};\nversions = ( {entries} );\n")
+    (tmp_path / "sw-versions").write_text("".join(f"{n} {v}\n" for n, v in installed))
+    return ["-f", str(tmp_path / "swupdate.cfg")], f'sw_versions_file = "{tmp_path / "sw-versions"}";'
+
+
+def _gated_bundle(tmp_path: Path, pki: Pki, bundle_version: str, gate: Optional[Tuple[str, str]]) -> Path:
+    """rootfs at 0 (gated by `gate` = (flag, image version)), boot.bin at 1 MiB (never gated)."""
+    target = str(tmp_path / "slot-b.img")
+    extra = {"name": '"rootfs"', "version": f'"{gate[1]}"', gate[0]: "true"} if gate else {}
+    images = [ImageSpec("rootfs.img", IMAGE, target, extra=extra),
+              ImageSpec("boot.bin", b"BOOT" * 512, target, extra={"offset": '"1M"'})]
+    work = tmp_path / "v-sign"
+    work.mkdir()
+    desc = description(images, version=bundle_version, selection=("stable", "copy2"))
+    return write_bundle(tmp_path / "v.swu", signed_members(desc, images, pki, work), NEWC)
+
+
+VERSION_CASES = {
+    # case: (bundle version, gate (flag, image version) or None, installed rootfs version, flags, outcome)
+    "-N above the bundle": ("1.0.0", None, "1.0", ["-N", "1.0.1"], "refused"),
+    "-N equal to the bundle": ("1.0.0", None, "1.0", ["-N", "1.0.0"], "installed"),
+    "-N semver prerelease below": ("2.0.0-rc1", None, "1.0", ["-N", "2.0.0"], "refused"),
+    "--max-version below the bundle": ("1.0.0", None, "1.0", ["--max-version", "0.9"], "refused"),
+    "--max-version equal": ("1.0.0", None, "1.0", ["--max-version", "1.0.0"], "installed"),
+    "-R same string": ("1.0.0", None, "1.0", ["-R", "1.0.0"], "refused"),
+    "-R numerically equal, other string": ("1.0.0", None, "1.0", ["-R", "1.0"], "installed"),
+    "install-if-different, equal by compare()": ("1", ("install-if-different", "1.0.0"), "1.0", [], "skipped"),
+    "install-if-different, other version": ("1", ("install-if-different", "1.0.0"), "2.0", [], "installed"),
+    "install-if-higher, 1.2.9 vs 1.2.10": ("1", ("install-if-higher", "1.2.9"), "1.2.10", [], "skipped"),
+    "install-if-higher, 1.10 vs 1.9": ("1", ("install-if-higher", "1.10"), "1.9", [], "installed"),
+    "install-if-higher, release vs rc": ("1", ("install-if-higher", "1.0.0"), "1.0.0-rc1", [], "installed"),
+    "install-if-higher, rc vs release": ("1", ("install-if-higher", "1.0.0-rc1"), "1.0.0", [], "skipped"),
+    "install-if-higher, rc.10 vs rc.9": ("1", ("install-if-higher", "1.0.0-rc.10"), "1.0.0-rc.9", [], "installed"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(VERSION_CASES))
+def test_version_policy_gives_the_same_verdict_and_the_same_slot(tmp_path, pki, case) -> None:
+    """Refused by both, or installed by both with byte-identical slots (a skipped image untouched)."""
+    bundle_version, gate, installed, flags, outcome = VERSION_CASES[case]
+    bundle = _gated_bundle(tmp_path, pki, bundle_version, gate)
+    swupdate_cfg, otad_system = _versions(tmp_path, [("rootfs", installed)])
+    target = fresh_target(tmp_path / "slot-b.img")
+    ok_swupdate, log = swupdate(bundle, pki, extra=[*swupdate_cfg, *flags])
+    by_swupdate = target.read_bytes()
+    fresh_target(target)
+    ok_otad, err = otad(bundle, pki, tmp_path, extra=flags, system=otad_system)
+    assert ok_otad == ok_swupdate, f"swupdate {ok_swupdate}, otad {ok_otad}:\n{log}\n{err}"
+    assert target.read_bytes() == by_swupdate
+    assert ok_otad == (outcome != "refused"), err
+    if outcome != "refused":
+        assert by_swupdate[1 << 20:(1 << 20) + 2048] == b"BOOT" * 512
+        assert (by_swupdate[:len(IMAGE)] == IMAGE) == (outcome == "installed")
+    else:
+        assert "otad: error: " in err and "version" in err.strip().splitlines()[-1]
+
+
+def test_every_image_skipped_is_refused_by_both(tmp_path, pki) -> None:
+    target = str(tmp_path / "slot-b.img")
+    images = [ImageSpec("rootfs.img", IMAGE, target, extra={"name": '"rootfs"', "version": '"1.0"',
+                                                            "install-if-higher": "true"})]
+    work = tmp_path / "v-sign"
+    work.mkdir()
+    bundle = write_bundle(tmp_path / "v.swu", signed_members(description(images, selection=("stable", "copy2")),
+                                                             images, pki, work), NEWC)
+    swupdate_cfg, otad_system = _versions(tmp_path, [("rootfs", "2.0")])
+    fresh_target(tmp_path / "slot-b.img")
+    assert not swupdate(bundle, pki, extra=swupdate_cfg)[0]  # "Found nothing to install"
+    ok, err = otad(bundle, pki, tmp_path, system=otad_system)
+    assert not ok and "nothing to install" in err

@@ -89,3 +89,27 @@ def test_bad_config_is_exit_status_2_naming_file_and_line(tmp_path, capsys) -> N
     conf.write_text('install = {\n  signature = "pgp";\n};\n')
     rc, _, err = run_cli(["--config", conf, "info", tmp_path / "x.swu"], capsys)
     assert rc == 2 and "otad.conf" in err and "pgp" in err
+
+
+def test_info_shows_encryption_and_version_gates(tmp_path, pki, capsys) -> None:
+    from tests.bundles import openssl_aes
+
+    key, iv = bytes(range(32)).hex(), bytes(range(16)).hex()
+    images = [ImageSpec("rootfs.enc", openssl_aes(IMAGE, key, iv), "/dev/mmcblk0p3",
+                        extra={"encrypted": "true", "ivt": f'"{iv}"', "name": '"rootfs"', "version": '"2.1.0"',
+                               "install-if-higher": "true"}),
+              ImageSpec("boot.enc", openssl_aes(IMAGE, key, iv), "/dev/mmcblk0p2", extra={"encrypted": "true"}),
+              ImageSpec("plain.img", IMAGE, "/dev/mmcblk0p1", extra={"name": '"fw"', "version": '"7"'})]
+    work = tmp_path / "w"
+    work.mkdir()
+    bundle = write_bundle(tmp_path / "enc.swu", signed_members(description(images), images, pki, work))
+    rc, out, err = run_cli(["info", bundle, "-k", pki.ca_pem], capsys)
+    assert rc == 0, err
+    assert "image rootfs.enc [raw, encrypted]" in out
+    assert "encrypted: yes, own ivt; install-if-higher: rootfs 2.1.0 (skipped unless sw-versions allows)" in out
+    assert "encrypted: yes, IV from the key file" in out
+    assert "encrypted: no; component fw version 7 (not gated)" in out
+    rc, out, _ = run_cli(["info", bundle, "-k", pki.ca_pem, "--json"], capsys)
+    entries = json.loads(out)["selections"][0]["entries"]
+    assert [(e["encrypted"], e["ivt"], e["install_if"], e["version"]) for e in entries] == [
+        (True, iv, "higher", "2.1.0"), (True, None, None, None), (False, None, None, "7")]

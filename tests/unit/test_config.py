@@ -208,7 +208,7 @@ def test_wrong_types_and_shapes_name_file_and_line(text: str, line: int, message
     ('slots = (\n  { name = "a"; device = "/dev/x"; boot_value = "1"; },\n  { name = "b"; dev = "/dev/y"; }\n);',
      3, "slots[1].dev: unknown setting (expected one of: name, device, boot_value, selection)"),
     ("system = { };\nbootchooser = { };", 2,
-     "unknown section 'bootchooser' (expected one of: system, install, bootloader, slots, health, watchdog)"),
+     "unknown section 'bootchooser' (expected one of: system, install, bootloader, slots, health, watchdog, hawkbit)"),
 ])
 def test_unknown_names_are_errors_naming_file_and_line(text: str, line: int, message: str) -> None:
     exc = error_of(text)
@@ -255,3 +255,185 @@ def test_slot_config_checks_its_selection(value: Optional[str], ok: bool) -> Non
     else:
         with pytest.raises(ConfigError, match="slots.selection: expected SET,MODE"):
             SlotConfig("a", "/dev/x", "1", value)
+
+
+# ----------------------------------------------------------------------------- hawkbit
+
+
+from otad.config import HawkbitConfig  # noqa: E402  (cases appended with the hawkbit section)
+
+HAWKBIT_TEXT = """\
+hawkbit = {
+    url = "https://hawkbit.example.com";
+    tenant = "DEFAULT";
+    controller_id = "pi-0042";
+    auth = "target_token";
+    token_file = "/etc/otad/hawkbit.token";
+    ca_file = "/etc/otad/hawkbit-ca.pem";
+    poll_min_s = 1;
+    poll_jitter = 0.25;
+    max_download_attempts = 3;
+    attributes = { site = "lab"; rack = "3"; };
+};
+"""
+
+
+def test_hawkbit_defaults_mean_no_server() -> None:
+    hb = config.load(None).hawkbit
+    assert hb == HawkbitConfig() and hb.url is None and not hb.enabled
+    assert (hb.tenant, hb.auth, hb.verify_tls, hb.poll_min_s, hb.poll_max_s, hb.poll_jitter) == (
+        "DEFAULT", "none", True, 30.0, 86400.0, 0.1)
+    assert (hb.backoff_cap_s, hb.feedback_interval_s, hb.max_download_attempts, hb.attributes) == (300.0, 10.0, 10, ())
+    assert (hb.connect_timeout_s, hb.read_timeout_s, hb.download_without_token) == (30.0, 60.0, False)
+
+
+def test_the_shipped_example_has_a_hawkbit_section_with_the_defaults() -> None:
+    assert config.load(str(EXAMPLE)).hawkbit == HawkbitConfig()
+
+
+def test_a_hawkbit_section_parses() -> None:
+    hb = config.parse(HAWKBIT_TEXT, source="otad.conf").hawkbit
+    assert hb.enabled and hb.url == "https://hawkbit.example.com" and hb.controller_id == "pi-0042"
+    assert (hb.auth, hb.token_file) == ("target_token", "/etc/otad/hawkbit.token")
+    assert hb.ca_file == "/etc/otad/hawkbit-ca.pem"
+    assert (hb.poll_min_s, hb.poll_jitter, hb.max_download_attempts) == (1, 0.25, 3)
+    assert hb.attributes == (("site", "lab"), ("rack", "3"))
+
+
+# (good, bad, the line the error names, message): a check between keys names the key it blames.
+HAWKBIT_BAD = [
+    ('    controller_id = "pi-0042";', '    controller_id = "pi-0042"; controller_id_from = "/etc/machine-id";', 4,
+     "hawkbit.controller_id_from: given together with hawkbit.controller_id; expected exactly one"),
+    ('    controller_id = "pi-0042";', "", 2, "hawkbit: url is set but no controller id"),
+    ('    token_file = "/etc/otad/hawkbit.token";', "", 5, "hawkbit.token_file: required with auth = 'target_token'"),
+    ('    auth = "target_token";', '    auth = "none";', 6, "hawkbit.token_file: given but auth = 'none'"),
+    ('    auth = "target_token";', '    auth = "bearer";', 5,
+     "hawkbit.auth: expected one of none, target_token, gateway_token"),
+    ('    url = "https://hawkbit.example.com";', '    url = "hawkbit.example.com";', 2,
+     r"hawkbit.url: expected http\(s\)://host\[:port\]\[/path\], got 'hawkbit.example.com'"),
+    ('    tenant = "DEFAULT";', '    tenant = "DE FAULT";', 3, "hawkbit.tenant: expected a non-empty name"),
+    ('    ca_file = "/etc/otad/hawkbit-ca.pem";', '    client_cert = "/etc/otad/device.crt";', 7,
+     "hawkbit.client_cert: given without hawkbit.client_key; expected both or neither"),
+    ("    poll_jitter = 0.25;", "    poll_jitter = 0.6;", 9, r"hawkbit.poll_jitter: expected 0..0.5, got 0.6"),
+    ("    poll_min_s = 1;", "    poll_min_s = 0;", 8, "hawkbit.poll_min_s: expected a number > 0, got 0"),
+    ("    poll_min_s = 1;", "    poll_min_s = 1; poll_max_s = 0.5;", 8,
+     r"hawkbit.poll_max_s: expected a number >= poll_min_s"),
+    ("    max_download_attempts = 3;", "    max_download_attempts = 0;", 10,
+     r"hawkbit.max_download_attempts: expected 1..1000, got 0"),
+    ('rack = "3";', 'rack = "3~";', 11, r"hawkbit.attributes.rack: expected a value of up to 128 printable ASCII"),
+    ('rack = "3";', f'rack = "{"x" * 129}";', 11, r"hawkbit.attributes.rack: expected a value of up to 128"),
+]
+
+
+@pytest.mark.parametrize("good, bad, line, message", HAWKBIT_BAD, ids=[m[:40] for _, _, _, m in HAWKBIT_BAD])
+def test_bad_hawkbit_values_name_file_and_line(good: str, bad: str, line: int, message: str) -> None:
+    assert HAWKBIT_TEXT.count(good) == 1
+    exc = error_of(HAWKBIT_TEXT.replace(good, bad))
+    assert exc.where == f"otad.conf:{line}", str(exc)
+    assert re.search(message, exc.what), exc.what
+
+
+@pytest.mark.parametrize("text, line, message", [
+    ("hawkbit = {\n  attributes = ( \"a\" );\n};", 2,
+     r"hawkbit.attributes: expected a group \{ name = \"value\"; ... \}"),
+    ("hawkbit = {\n  attributes = { a = 1; };\n};", 2, "hawkbit.attributes: expected strings only, got 1"),
+    ("hawkbit = {\n  poll_jitter = \"0.1\";\n};", 2, "hawkbit.poll_jitter: expected float, got '0.1'"),
+    ("hawkbit = {\n  pollmin = 1;\n};", 2, r"hawkbit.pollmin: unknown setting \(expected one of: url, tenant,"),
+])
+def test_wrong_hawkbit_types_name_file_and_line(text: str, line: int, message: str) -> None:
+    exc = error_of(text)
+    assert exc.where == f"otad.conf:{line}", str(exc)
+    assert re.search(message, exc.what), exc.what
+
+
+def test_a_controller_id_file_supplies_the_first_line(tmp_path: Path) -> None:
+    machine_id = tmp_path / "machine-id"
+    machine_id.write_text("0123456789abcdef0123456789abcdef\nsecond line\n")
+    hb = HawkbitConfig(url="http://localhost:8080", controller_id_from=str(machine_id))
+    assert hb.resolved_controller_id() == "0123456789abcdef0123456789abcdef"
+    assert HawkbitConfig(url="http://h", controller_id="pi").resolved_controller_id() == "pi"
+    machine_id.write_text("\n")
+    with pytest.raises(ConfigError, match="expected a first line with a name") as info:
+        hb.resolved_controller_id()
+    assert info.value.where == str(machine_id)
+    with pytest.raises(ConfigError, match="cannot read"):
+        HawkbitConfig(controller_id_from=str(tmp_path / "missing")).resolved_controller_id()
+
+
+def test_hawkbit_values_changed_later_are_still_checked() -> None:
+    with pytest.raises(ConfigError, match=r"hawkbit.poll_jitter: expected 0..0.5, got 0.9"):
+        Config().replace("hawkbit", poll_jitter=0.9)
+
+
+# A swupdate.cfg as SWUpdate's example writes it (suricatta section, `name : { }` form).
+SWUPDATE = """\
+globals :
+{
+\tverbose = true;
+};
+identify : (
+\t{ name = "hwId"; value = "ipse"; },
+\t{ name = "site"; value = "factory"; }
+);
+suricatta :
+{
+\ttenant\t\t= "default";
+\tid\t\t= "123456";
+\turl \t\t= "papero.fritz.box:8080";
+\tpolldelay\t= 20;
+\tretry\t\t= 4;
+\ttargettoken \t= "3bc13b476cb3962a0c63a5c92beacfh7";
+};
+"""
+
+
+def hawkbit_with_swupdate(tmp_path: Path, keys: str = "", swupdate: str = SWUPDATE) -> Config:
+    cfg = tmp_path / "swupdate.cfg"
+    cfg.write_text(swupdate)
+    # hawkbit comes before system on purpose: the token still goes under system.state_dir.
+    text = (f'hawkbit = {{\n    swupdate_cfg = "{cfg}";\n{keys}}};\n'
+            f'system = {{\n    state_dir = "{tmp_path / "state"}";\n}};\n')
+    return config.parse(text, source="otad.conf")
+
+
+def test_swupdate_cfg_supplies_defaults_and_its_token_goes_to_a_0600_file(tmp_path: Path) -> None:
+    hb = hawkbit_with_swupdate(tmp_path).hawkbit
+    assert (hb.url, hb.tenant, hb.controller_id) == ("http://papero.fritz.box:8080", "default", "123456")
+    assert (hb.poll_min_s, hb.max_download_attempts) == (20.0, 5)
+    assert hb.attributes == (("hwId", "ipse"), ("site", "factory"))
+    assert hb.auth == "target_token" and hb.token_file == str(tmp_path / "state" / "hawkbit-target-token")
+    assert Path(hb.token_file).read_text() == "3bc13b476cb3962a0c63a5c92beacfh7\n"
+    assert (Path(hb.token_file).stat().st_mode & 0o777) == 0o600
+    assert "3bc13b476cb3962a0c63a5c92beacfh7" not in repr(hb)
+
+
+def test_explicit_hawkbit_keys_override_swupdate_cfg(tmp_path: Path) -> None:
+    keys = ('    tenant = "DEFAULT";\n    controller_id_from = "/etc/machine-id";\n    poll_min_s = 5;\n'
+            '    auth = "none";\n    attributes = { site = "lab"; };\n')
+    hb = hawkbit_with_swupdate(tmp_path, keys).hawkbit
+    assert (hb.tenant, hb.poll_min_s, hb.url) == ("DEFAULT", 5, "http://papero.fritz.box:8080")
+    assert hb.controller_id is None and hb.controller_id_from == "/etc/machine-id"  # swupdate's id dropped
+    assert hb.auth == "none" and hb.token_file is None
+    assert not (tmp_path / "state").exists()  # the token was not needed, so it was not copied
+    assert hb.attributes == (("hwId", "ipse"), ("site", "lab"))
+
+
+def test_an_explicit_token_file_wins_over_the_swupdate_token(tmp_path: Path) -> None:
+    hb = hawkbit_with_swupdate(tmp_path, '    token_file = "/etc/otad/token";\n    auth = "target_token";\n').hawkbit
+    assert hb.token_file == "/etc/otad/token" and not (tmp_path / "state").exists()
+
+
+def test_a_malformed_swupdate_cfg_names_its_own_file_and_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="suricatta.polldelay: expected an integer") as info:
+        hawkbit_with_swupdate(tmp_path, swupdate=SWUPDATE.replace("polldelay\t= 20;", 'polldelay\t= "20";'))
+    assert info.value.where == f"{tmp_path / 'swupdate.cfg'}:{line_of(SWUPDATE, 'polldelay')}"
+
+
+def test_a_swupdate_default_otad_refuses_points_at_swupdate_cfg(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        hawkbit_with_swupdate(tmp_path, "    poll_max_s = 10;\n")
+    assert info.value.what.startswith("hawkbit.poll_max_s: expected a number >= poll_min_s (20.0)")
+    with pytest.raises(ConfigError) as info:
+        hawkbit_with_swupdate(tmp_path, swupdate=SWUPDATE.replace('"ipse"', '"ip~se"'))
+    assert f"(a default from {tmp_path / 'swupdate.cfg'})" in info.value.what
+    assert info.value.where == "otad.conf:2"  # the swupdate_cfg line

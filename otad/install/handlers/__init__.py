@@ -3,15 +3,32 @@
 An explicit dict, never filled as a side effect of importing. A handler turns an entry into
 a `Target` before anything is written (`plan`, where every check that can fail early runs)
 and opens a `Sink` for it (`open`). Types missing here are refused before the first write.
+Image and file handlers live in separate dicts: `rawfile` in `images` is as wrong as `raw`
+in `files`. Scripts are not written anywhere, so they are run by otad.install.scripts.
 """
 
 from __future__ import annotations
 
-from typing import ContextManager, Dict, Protocol, Type
+from dataclasses import dataclass, field
+from typing import Callable, ContextManager, Dict, Optional, Protocol, Type
 
+from otad.install.handlers.ext4 import Ext4Handler
+from otad.install.handlers.files import ArchiveHandler, FileTarget, RawFileHandler
 from otad.install.handlers.raw import RawHandler
 from otad.install.pipeline import Sink
-from otad.swu.manifest import Image
+from otad.swu.manifest import File, Image
+
+
+@dataclass(frozen=True)
+class HandlerOptions:
+    """What every handler is built with besides the device directory (from InstallRequest)."""
+
+    work_dir: Optional[str] = None  # private temp files (spooled members, mount points): on disk
+    ext4_resize: bool = False  # grow ext4 images without a `resize` property (install.ext4_resize)
+    files_via: str = "auto"  # files on a device: "mount", "debugfs" (rawfile on ext2/3/4) or "auto"
+    mountinfo: str = "/proc/self/mountinfo"
+    zstd_max_window: int = 1 << 27
+    heartbeat: Optional[Callable[[], None]] = field(default=None, compare=False)  # feeds the watchdog
 
 
 class Target(Protocol):
@@ -20,13 +37,33 @@ class Target(Protocol):
 
 
 class Handler(Protocol):
-    def __init__(self, device_dir: str) -> None: ...
+    def __init__(self, device_dir: str, options: Optional[HandlerOptions] = None) -> None: ...
 
     def plan(self, entry: Image) -> Target: ...
 
     def open(self, target: Target, *, dry_run: bool) -> ContextManager[Sink]: ...
 
 
+class FileHandler(Protocol):
+    def __init__(self, device_dir: str, options: Optional[HandlerOptions] = None) -> None: ...
+
+    def plan(self, entry: File) -> FileTarget: ...
+
+    def open(self, target: FileTarget, *, dry_run: bool) -> ContextManager[Sink]: ...
+
+
+# `images` entries. ext4: a raw write plus superblock check and optional resize2fs; a `raw`
+# entry with properties.resize = "true" is installed by it too (installer.plan_entries).
 HANDLERS: Dict[str, Type[RawHandler]] = {
     "raw": RawHandler,
+    "ext4": Ext4Handler,
 }
+
+# `files` entries (SWUpdate's FILE_HANDLER types); `tar` is SWUpdate's alias of `archive`.
+FILE_HANDLERS: Dict[str, Type[FileHandler]] = {
+    "rawfile": RawFileHandler,
+    "archive": ArchiveHandler,
+    "tar": ArchiveHandler,
+}
+
+# `scripts` entries are run by otad.install.scripts (SCRIPT_TYPES there); `lua` is refused.

@@ -12,10 +12,14 @@ import os
 import stat
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
 from otad.errors import InstallError
+from otad.install.pipeline import Sink
 from otad.swu.manifest import Image
+
+if TYPE_CHECKING:  # the registry imports this module; options are only annotated here
+    from otad.install.handlers import HandlerOptions
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +116,9 @@ def _clear_force_ro(path: str) -> None:
 
 
 class RawHandler:
-    def __init__(self, device_dir: str = "/dev") -> None:
+    def __init__(self, device_dir: str = "/dev", options: Optional[HandlerOptions] = None) -> None:
         self.device_dir = device_dir
+        self.options = options
 
     def plan(self, entry: Image) -> RawTarget:
         if not entry.device:
@@ -127,7 +132,7 @@ class RawHandler:
         return RawTarget(path, entry.offset, size - entry.offset, is_block)
 
     @contextmanager
-    def open(self, target: RawTarget, *, dry_run: bool) -> Iterator[RawSink | CountingSink]:
+    def open(self, target: RawTarget, *, dry_run: bool) -> Iterator[Sink]:
         if dry_run:
             yield CountingSink(target.capacity)
             return

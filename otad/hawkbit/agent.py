@@ -1,0 +1,587 @@
+"""The daemon: poll hawkBit, install what it says into the inactive slot, tell it the truth.
+
+One loop, one process. At start it finishes what the last boot left (the trial's verdict
+becomes the action's final feedback), then polls at the server's pace. A deployment is
+streamed from the server straight into the install pipeline (no temp file), armed (or kept
+until its maintenance window opens), and the device reboots. `closed/success` is only ever
+sent from the verdict of `otad confirm` on the new slot, after the reboot.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import subprocess
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Optional, Set, Tuple
+
+from otad import RELEASE_DATE, update
+from otad.boot.watchdog import ProgressPetter
+from otad.config import Config, parse_date
+from otad.errors import ConfigError, OtadError
+from otad.hawkbit.actions import ActionLog, WaitingAction
+from otad.hawkbit.ddi import (ActionLink, Artifact, AuthError, Conflict, DdiClient, Deployment, Forbidden,
+                              HawkbitSettings, InvalidConfigData, NotFound, Rejected, ServerError, ServerUnavailable)
+from otad.hawkbit.download import Cancelled, ResumableDownload
+from otad.hawkbit.outbox import Outbox, PendingFeedback
+from otad.hawkbit.policy import Backoff, PollPolicy, ResumePolicy
+from otad.hawkbit.publish import StatusPublisher
+from otad.install.options import status_file
+from otad.install.status import FAILED, TargetStatusStore
+from otad.notify import notify
+from otad.boot.mark import Verdict
+from otad.progress import Progress, ProgressListener, ignore
+from otad.state import Outcome, Phase, State, StateStore
+from otad.update import SlotInstallResult
+
+log = logging.getLogger(__name__)
+
+PROGRESS_BUDGET = 15  # progress feedbacks per action and run (hawkBit keeps <= 1000 per action)
+STATUS_INTERVAL_S = 1.0  # least time between two rewrites of daemon.json during a download
+
+
+def clock_plausible(now: Optional[float] = None) -> bool:
+    """No RTC on a Pi Zero: before NTP sync the clock says 1970 and timestamps would mislead."""
+    return (time.time() if now is None else now) >= parse_date("release", RELEASE_DATE).timestamp()
+
+
+def settings_from_config(cfg: Config) -> HawkbitSettings:
+    hb = cfg.hawkbit
+    if not hb.url:
+        raise ConfigError("no hawkBit server configured (hawkbit.url)", cfg.source)
+    return HawkbitSettings(url=hb.url, controller_id=hb.resolved_controller_id(), tenant=hb.tenant, auth=hb.auth,
+                           token_file=hb.token_file, ca_file=hb.ca_file, client_cert=hb.client_cert,
+                           client_key=hb.client_key, connect_timeout_s=hb.connect_timeout_s,
+                           read_timeout_s=hb.read_timeout_s, download_without_token=hb.download_without_token,
+                           verify_tls=hb.verify_tls)
+
+
+@dataclass
+class AgentOptions:
+    """How the loop runs; tests and scripts/fleet swap the clock, sleep and randomness."""
+
+    once: bool = False
+    reboot: bool = True
+    rng: random.Random = field(default_factory=random.Random)
+    sleep: Callable[[float], None] = time.sleep
+    monotonic: Callable[[], float] = time.monotonic
+
+
+class Agent:
+    def __init__(self, cfg: Config, options: AgentOptions, client: Optional[DdiClient] = None) -> None:
+        if not cfg.ab_enabled:
+            raise ConfigError("otad run needs the A/B 'slots' section: an update is only reported as a "
+                              "success after the new slot booted", cfg.source)
+        self.cfg = cfg
+        self.options = options
+        self._own_client = client is None
+        self.client = client or DdiClient(settings_from_config(cfg))
+        state_dir = cfg.system.state_dir
+        self.store = StateStore(state_dir)
+        self.actions = ActionLog.load(os.path.join(state_dir, "actions.json"))
+        self.outbox = Outbox(os.path.join(state_dir, "outbox.json"))
+        self.status = StatusPublisher(os.path.join(state_dir, "daemon.json"), min_interval_s=STATUS_INTERVAL_S,
+                                      clock=options.monotonic)
+        hb = cfg.hawkbit
+        self.poll_policy = PollPolicy(min_s=hb.poll_min_s, max_s=hb.poll_max_s, jitter_fraction=hb.poll_jitter)
+        self.server_sleep_s = hb.poll_min_s  # until the server says otherwise
+        self.pet: ProgressListener = ignore
+        self.errors_in_a_row = 0
+        self.last_error: Optional[str] = None
+        self.sent_config: Optional[Dict[str, str]] = None
+        self.refused_config: Optional[Dict[str, str]] = None
+        self.waiting_href: Optional[str] = None  # the deploymentBase href last found "not now"
+        self.answered_ended: Set[str] = set()
+        self.progress_sent: Dict[str, int] = {}
+        self.cancel_link: Optional[ActionLink] = None  # a cancel seen while downloading
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self) -> int:
+        """Until stopped; with `once`, one poll cycle: 0 if it reached the server, else 1."""
+        with update.open_watchdog(self.cfg) as watchdog:
+            self.pet = ProgressPetter(watchdog, clock=self.options.monotonic)
+            try:
+                delay = self.start()
+                if not self.options.once:
+                    self.wait(delay)
+                while True:
+                    delay = self.cycle()
+                    if self.options.once:
+                        return 0 if self.last_error is None else 1
+                    self.wait(delay)
+            finally:
+                self.status.close()
+                if self._own_client:
+                    self.client.close()
+
+    def start(self) -> float:
+        """Finish what the last boot left and report it; the seconds to wait before the first poll."""
+        self.status.publish(phase="starting", server=self.cfg.hawkbit.url)
+        self.finish_last_boot()
+        self.outbox.flush(self.send)
+        notify("READY=1", "STATUS=polling")
+        # The server's sleep is not known yet: spread over the longest first wait, not poll_min_s.
+        return self.poll_policy.first_delay(self.poll_policy.max_s, self.options.rng)
+
+    def cycle(self) -> float:
+        """One poll and whatever it asks for; returns the seconds until the next poll."""
+        self.last_error = None
+        self.outbox.flush(self.send)
+        try:
+            root = self.client.poll()
+        except ServerError as exc:
+            return self.backed_off(exc)
+        if self.errors_in_a_row:
+            self.errors_in_a_row = 0
+            self.status.publish(last_error=None)
+        self.server_sleep_s = root.sleep_s
+        self.send_config_data(force=root.config_data_requested)
+        try:
+            if root.cancel is not None:
+                self.handle_cancel(root.cancel)
+            elif root.deployment is not None:
+                self.handle_deployment(root.deployment)
+            elif root.confirmation is None:
+                self.forget_closed_action()
+        except ServerError as exc:
+            return self.backed_off(exc)
+        except OtadError as exc:  # local trouble (state file, slots): say so, and don't spin on it
+            log.error("%s", exc)
+            return self.backed_off(exc)
+        self.outbox.flush(self.send)
+        delay = self.poll_policy.interval(self.server_sleep_s, self.options.rng)
+        self.publish_resting(next_poll_in_s=delay)
+        return delay
+
+    def backed_off(self, exc: OtadError) -> float:
+        """The wait after a failed cycle: short and growing for an outage, long for a refusal."""
+        attempt, self.errors_in_a_row = self.errors_in_a_row, self.errors_in_a_row + 1
+        cap = self.cfg.hawkbit.backoff_cap_s
+        retry_after = getattr(exc, "retry_after_s", None)
+        if isinstance(exc, (ServerUnavailable, Conflict)):
+            delay = self.poll_policy.error_delay(attempt, min(self.server_sleep_s, cap), self.options.rng,
+                                                 retry_after)
+        else:
+            # 401/403/404, a malformed answer, a local error: retrying soon changes nothing
+            interval = self.poll_policy.clamp(self.server_sleep_s)
+            slow = Backoff(base_s=interval, cap_s=max(interval, cap), jitter="none").next(attempt, self.options.rng)
+            delay = max(slow * self.options.rng.uniform(1.0 - self.poll_policy.jitter_fraction, 1.0),
+                        retry_after or 0.0, self.poll_policy.min_s)
+        self.last_error = str(exc)
+        log.warning("hawkBit: %s; next try in %.0f s", exc, delay)
+        self.status.publish(phase="backoff", last_error=str(exc), next_poll_in_s=delay)
+        return delay
+
+    def wait(self, seconds: float) -> None:
+        """Sleep in slices so the watchdog (and systemd's) keep being fed by a live loop."""
+        deadline = self.options.monotonic() + seconds
+        while True:
+            self.pet(Progress("idle"))
+            notify("WATCHDOG=1")
+            left = deadline - self.options.monotonic()
+            if left <= 0:
+                return
+            self.options.sleep(min(left, 1.0))
+
+    def publish_resting(self, **fields: object) -> None:
+        state = self.store.load()
+        waiting = self.actions.waiting
+        if state.phase is Phase.TRIAL_ARMED:
+            self.status.publish(phase="rebooting", action_id=state.action_id, version=state.version, **fields)
+        elif waiting is not None and state.phase in (Phase.DOWNLOADED, Phase.INSTALLED):
+            self.status.publish(phase="waiting_window", action_id=waiting.action_id, version=waiting.version,
+                                **fields)
+        else:
+            self.status.publish(phase="idle", action_id=None, version=None, bytes_done=0, bytes_total=None,
+                                **fields)
+
+    # ------------------------------------------------------------------ start-up
+
+    def finish_last_boot(self) -> None:
+        """Decide the trial (if `otad confirm` has not), then settle the state the last run left."""
+        try:
+            outcome = update.confirm_boot(self.cfg)
+        except OtadError as exc:
+            log.error("after boot: %s", exc)
+            self.settle(trial_waiting=False)
+            return
+        log.info("after boot: %s: %s", outcome.verdict.value, outcome.message)
+        self.settle(trial_waiting=outcome.verdict is Verdict.WAITING)
+        if outcome.reboot:
+            self.outbox.flush(self.send)
+            self.reboot("the trial failed; switching back to the previous slot")
+
+    def settle(self, *, trial_waiting: bool) -> None:
+        """Bring a state left by a stop or a crash to one the loop continues from."""
+        state = self.store.load()
+        action = state.action_id
+        if state.phase is Phase.FINAL_PENDING:
+            self.report_final(state)
+        elif state.phase in (Phase.DOWNLOADING, Phase.DOWNLOADED, Phase.INSTALLED):
+            waiting = self.actions.waiting
+            kept = waiting is not None and waiting.action_id == action
+            if action is None or self.actions.ended_how(action) is not None or self.outbox.has_final(action):
+                self.drop_unarmed(state)
+            elif state.phase is Phase.DOWNLOADING and kept:
+                self.store.transition(Phase.DOWNLOADED)  # the install was complete and verified
+            elif state.phase is Phase.DOWNLOADING:
+                log.warning("the download of action %s was interrupted; it starts again from the beginning",
+                            action)
+                self.store.transition(Phase.IDLE)
+            elif not kept:
+                log.warning("action %s: slot written but what arming needs is lost; installing again", action)
+                self.store.transition(Phase.IDLE)
+        elif state.phase is Phase.TRIAL_ARMED and action is not None and trial_waiting:
+            self.feedback(action, "proceeding", f"version {state.version} is armed in slot {state.target_slot}; "
+                          "rebooting to try it")
+            self.reboot(f"the trial of slot {state.target_slot} is armed but the reboot did not happen")
+
+    def report_final(self, state: State) -> None:
+        """FINAL_PENDING → the action's closing feedback, queued once, then IDLE."""
+        action, result = state.action_id, state.last_result
+        assert action is not None and result is not None  # State checks this for FINAL_PENDING
+        if not self.outbox.has_final(action) and self.actions.ended_how(action) is None:
+            ok = result.outcome is Outcome.CONFIRMED
+            self.outbox.put(action, "closed", "success" if ok else "failure", (result.reason,), final=True)
+            self.actions.end(action, "success" if ok else "failure")
+            log.info("action %s: %s: %s", action, "success" if ok else "failure", result.reason)
+        self.store.transition(Phase.IDLE)
+
+    def forget_closed_action(self) -> None:
+        """No action is open on the server: an unarmed install waiting for its window is moot."""
+        state = self.store.load()
+        if state.phase in (Phase.DOWNLOADED, Phase.INSTALLED):
+            self.drop_unarmed(state)
+
+    def drop_unarmed(self, state: State) -> None:
+        """Forget a written but unarmed slot (the action ended, or another one replaces it)."""
+        log.info("action %s: its unarmed install in the inactive slot is dropped", state.action_id)
+        self.actions.clear_waiting()
+        self.waiting_href = None
+        self.store.transition(Phase.IDLE)
+
+    # ------------------------------------------------------------------ configData
+
+    def config_data(self) -> Dict[str, str]:
+        data = dict(self.cfg.hawkbit.attributes)
+        version = update.running_version(self.cfg)
+        if version:
+            data["sw_version"] = version
+        hw = _hardware(self.cfg)
+        if hw is not None:
+            data.setdefault("hw_boardname", hw[0])
+            data.setdefault("hw_revision", hw[1])
+        return data
+
+    def send_config_data(self, *, force: bool) -> None:
+        """PUT configData when asked or changed; a refusal is not repeated until the data changes."""
+        data = self.config_data()
+        if not data or data == self.refused_config or (not force and data == self.sent_config):
+            return
+        try:
+            self.client.config_data(data)
+        except (InvalidConfigData, Rejected, NotFound) as exc:
+            log.error("configData refused (not sent again until it changes): %s", exc)
+            self.refused_config = data
+            return
+        except ServerError as exc:
+            log.warning("configData not sent (will retry): %s", exc)
+            return
+        self.sent_config = data
+
+    # ------------------------------------------------------------------ deployments
+
+    def handle_deployment(self, link: ActionLink) -> None:
+        if self.already_handled(link.id):
+            return
+        state = self.store.load()
+        if state.trial or state.phase is Phase.FINAL_PENDING:
+            log.debug("action %s waits: the trial of action %s is still undecided", link.id, state.action_id)
+            return
+        if link.href == self.waiting_href:
+            return  # same `c`: the window is still closed, nothing changed
+        try:
+            deployment = self.client.deployment(link)
+        except NotFound:
+            return  # goosebit answers null when idle; hawkBit 404s an action being canceled
+        action = deployment.action_id
+        if action != link.id and self.already_handled(action):
+            return
+        waiting = self.actions.waiting
+        if state.phase in (Phase.DOWNLOADED, Phase.INSTALLED):
+            if waiting is not None and waiting.action_id == action == state.action_id:
+                self.arm_when_allowed(deployment, waiting, link)
+                return
+            self.drop_unarmed(state)
+        if deployment.download == "skip":
+            return  # hawkBit: "not yet"
+        self.install(deployment, link)
+
+    def already_handled(self, action: str) -> bool:
+        """An action that ended here is never installed again (across reboots); its final is resent
+        once per run if the server still offers it after taking it."""
+        if self.outbox.has_final(action):
+            return True
+        how = self.actions.ended_how(action)
+        if how is None:
+            return False
+        if how in ("success", "failure") and action not in self.answered_ended:
+            self.answered_ended.add(action)
+            log.warning("action %s ended here before (%s) but is offered again; not installing it again", action, how)
+            self.outbox.put(action, "closed", how, (f"this action already ended on this device ({how}); "
+                                                    "it is not installed again",), final=True)
+        return True
+
+    def install(self, deployment: Deployment, link: ActionLink) -> None:
+        action = deployment.action_id
+        try:
+            artifact = deployment.swu_artifact()
+        except OtadError as exc:
+            self.fail(action, str(exc))
+            return
+        version = next((c.version for c in deployment.chunks if artifact in c.artifacts), "")
+        running = update.running_version(self.cfg)
+        if version and version == running:
+            self.outbox.put(action, "closed", "success", (f"version {version} is already installed and running",),
+                            final=True)
+            self.actions.end(action, "success")
+            return
+        self.store.transition(Phase.DOWNLOADING, action_id=action, version=version or None)
+        self.status.publish(phase="downloading", action_id=action, version=version or None, bytes_done=0,
+                            bytes_total=artifact.size, last_error=None)
+        self.feedback(action, "proceeding", f"Downloading {artifact.filename} ({artifact.size} bytes) "
+                                            f"into the inactive slot")
+        try:
+            done = self.stream_and_install(deployment, artifact)
+        except Cancelled:
+            self.store.transition(Phase.IDLE)
+            self.cancelled_while_downloading(action)
+            return
+        except (ServerUnavailable, AuthError, Forbidden):
+            self.store.transition(Phase.IDLE)
+            raise  # the network or the credentials, not the bundle: a later poll starts again
+        except OtadError as exc:
+            self.store.transition(Phase.IDLE)
+            self.fail(action, f"install failed: {exc}")
+            return
+        assert done.target is not None  # the agent runs only with slots
+        waiting = WaitingAction(action, done.install.manifest.version, done.target.name,
+                                {v.name: (v.value or None) for v in done.install.bootenv})
+        self.actions.wait(waiting)
+        self.store.transition(Phase.DOWNLOADED)
+        self.arm_when_allowed(deployment, waiting, link)
+
+    def stream_and_install(self, deployment: Deployment, artifact: Artifact) -> SlotInstallResult:
+        """Download straight into the inactive slot; the server's hash is checked before this returns."""
+        action = deployment.action_id
+        hb = self.cfg.hawkbit
+        throttle = _FeedbackThrottle(hb.feedback_interval_s, self.options.monotonic)
+        now = self.options.monotonic
+        last_check = [now()]
+        self.cancel_link = None
+
+        def on_bytes(done: int, total: Optional[int]) -> None:
+            self.status.publish(phase="downloading", bytes_done=done, bytes_total=total)
+            if throttle.due(done, total) and self.progress_sent.get(action, 0) < PROGRESS_BUDGET:
+                self.progress_sent[action] = self.progress_sent.get(action, 0) + 1
+                percent = done * 100 // total if total else 0
+                self.feedback(action, "proceeding", f"Downloaded {percent}%", progress=(percent, 100))
+
+        def should_stop() -> bool:
+            # Keep polling the root at the server's pace during a download, to notice a cancel.
+            if now() - last_check[0] < self.poll_policy.clamp(self.server_sleep_s):
+                return False
+            last_check[0] = now()
+            try:
+                root = self.client.poll()
+            except ServerError:
+                return False
+            if root.cancel is not None and root.cancel.id == action:
+                self.cancel_link = root.cancel
+                return True
+            return False
+
+        def on_install(event: Progress) -> None:
+            self.pet(event)
+            notify("WATCHDOG=1")
+
+        policy = ResumePolicy(max_attempts=hb.max_download_attempts)
+        with ResumableDownload(self.client, artifact, policy=policy, on_progress=on_bytes, should_stop=should_stop,
+                               rng=self.options.rng, sleep=self.wait, monotonic=now) as download:
+            done = update.install(self.cfg, download, name=f"action {action}: {artifact.filename}",
+                                  total_bytes=artifact.size, progress=on_install, no_switch=True, action_id=action)
+            try:
+                download.verify()  # what follows the CPIO trailer, and the server's hash
+            except OtadError:
+                targets = TargetStatusStore(status_file(self.cfg))
+                for path in done.install.targets:
+                    targets.mark(path, FAILED, version=done.install.manifest.version,
+                                 reason="the download did not match the server's hash")
+                raise
+        return done
+
+    def arm_when_allowed(self, deployment: Deployment, waiting: WaitingAction, link: ActionLink) -> None:
+        """Arm now, or keep the written slot: download-only, or the maintenance window is closed."""
+        action = waiting.action_id
+        if deployment.update == "skip" and deployment.maintenance_window is None:
+            # download-only: `downloaded` closes the action in hawkBit; the slot is never armed for it
+            self.outbox.put(action, "downloaded", "none", (f"version {waiting.version} downloaded into slot "
+                                                           f"{waiting.target_slot}; download only, not installed",),
+                            final=True)
+            self.actions.end(action, "downloaded")
+            self.store.transition(Phase.IDLE)
+            self.outbox.flush(self.send)
+            return
+        if deployment.update == "skip" or deployment.maintenance_window == "unavailable":
+            if self.waiting_href is None:
+                self.feedback(action, "downloaded", f"version {waiting.version} written into slot "
+                              f"{waiting.target_slot}; waiting for the maintenance window")
+            self.waiting_href = link.href
+            log.info("action %s: waiting for the maintenance window", action)
+            self.status.publish(phase="waiting_window", action_id=action, version=waiting.version)
+            return
+        self.waiting_href = None
+        self.arm_and_reboot(waiting)
+
+    def arm_and_reboot(self, waiting: WaitingAction) -> None:
+        action, target = waiting.action_id, waiting.target_slot
+        if self.store.load().phase is Phase.DOWNLOADED:
+            self.store.transition(Phase.INSTALLED)
+        try:
+            update.arm(self.cfg, target, waiting.version, waiting.bootenv, action_id=action)
+        except OtadError as exc:
+            self.arm_failed(action, target, exc)
+            return
+        self.actions.clear_waiting()
+        self.feedback(action, "proceeding", f"version {waiting.version} installed into slot {target}; "
+                                            "rebooting to try it")
+        self.reboot(f"trial boot of slot {target}")
+
+    def arm_failed(self, action: str, target: str, exc: OtadError) -> None:
+        log.error("action %s: arming slot %s failed: %s", action, target, exc)
+        state = self.store.load()
+        if state.phase is Phase.ARMING:
+            # The env write may have landed: let confirm's rules decide, as after a power cut.
+            try:
+                update.confirm_boot(self.cfg)
+            except OtadError as again:
+                log.error("action %s: the interrupted arming stays for the next start: %s", action, again)
+                return
+            state = self.store.load()
+        if state.phase is Phase.FINAL_PENDING:
+            self.report_final(state)
+        elif state.phase is Phase.TRIAL_ARMED:
+            self.actions.clear_waiting()
+            self.reboot(f"trial boot of slot {target}")
+        elif not state.trial:
+            if state.phase is not Phase.IDLE:
+                self.store.transition(Phase.IDLE)
+            self.fail(action, f"could not arm slot {target}: {exc}")
+
+    # ------------------------------------------------------------------ cancel
+
+    def handle_cancel(self, link: ActionLink) -> None:
+        """Stop an action that has not switched the boot env; after the switch, refuse."""
+        try:
+            cancel = self.client.cancel_action(link)
+        except NotFound:
+            return  # no longer canceling
+        stop = cancel.stop_id
+        if any(e.final and e.cancel and e.action_id == cancel.action_id for e in self.outbox.pending()):
+            return  # our confirmation is queued already
+        state = self.store.load()
+        if state.action_id == stop and (state.trial or state.phase is Phase.FINAL_PENDING):
+            self.reject_cancel(cancel.action_id, f"too late: slot {state.target_slot} is armed for a trial boot; "
+                                                 "the result follows")
+            return
+        if self.outbox.has_final(stop):
+            self.reject_cancel(cancel.action_id, "the action already ended on this device; its result follows")
+            return
+        if state.action_id == stop and state.phase in (Phase.DOWNLOADING, Phase.DOWNLOADED, Phase.INSTALLED):
+            self.drop_unarmed(state)
+        elif self.actions.waiting is not None and self.actions.waiting.action_id == stop:
+            self.actions.clear_waiting()
+            self.waiting_href = None
+        self.outbox.put(cancel.action_id, "closed", "success",
+                        ("canceled before the slot switch; the boot environment was not touched",), cancel=True,
+                        final=True)
+        if self.actions.ended_how(stop) is None:
+            self.actions.end(stop, "canceled")
+        self.outbox.flush(self.send)
+
+    def reject_cancel(self, action: str, reason: str) -> None:
+        log.info("action %s: cancel refused: %s", action, reason)
+        self.outbox.put(action, "rejected", "none", (reason,), cancel=True)
+        self.outbox.flush(self.send)
+
+    def cancelled_while_downloading(self, action: str) -> None:
+        link, self.cancel_link = self.cancel_link, None
+        log.info("action %s: canceled by the server during the download", action)
+        try:
+            if link is not None:
+                self.handle_cancel(link)
+                return
+        except ServerError as exc:
+            log.warning("action %s: cannot read the cancel request: %s", action, exc)
+        self.outbox.put(action, "closed", "success", ("canceled during the download; the boot environment was "
+                                                      "not touched",), cancel=True, final=True)
+        if self.actions.ended_how(action) is None:
+            self.actions.end(action, "canceled")
+        self.outbox.flush(self.send)
+
+    # ------------------------------------------------------------------ feedback and reboot
+
+    def fail(self, action: str, reason: str) -> None:
+        log.error("action %s failed: %s", action, reason)
+        self.outbox.put(action, "closed", "failure", (reason,), final=True)
+        self.actions.end(action, "failure")
+        self.status.publish(phase="error", last_error=reason, action_id=action)
+        self.outbox.flush(self.send)
+
+    def feedback(self, action: str, execution: str, detail: str,
+                 progress: Optional[Tuple[int, Optional[int]]] = None) -> None:
+        self.outbox.put(action, execution, "none", (detail,), progress)
+        self.outbox.flush(self.send)
+
+    def send(self, item: PendingFeedback) -> None:
+        self.client.feedback(item.action_id, item.execution, item.finished, item.details, item.progress,
+                             cancel=item.cancel, clock_ok=clock_plausible())
+
+    def reboot(self, why: str) -> None:
+        self.status.publish(phase="rebooting", last_error=None)
+        if not self.options.reboot:
+            log.info("reboot needed (%s); not rebooting (--no-reboot)", why)
+            return
+        log.info("rebooting: %s (%s)", why, self.cfg.system.reboot_command)
+        subprocess.run(self.cfg.system.reboot_command, shell=True, check=False)
+
+
+class _FeedbackThrottle:
+    """At most one progress feedback per `interval_s` and per 10 % step; 100 % always."""
+
+    def __init__(self, interval_s: float, clock: Callable[[], float]) -> None:
+        self.interval_s = interval_s
+        self.clock = clock
+        self.last_at = float("-inf")
+        self.last_decile = -1
+
+    def due(self, done: int, total: Optional[int]) -> bool:
+        decile = done * 10 // total if total else 0
+        now = self.clock()
+        if decile > self.last_decile and (now - self.last_at >= self.interval_s or decile == 10):
+            self.last_decile, self.last_at = decile, now
+            return True
+        return False
+
+
+def _hardware(cfg: Config) -> Optional[Tuple[str, str]]:
+    from otad.install.options import hardware_identity
+
+    try:
+        hw = hardware_identity(cfg)
+    except OtadError:
+        return None
+    return (hw.board, hw.revision) if hw is not None else None
