@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_confirm(commands)
     _add_mark_bad(commands)
     _add_run(commands)
+    _add_mkswu(commands)
     return parser
 
 
@@ -104,6 +105,14 @@ def _add_run(commands: Any) -> None:
     p.add_argument("--no-reboot", action="store_true", help="never run the reboot command (tests)")
     p.add_argument("--syslog", action="store_true", help="log to syslog as well as stderr")
     p.set_defaults(run=_cmd_run)
+
+
+def _add_mkswu(commands: Any) -> None:
+    from otad import mkswu
+
+    p = commands.add_parser("mkswu", help="build a signed .swu bundle from a sw-description template (build host)")
+    mkswu.add_arguments(p)
+    p.set_defaults(run=mkswu.run)
 
 
 def _add_env(commands: Any) -> None:

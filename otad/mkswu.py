@@ -18,29 +18,24 @@ import sys
 import tempfile
 import zlib
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import IO, Any, Dict, Iterator, List, Mapping, Optional, Protocol, Sequence, Tuple, Union
+from typing import IO, TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Mapping, Optional, Protocol, Sequence, \
+    Tuple, Union
 
-import zstandard
-from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives import padding as sym_padding
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from cryptography.hazmat.primitives.serialization import pkcs7
-
-from otad import libconfig
-from otad.durable import fsync_dir
 from otad.errors import ConfigError, OtadError
-from otad.swu.cpio import CRC, NEWC, CpioWriter, byte_sum, name_problem
-from otad.swu.crypto import load_key_file
+
+# cli.py builds every sub-command's parser on each run, so importing this module must stay cheap
+# (`otad --help` on a Pi Zero): cryptography, zstandard, libconf and otad.swu load on first use.
+if TYPE_CHECKING:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    from otad.swu.cpio import CpioWriter
 
 log = logging.getLogger(__name__)
 
 DESCRIPTION = "sw-description"
 SIG_NAME = "sw-description.sig"
-FORMATS = {"newc": NEWC, "crc": CRC}
+FORMATS = ("crc", "newc")
 COMPRESSIONS = ("zlib", "zstd")
 SIGN_FORMS = "CMS,KEY,CERT[,PASSFILE][,CHAIN] or RSA,KEY[,PASSFILE]"
 ZLIB_LEVEL = 9  # swugenerator runs `gzip -9 -n`
@@ -72,6 +67,9 @@ class CmsSigner:
     chain: Tuple[x509.Certificate, ...] = ()
 
     def sign(self, content: bytes) -> bytes:
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.serialization import pkcs7
+
         builder = pkcs7.PKCS7SignatureBuilder().set_data(content).add_signer(self.cert, self.key, hashes.SHA256())
         for cert in self.chain:
             builder = builder.add_certificate(cert)
@@ -91,6 +89,9 @@ class RsaSigner:
     key: rsa.RSAPrivateKey
 
     def sign(self, content: bytes) -> bytes:
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import padding
+
         return self.key.sign(content, padding.PKCS1v15(), hashes.SHA256())
 
     def describe(self) -> str:
@@ -100,6 +101,8 @@ class RsaSigner:
 def load_signer(spec: str) -> Signer:
     """`-k` as swugenerator takes it (CMS,KEY,CERT[,PASSFILE[,CHAIN]]); a 4th field holding
     certificates is the chain instead, so that CMS,KEY,CERT,CHAIN works too."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
     fields = spec.split(",")
     if fields[0] == "CMS" and 3 <= len(fields) <= 5 and all(fields[1:3]):
         passfile, chain = (fields[3:] + ["", ""])[:2]
@@ -117,6 +120,11 @@ def load_signer(spec: str) -> Signer:
 
 
 def _cms_signer(key_path: str, cert_path: str, passfile: str, chain_path: str) -> CmsSigner:
+    from datetime import datetime, timezone
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
     cert = _load_certs(cert_path)[0]
     key = _load_key(key_path, passfile)
     if not isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey)):
@@ -134,6 +142,8 @@ def _cms_signer(key_path: str, cert_path: str, passfile: str, chain_path: str) -
 
 
 def _load_certs(path: str) -> List[x509.Certificate]:
+    from cryptography import x509
+
     data = _read(path, "certificate file")
     blocks = re.findall(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", data, re.S)
     try:
@@ -143,6 +153,9 @@ def _load_certs(path: str) -> List[x509.Certificate]:
 
 
 def _load_key(path: str, passfile: str) -> object:
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
     data = _read(path, "private key")
     # Like `openssl -passin file:`: the first line is the password.
     password = _read(passfile, "password file").split(b"\n", 1)[0].rstrip(b"\r") if passfile else None
@@ -159,6 +172,8 @@ def _load_key(path: str, passfile: str) -> object:
 
 def load_variables(path: str) -> Dict[str, str]:
     """swugenerator's `-c` file: `variables = { NAME = "value"; };` for @@NAME@@ in the template."""
+    from otad import libconfig
+
     group = libconfig.loads(_read(path, "configuration file"), source=path).get("variables", {})
     if not isinstance(group, dict):
         raise ConfigError('variables: expected a group { NAME = "value"; }', path)
@@ -287,6 +302,8 @@ class Template:
 
 
 def read_template(path: str, variables: Mapping[str, str], dirs: Sequence[str]) -> Template:
+    from otad import libconfig
+
     raw = _read(path, "template")
     try:
         text = raw.decode("utf-8")
@@ -366,6 +383,8 @@ def _entries(template: Template) -> List[_Entry]:
 
 
 def _entry(template: Template, path: _Path, node: _Node) -> _Entry:
+    from otad.swu.cpio import name_problem
+
     values = _lookup(template.tree, path)
     line = template.text.count("\n", 0, node.settings["filename"].start) + 1
     where, label, filename = f"{template.source}:{line}", _label(path), values["filename"]
@@ -449,6 +468,9 @@ class _Digest:
     """Size, sha256 and crc sum of the bytes as stored; writes them through to `out` if given."""
 
     def __init__(self, out: Optional[IO[bytes]] = None) -> None:
+        from otad.swu.cpio import byte_sum
+
+        self._byte_sum: Callable[[bytes], int] = byte_sum
         self.out = out
         self.sha256 = hashlib.sha256()
         self.size = 0
@@ -459,7 +481,7 @@ class _Digest:
             self.out.write(data)
         self.sha256.update(data)
         self.size += len(data)
-        self.sum += byte_sum(data)
+        self.sum += self._byte_sum(data)
 
     def feed(self, chunks: Iterator[bytes]) -> "_Digest":
         for chunk in chunks:
@@ -511,6 +533,8 @@ class _Zstd:
     """One zstd frame with the content size and a checksum, as the zstd CLI writes it."""
 
     def __init__(self, size: int) -> None:
+        import zstandard
+
         self._obj = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True).compressobj(size=size)
 
     def update(self, data: bytes) -> bytes:
@@ -524,6 +548,9 @@ class _Encrypt:
     """AES-CBC with PKCS#7 padding, as `openssl enc -aes-256-cbc -K … -iv … -nosalt`."""
 
     def __init__(self, key: bytes, iv: bytes) -> None:
+        from cryptography.hazmat.primitives import padding as sym_padding
+        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
         self._padder = sym_padding.PKCS7(128).padder()
         self._cipher = Cipher(algorithms.AES(key), modes.CBC(iv)).encryptor()
         self.plain_size = 0
@@ -571,6 +598,8 @@ def _store(job: _Job, key: Optional[bytes], staging: str) -> StoredArtifact:
 
 
 def _pipe(src: IO[bytes], source: str, stages: Sequence[_Stage], staged: str) -> _Digest:
+    import zstandard
+
     try:
         with open(staged, "xb") as out:
             digest = _Digest(out)
@@ -678,6 +707,8 @@ def _set_values(group: Dict[str, Any], sets: Sequence[_Set]) -> None:
 
 def _edit_template(template: Template, entries: Sequence[_Entry], updates: Sequence[Tuple[_Set, ...]]) -> str:
     """The template text with every entry updated; re-read to prove nothing else changed."""
+    from otad import libconfig
+
     edits = [e for entry, sets in zip(entries, updates) for e in _group_edits(template.text, entry.node, sets)]
     text = _apply(template.text, edits)
     expected = copy.deepcopy(dict(template.tree))
@@ -696,7 +727,7 @@ class BuildOptions:
     artifact_dirs: Tuple[str, ...] = (".",)
     signer: Optional[Signer] = None
     aes_key: Optional[bytes] = field(default=None, repr=False)
-    fmt: str = CRC
+    fmt: str = "crc"  # or "newc"
     compress: bool = True
     variables: Mapping[str, str] = field(default_factory=dict)
 
@@ -745,6 +776,9 @@ def _staging(output: str) -> Iterator[str]:
 
 def _write_bundle(output: str, fmt: str, content: bytes, signature: Optional[bytes],
                   stored: Sequence[StoredArtifact]) -> int:
+    from otad.durable import fsync_dir
+    from otad.swu.cpio import CRC, NEWC, CpioWriter
+
     directory = os.path.dirname(output)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(output)}.", suffix=".tmp", dir=directory)
@@ -752,7 +786,7 @@ def _write_bundle(output: str, fmt: str, content: bytes, signature: Optional[byt
         raise OtadError(f"cannot create: {exc.strerror}", output) from exc
     try:
         with os.fdopen(fd, "wb") as f:
-            with CpioWriter(f, fmt) as cpio:
+            with CpioWriter(f, {"crc": CRC, "newc": NEWC}[fmt]) as cpio:
                 cpio.add(DESCRIPTION, content)
                 if signature is not None:
                     cpio.add(SIG_NAME, signature)
@@ -818,17 +852,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="store artifacts as found (already compressed); names stay as written")
     parser.add_argument("-c", "--config", dest="variables_file", metavar="FILE",
                         help='swugenerator configuration: variables = { NAME = "value"; } for @@NAME@@')
-    parser.add_argument("--format", choices=sorted(FORMATS), default="crc",
+    parser.add_argument("--format", choices=FORMATS, default="crc",
                         help="cpio format (default: crc, as swugenerator)")
 
 
 def options_from_args(args: argparse.Namespace) -> BuildOptions:
+    from otad.swu.crypto import load_key_file
+
     dirs = tuple(d for value in args.artifactory or ["."] for d in value.split(",") if d)
     return BuildOptions(
         template=args.sw_description, output=args.swu_file, artifact_dirs=dirs or (".",),
         signer=load_signer(args.sign) if args.sign else None,
         aes_key=load_key_file(args.encryption_key_file).key if args.encryption_key_file else None,
-        fmt=FORMATS[args.format], compress=not args.no_compress,
+        fmt=args.format, compress=not args.no_compress,
         variables=load_variables(args.variables_file) if args.variables_file else {},
     )
 

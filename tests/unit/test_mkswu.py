@@ -12,6 +12,7 @@ import gzip
 import hashlib
 import os
 import subprocess
+import sys
 import tempfile
 import tracemalloc
 from pathlib import Path
@@ -25,7 +26,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from otad import libconfig, mkswu
 from otad.errors import ConfigError, OtadError
-from otad.swu.cpio import CRC, NEWC, CpioReader
+from otad.swu.cpio import CRC, NEWC, CpioReader, CpioWriter
 from otad.swu.signature import CmsVerifier, RsaVerifier
 from tests.conftest import Device, run_cli
 from tests.pki import Pki, make_pki, rsa_keypair, write_key
@@ -423,7 +424,7 @@ def test_an_artifact_that_changes_before_it_is_copied_is_refused(tmp_path) -> No
     stale = mkswu.StoredArtifact("a.bin", str(path), str(path), 9, hashlib.sha256(b"old bytes").hexdigest(),
                                  sum(b"new bytes"), None, None, 9, 9)
     with open(tmp_path / "x.swu", "wb") as f, pytest.raises(OtadError, match="changed while the bundle was built"):
-        mkswu._add_member(mkswu.CpioWriter(f), stale)
+        mkswu._add_member(CpioWriter(f), stale)
 
 
 # --- bad input: one clear line, no output ------------------------------------------------------
@@ -559,3 +560,11 @@ def test_scripts_mkswu_builds_a_bundle(tmp_path, pki) -> None:
     proc = subprocess.run([str(REPO / "scripts" / "mkswu"), "-s", "t.in", "-o", "c.swu"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip().startswith("mkswu: error: t.in:5:")
+
+
+def test_importing_mkswu_stays_cheap_for_the_cli_parser() -> None:
+    """cli.py builds every sub-command's parser on each run; the heavy libraries load on first use."""
+    code = ("import sys, otad.mkswu; print(sorted(m for m in ('cryptography', 'zstandard', 'libconf', "
+            "'otad.swu.cpio', 'otad.libconfig') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
