@@ -48,7 +48,8 @@ def build(tmp_path: Path, pki: Pki, images: Sequence[ImageSpec], name: str = "en
     return write_bundle(tmp_path / name, tamper(signed_members(description(images), images, pki, work)))
 
 
-def install(device: Device, pki: Pki, bundle: Path, capsys, *extra: str, extra_install: str = "") -> Tuple[int, str, str]:
+def install(device: Device, pki: Pki, bundle: Path, capsys, *extra: str,
+            extra_install: str = "") -> Tuple[int, str, str]:
     return run_cli(["--config", device.config(pki, extra_install), "install", bundle, *extra], capsys)
 
 
@@ -205,3 +206,19 @@ def test_one_member_for_two_entries_must_agree_on_encryption(tmp_path, device, p
     rc, _, err = install(device, pki, build(tmp_path, pki, images), capsys, "-K", key_file(tmp_path))
     assert rc == 1 and "disagree on sha256, compression or encryption" in error_line(err)
     assert refused_before_writing(device)
+
+
+def test_encrypted_files_entry_is_decrypted_and_refused_without_a_key(tmp_path, device, pki, capsys) -> None:
+    from tests.unit.install.entries import bundle, file
+
+    dest = tmp_path / "rootfs"
+    dest.mkdir()
+    motd = b"welcome\n" * 1000
+    art = file("motd.gz.enc", openssl_aes(gz(motd), KEY, IVT), str(dest / "motd"), compressed="zlib",
+               encrypted=True, ivt=IVT)
+    b = bundle(tmp_path / "files.swu", pki, [art])
+    rc, _, err = install(device, pki, b, capsys)
+    assert rc == 1 and "no AES key is configured" in error_line(err) and not (dest / "motd").exists()
+    rc, _, err = install(device, pki, b, capsys, "-K", key_file(tmp_path))
+    assert rc == 0, err
+    assert (dest / "motd").read_bytes() == motd

@@ -144,3 +144,20 @@ def test_malformed_sw_versions_is_a_config_error_naming_the_line(tmp_path, devic
     assert rc == 2
     assert f"sw-versions:{line}: {fragment}" in error_line(err)
     assert untouched(device)
+
+
+def test_files_entries_are_gated_like_images(tmp_path, device, pki, capsys) -> None:
+    from tests.unit.install.entries import bundle, file
+
+    dest = tmp_path / "rootfs"
+    dest.mkdir()
+    gated = file("config.txt", b"new config\n", str(dest / "config.txt"),
+                 **{"name": "config", "version": "3.0", "install-if-different": True})
+    plain = file("motd", b"hello\n", str(dest / "motd"))
+    b = bundle(tmp_path / "files.swu", pki, [gated, plain])
+    rc, _, err = install(device, pki, b, capsys, sw_versions="config 3\n")  # compare(): "3.0" == "3"
+    assert rc == 0, err
+    assert not (dest / "config.txt").exists() and (dest / "motd").read_bytes() == b"hello\n"
+    rc, _, err = install(device, pki, b, capsys, sw_versions="config 2.9\n")
+    assert rc == 0, err
+    assert (dest / "config.txt").read_bytes() == b"new config\n"
