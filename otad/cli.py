@@ -241,7 +241,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     report = update.slot_status(cfg)
     daemon_problem = None
     try:
-        daemon = read_status(os.path.join(cfg.system.state_dir, "daemon.json"))
+        daemon = read_status(cfg.system.status_file)
     except StateError as exc:
         daemon, daemon_problem = None, str(exc)
     if args.json:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import math
+import os
 import re
 import urllib.parse
 from dataclasses import dataclass, field
@@ -96,11 +97,17 @@ class SystemConfig:
     """Where the device keeps things."""
 
     state_dir: str = "/var/lib/otad"
+    run_dir: Optional[str] = None  # volatile status (daemon.json); "/run/otad" spares the SD card; None: state_dir
     device_dir: str = "/dev"  # sw-description's /dev/NAME resolves to device_dir/NAME
     hwrevision_file: str = "/etc/hwrevision"
     hardware: Optional[str] = None  # "board:revision"; overrides hwrevision_file
     reboot_command: str = "reboot"  # run when a decision needs the other slot booted now
     sw_versions_file: str = "/etc/sw-versions"  # "name version" lines for install-if-different/-higher
+
+    @property
+    def status_file(self) -> str:
+        """What the running daemon publishes for `otad status`."""
+        return os.path.join(self.run_dir or self.state_dir, "daemon.json")
 
 
 @dataclass(frozen=True)

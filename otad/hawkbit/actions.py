@@ -1,9 +1,8 @@
-"""The daemon's memory of hawkBit actions: which ones ended, and the one waiting to be armed.
+"""The daemon's memory of hawkBit actions: which ones ended, and the one written but not armed.
 
 `<state_dir>/actions.json`, replaced atomically. An action id that ended (success, failure,
-canceled, downloaded) is never installed again while it is remembered; the last 50 are kept.
-The action waiting for its maintenance window keeps here what arming needs later (the
-bundle's bootenv), since the bundle itself is not kept.
+canceled, downloaded) is never installed again while it is remembered (the last 50). The
+unarmed one keeps what arming needs later (slot, version, the bundle's bootenv).
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ KEEP_ENDED = 50
 
 @dataclass(frozen=True)
 class WaitingAction:
-    """Written into the inactive slot, not armed yet (download-only or window closed)."""
+    """Written into the inactive slot and verified, not armed yet (window closed, or not yet done)."""
 
     action_id: str
     version: str

@@ -1,10 +1,8 @@
 """The daemon: poll hawkBit, install what it says into the inactive slot, tell it the truth.
 
-One loop, one process. At start it finishes what the last boot left (the trial's verdict
-becomes the action's final feedback), then polls at the server's pace. A deployment is
-streamed from the server straight into the install pipeline (no temp file), armed (or kept
-until its maintenance window opens), and the device reboots. `closed/success` is only ever
-sent from the verdict of `otad confirm` on the new slot, after the reboot.
+At start the last trial's verdict becomes its action's final feedback; then it polls at the
+server's pace, streams a deployment straight into the install pipeline, arms (or waits for the
+window) and reboots. `closed/success` comes only from `otad confirm` on the new slot.
 """
 
 from __future__ import annotations
@@ -17,7 +15,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional, Set, Tuple
 
-from otad import RELEASE_DATE, update
+from otad import RELEASE_DATE, crashpoint, update
+from otad.boot.mark import Verdict
 from otad.boot.watchdog import ProgressPetter
 from otad.config import Config, parse_date
 from otad.errors import ConfigError, OtadError
@@ -30,8 +29,7 @@ from otad.hawkbit.policy import Backoff, PollPolicy, ResumePolicy
 from otad.hawkbit.publish import StatusPublisher
 from otad.install.options import status_file
 from otad.install.status import FAILED, TargetStatusStore
-from otad.notify import notify
-from otad.boot.mark import Verdict
+from otad.notify import notify, watchdog_interval_s
 from otad.progress import Progress, ProgressListener, ignore
 from otad.state import Outcome, Phase, State, StateStore
 from otad.update import SlotInstallResult
@@ -51,11 +49,28 @@ def settings_from_config(cfg: Config) -> HawkbitSettings:
     hb = cfg.hawkbit
     if not hb.url:
         raise ConfigError("no hawkBit server configured (hawkbit.url)", cfg.source)
+    limit = blocking_limit_s(cfg)
     return HawkbitSettings(url=hb.url, controller_id=hb.resolved_controller_id(), tenant=hb.tenant, auth=hb.auth,
                            token_file=hb.token_file, ca_file=hb.ca_file, client_cert=hb.client_cert,
-                           client_key=hb.client_key, connect_timeout_s=hb.connect_timeout_s,
-                           read_timeout_s=hb.read_timeout_s, download_without_token=hb.download_without_token,
-                           verify_tls=hb.verify_tls)
+                           client_key=hb.client_key, connect_timeout_s=min(hb.connect_timeout_s, limit),
+                           read_timeout_s=min(hb.read_timeout_s, limit),
+                           download_without_token=hb.download_without_token, verify_tls=hb.verify_tls)
+
+
+def blocking_limit_s(cfg: Config) -> float:
+    """The longest one network wait may block: the loop feeds the watchdogs only between them.
+
+    A connect plus a read must fit in what is left of systemd's WatchdogSec after WATCHDOG=1
+    (due every half of it), and of the hardware timeout after ProgressPetter's pace (a third of
+    it). A stall is then a quick reconnect with Range, not a watchdog kill mid-download.
+    """
+    limits = [float("inf")]
+    if cfg.watchdog.enabled:
+        limits.append(cfg.watchdog.timeout_s / 4)
+    interval = watchdog_interval_s()
+    if interval is not None:
+        limits.append(interval / 2)
+    return max(1.0, min(limits))
 
 
 @dataclass
@@ -82,7 +97,7 @@ class Agent:
         self.store = StateStore(state_dir)
         self.actions = ActionLog.load(os.path.join(state_dir, "actions.json"))
         self.outbox = Outbox(os.path.join(state_dir, "outbox.json"))
-        self.status = StatusPublisher(os.path.join(state_dir, "daemon.json"), min_interval_s=STATUS_INTERVAL_S,
+        self.status = StatusPublisher(cfg.system.status_file, min_interval_s=STATUS_INTERVAL_S,
                                       clock=options.monotonic)
         hb = cfg.hawkbit
         self.poll_policy = PollPolicy(min_s=hb.poll_min_s, max_s=hb.poll_max_s, jitter_fraction=hb.poll_jitter)
@@ -96,6 +111,7 @@ class Agent:
         self.answered_ended: Set[str] = set()
         self.progress_sent: Dict[str, int] = {}
         self.cancel_link: Optional[ActionLink] = None  # a cancel seen while downloading
+        self.reboot_requested = False
 
     # ------------------------------------------------------------------ the loop
 
@@ -246,6 +262,7 @@ class Agent:
         if not self.outbox.has_final(action) and self.actions.ended_how(action) is None:
             ok = result.outcome is Outcome.CONFIRMED
             self.outbox.put(action, "closed", "success" if ok else "failure", (result.reason,), final=True)
+            crashpoint.reached("agent.final_queued")
             self.actions.end(action, "success" if ok else "failure")
             log.info("action %s: %s: %s", action, "success" if ok else "failure", result.reason)
         self.store.transition(Phase.IDLE)
@@ -295,8 +312,8 @@ class Agent:
     # ------------------------------------------------------------------ deployments
 
     def handle_deployment(self, link: ActionLink) -> None:
-        if self.already_handled(link.id):
-            return
+        if self.already_handled(link.id) or self.reboot_requested:
+            return  # after a reboot request the inactive slot may be the one about to boot
         state = self.store.load()
         if state.trial or state.phase is Phase.FINAL_PENDING:
             log.debug("action %s waits: the trial of action %s is still undecided", link.id, state.action_id)
@@ -350,6 +367,7 @@ class Agent:
             self.actions.end(action, "success")
             return
         self.store.transition(Phase.DOWNLOADING, action_id=action, version=version or None)
+        crashpoint.reached("agent.downloading_persisted")
         self.status.publish(phase="downloading", action_id=action, version=version or None, bytes_done=0,
                             bytes_total=artifact.size, last_error=None)
         self.feedback(action, "proceeding", f"Downloading {artifact.filename} ({artifact.size} bytes) "
@@ -367,6 +385,7 @@ class Agent:
             self.store.transition(Phase.IDLE)
             self.fail(action, f"install failed: {exc}")
             return
+        crashpoint.reached("agent.installed")
         assert done.target is not None  # the agent runs only with slots
         waiting = WaitingAction(action, done.install.manifest.version, done.target.name,
                                 {v.name: (v.value or None) for v in done.install.bootenv})
@@ -455,6 +474,7 @@ class Agent:
         except OtadError as exc:
             self.arm_failed(action, target, exc)
             return
+        crashpoint.reached("agent.armed")
         self.actions.clear_waiting()
         self.feedback(action, "proceeding", f"version {waiting.version} installed into slot {target}; "
                                             "rebooting to try it")
@@ -551,6 +571,7 @@ class Agent:
                              cancel=item.cancel, clock_ok=clock_plausible())
 
     def reboot(self, why: str) -> None:
+        self.reboot_requested = True
         self.status.publish(phase="rebooting", last_error=None)
         if not self.options.reboot:
             log.info("reboot needed (%s); not rebooting (--no-reboot)", why)

@@ -75,7 +75,9 @@ def test_the_shipped_example_parses_to_the_pi_layout() -> None:
     assert cfg.slots == PI_SLOTS
     assert cfg.watchdog == WatchdogConfig()
     assert cfg.health.timeout_s == 60 and cfg.health.checks == ("test -e /etc/os-release",)
-    assert cfg.system == Config().system and cfg.install == Config().install
+    assert cfg.system == Config().replace("system", run_dir="/run/otad").system
+    assert cfg.system.status_file == "/run/otad/daemon.json"
+    assert cfg.install == Config().install
 
 
 def test_the_brief_layout_parses() -> None:

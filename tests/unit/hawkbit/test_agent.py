@@ -254,8 +254,8 @@ def test_a_failed_install_is_reported_with_its_reason_and_leaves_the_env_alone(
     closed = rig.closed()
     assert len(closed) == 1 and closed[0].finished == "failure"
     reason = details(closed[0])
-    expected = {"server_hash": "expected 0000", "untrusted_signer": "does not chain to a trusted", "artifact_404": "HTTP 404",
-                "artifact_410": "HTTP 410"}[how]
+    expected = {"server_hash": "expected 0000", "untrusted_signer": "does not chain to a trusted",
+                "artifact_404": "HTTP 404", "artifact_410": "HTTP 410"}[how]
     assert "install failed" in reason and expected in reason, reason
     assert rig.env_bytes() == env and rig.state().phase is Phase.IDLE
     if how == "server_hash":
@@ -461,7 +461,8 @@ def test_retry_after_is_honoured_and_5xx_backs_off(rig: Rig) -> None:
     rig.fake.sleep = "00:01:00"
     agent = rig.agent(once=False, rng=random.Random(5))
     agent.cycle()  # the server's sleep is known: 60 s
-    rig.fake.fault("root", status=503, headers={"Retry-After": "120"}, times=3)
+    rig.fake.fault("root", status=429, headers={"Retry-After": "120"})
+    rig.fake.fault("root", status=503, headers={"Retry-After": "120"}, times=2)
     rig.fake.fault("root", status=500, times=8)
     delays, _ = poll_delays(rig, 1500, agent)
     assert delays[:3] == [120.0, 120.0, 120.0]
@@ -697,3 +698,18 @@ def test_fleet_script_spreads_polls_with_downward_jitter() -> None:
     assert facts["first_poll_max_s"] - facts["first_poll_min_s"] > 20  # not in lockstep
     assert 270 <= facts["interval_min_s"] <= facts["interval_max_s"] <= 300
     assert facts["requests"] == facts["polls"] + 20  # one configData each, nothing else
+
+
+def test_network_waits_fit_inside_the_watchdogs(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    from otad.hawkbit.agent import settings_from_config
+
+    monkeypatch.delenv("WATCHDOG_USEC", raising=False)
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    cfg = rig.config()
+    assert (settings_from_config(cfg).connect_timeout_s, settings_from_config(cfg).read_timeout_s) == (2, 2)
+    slow = cfg.replace("hawkbit", connect_timeout_s=30.0, read_timeout_s=60.0)
+    assert settings_from_config(slow).read_timeout_s == 60
+    monkeypatch.setenv("WATCHDOG_USEC", "60000000")  # otad.service: WatchdogSec=60
+    assert (settings_from_config(slow).connect_timeout_s, settings_from_config(slow).read_timeout_s) == (15, 15)
+    hardware = slow.replace("watchdog", enabled=True, timeout_s=15)
+    assert settings_from_config(hardware).read_timeout_s == 3.75
