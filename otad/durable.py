@@ -11,6 +11,8 @@ import os
 import tempfile
 from typing import Optional, Union
 
+from otad import crashpoint
+
 PathLike = Union[str, "os.PathLike[str]"]
 
 
@@ -40,10 +42,12 @@ def atomic_write(path: PathLike, data: bytes, mode: Optional[int] = None) -> Non
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
+            crashpoint.reached("durable.temp_created")
             f.write(data)
             f.flush()
             os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
+        crashpoint.reached("durable.temp_synced")
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -51,4 +55,6 @@ def atomic_write(path: PathLike, data: bytes, mode: Optional[int] = None) -> Non
         except FileNotFoundError:
             pass
         raise
+    crashpoint.reached("durable.renamed")
     fsync_dir(directory)
+    crashpoint.reached("durable.dir_synced")

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Callable, Dict, FrozenSet, Iterator, Mapping, Optional
 
+from otad import crashpoint
 from otad.durable import atomic_write
 from otad.errors import StateError
 
@@ -230,7 +231,9 @@ class StateStore:
             raise StateError(f"transition {current.phase.value} → {to.value}: {exc}", self.path) from None
         except StateError as exc:
             raise StateError(f"transition {current.phase.value} → {to.value}: {exc.what}", self.path) from None
+        crashpoint.reached("state.before_persist")
         self._write(new)
+        crashpoint.reached("state.persisted")
         log.info("state: %s → %s%s", current.phase.value, to.value,
                  f" (slot {new.target_slot})" if new.target_slot else "")
         return new

@@ -51,6 +51,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
+from otad import crashpoint
 from otad.boot.bootchooser import Bootchooser, BootEnv
 from otad.boot.health import HealthResult
 from otad.boot.slots import BootedSlot, Slot, SlotTable, env_mismatch
@@ -144,6 +145,7 @@ def confirm(store: StateStore, chooser: Bootchooser, booted: BootedSlot,
                 decision = _Plan(decision.verdict, f"{decision.message}: {result.describe()}",
                                  decision.env, decision.record, decision.reboot)
         _write_env(decision, state, chooser)
+        crashpoint.reached("confirm.env_written")
         if decision.record is not None:
             state = _conclude(store, state, decision)
         log.info("confirm: %s: %s", decision.verdict.value, decision.message)
@@ -299,11 +301,13 @@ def arm_after_install(store: StateStore, chooser: Bootchooser, target: Slot, pre
             chooser.forget_trial_record()  # else a stale breadcrumb would fake a landed arm
         store.transition(Phase.ARMING, target_slot=target.name, previous_slot=previous.name,
                          version=version, armed_at=store.now(), action_id=action_id)
+        crashpoint.reached("arm.intent_persisted")
         try:
             chooser.arm_trial(target, previous, extra)
         except OtadError as exc:
             _abort_arming(store, chooser, previous, exc)
             raise
+        crashpoint.reached("arm.env_written")
         return store.transition(Phase.TRIAL_ARMED)
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
-from otad import durable
+from otad import crashpoint, durable
 from otad.errors import ConfigError, EnvCorrupt, EnvError
 
 log = logging.getLogger(__name__)
@@ -630,7 +630,9 @@ class UBootEnv:
                 return current
             target, flags = self._target(current)
             image = build_image(new, self.layout.size, redundant=self.layout.redundant, flags=flags)
+            crashpoint.reached("env.before_write")
             snapshot = self._write_verified(target, image, new, flags)
+            crashpoint.reached("env.written")
         log.info("env: wrote copy %d (%s)", target, ", ".join(sorted(wanted)) or "default env")
         return snapshot
 

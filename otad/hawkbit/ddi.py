@@ -648,7 +648,7 @@ class DdiClient:
             raise ServerUnavailable(f"answer broke off after {len(body)} of {declared} bytes", url, status)
         try:
             return json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: "[[[[..." nested
             raise MalformedResponse(f"expected JSON, got {body[:60]!r} ({exc})", url, status) from None
 
     def _drain(self, resp: requests.Response, url: str) -> None:
@@ -690,7 +690,7 @@ def _error_fields(body: bytes) -> Tuple[str, str]:
     """(errorCode, a short message) from a hawkBit/FastAPI error body, '' where absent."""
     try:
         doc = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         text = body.decode("ascii", "replace").strip()
         return "", text[:200] if text.isprintable() else ""
     if not isinstance(doc, dict):

@@ -16,11 +16,12 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
+from otad import crashpoint
 from otad.errors import BundleFormatError, CompatibilityError, ImageError, InstallError, ManifestError, OtadError
 from otad.install.handlers import FILE_HANDLERS, HANDLERS, HandlerOptions
 from otad.install.handlers.ext4 import property_flag
 from otad.install.handlers.files import FileTarget
-from otad.install.handlers.raw import RawHandler, RawTarget
+from otad.install.handlers.raw import RawTarget
 from otad.install.pipeline import DEFAULT_CHUNK, ArtifactResult, Decoding, Reader, Sink, stream_artifact
 from otad.install.status import FAILED, INSTALLED, INSTALLING, TargetStatusStore
 from otad.install.versionpolicy import VersionPolicy
@@ -108,6 +109,7 @@ def install_bundle(source: Reader, request: InstallRequest, *, name: str = "bund
         verified = bundle.open_description(request.verifier)
         manifest = select_manifest(verified.description.select, request)
         plans = plan_entries(manifest, request)
+        crashpoint.reached("install.planned")  # nothing written yet
 
         def heartbeat() -> None:  # a script or tool runs and no bytes move: keep the watchdog fed
             progress(Progress("busy", None, bundle.bytes_read, total_bytes))
@@ -122,6 +124,7 @@ def install_bundle(source: Reader, request: InstallRequest, *, name: str = "bund
         raise
     progress(Progress("done", None, bundle.bytes_read, total_bytes))
     targets = tuple(path for plan in plans.values() for path in plan.paths())
+    crashpoint.reached("install.done")
     return InstallResult(manifest, verified.signer, results, targets, manifest.bootenv, request.dry_run,
                          time.monotonic() - started)
 
@@ -316,6 +319,7 @@ class _Run:
 
                 touched += plan.written_paths()
                 plan.result = self._install_artifact(member, plan, on_bytes)
+                crashpoint.reached("install.artifact_written")
             missing = [p.filename for p in self.plans.values() if p.result is None]
             if missing:
                 raise ImageError("required image is missing from the bundle", missing[0])

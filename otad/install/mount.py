@@ -129,9 +129,12 @@ def _unmount(point: str, device: str, heartbeat: Optional[Heartbeat]) -> None:
         raise
 
 
-def can_mount() -> bool:
-    """Whether this process may mount filesystems at all (root; loop devices for files)."""
-    return os.geteuid() == 0 and shutil.which("mount") is not None
+def can_mount(device: str) -> bool:
+    """Whether mounting `device` can work here: root, mount(8), and for a regular file the
+    loop driver (a container often has none)."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        return False
+    return stat.S_ISBLK(os.stat(device).st_mode) or os.path.exists("/dev/loop-control")
 
 
 def resolve_in_root(root: str, path: str) -> str:

@@ -1,10 +1,7 @@
-"""The handler registry: which handler class installs which sw-description `type`.
-
-An explicit dict, never filled as a side effect of importing. A handler turns an entry into
-a `Target` before anything is written (`plan`, where every check that can fail early runs)
-and opens a `Sink` for it (`open`). Types missing here are refused before the first write.
-Image and file handlers live in separate dicts: `rawfile` in `images` is as wrong as `raw`
-in `files`. Scripts are not written anywhere, so they are run by otad.install.scripts.
+"""The handler registry: explicit dicts (images, files), never filled by importing, of which
+class installs which sw-description `type`. A handler plans an entry into a target before
+anything is written (every early check runs there) and opens a `Sink` for it; types missing
+here are refused before the first write. Scripts are run by otad.install.scripts.
 """
 
 from __future__ import annotations

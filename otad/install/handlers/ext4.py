@@ -1,9 +1,7 @@
-"""The ext4 handler: a raw write of an ext2/3/4 image whose superblock is checked first and
-which is grown to fill its partition afterwards (resize2fs) when asked to.
-
-Used for `type = "ext4"`, and for `type = "raw"` with `properties.resize = "true"` (the
-installer maps that entry here, so SWUpdate, which ignores the property, still installs the
-same bundle as a plain raw image). The bytes go through the raw handler unchanged.
+"""The ext4 handler: a raw write of an ext2/3/4 image whose superblock is checked before the
+first byte is written, grown to its partition afterwards (resize2fs) when asked to. Used for
+`type = "ext4"`, and for `raw` with `properties.resize = "true"` (the installer maps it here;
+SWUpdate ignores the property and installs the same bundle raw).
 """
 
 from __future__ import annotations

@@ -16,11 +16,13 @@ import stat
 import tarfile
 import tempfile
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Optional, Tuple
 
-from otad.errors import ImageError, InstallError, OtadError
+from otad.durable import fsync_dir
+from otad.errors import ImageError, InstallError
 from otad.install.handlers.raw import resolve_device
 from otad.install.mount import can_mount, mounted_at, private_mount, resolve_in_root
 from otad.install.pipeline import Reader, Sink, ZstdReader
@@ -98,7 +100,6 @@ class FilesHandler:
     def _heartbeat(self) -> Optional[Heartbeat]:
         return self.options.heartbeat if self.options is not None else None
 
-    @property
     def _work_dir(self) -> str:
         if self.options is None or self.options.work_dir is None:
             raise InstallError("no work directory for temporary files (system.state_dir)")
@@ -119,6 +120,8 @@ class FilesHandler:
                             entry.preserve_attributes, entry.extra.get("installed-directly") is True)
         if via == "direct":
             self._check_direct(target)
+        if via != "direct" or (self.kind == "archive" and not target.streamed):
+            self._work_dir()  # mount points and spooled members need it: fail now, not half-way
         return target
 
     def _via(self, entry: File, device: str) -> str:
@@ -132,7 +135,7 @@ class FilesHandler:
         mounted = mounted_at(device, self.options.mountinfo if self.options else "/proc/self/mountinfo")
         if mounted is not None and wanted != "debugfs":
             return "mount"
-        if wanted == "mount" or (wanted == "auto" and can_mount()):
+        if wanted == "mount" or (wanted == "auto" and can_mount(device)):
             return "mount"
         ext = entry.filesystem in DEBUGFS_FS
         if mounted is not None:
@@ -157,7 +160,7 @@ class FilesHandler:
             return
         assert target.device is not None and target.filesystem is not None
         mountinfo = self.options.mountinfo if self.options is not None else "/proc/self/mountinfo"
-        with private_mount(target.device, target.filesystem, self._work_dir, heartbeat=self._heartbeat,
+        with private_mount(target.device, target.filesystem, self._work_dir(), heartbeat=self._heartbeat,
                            mountinfo=mountinfo) as root:
             yield root
 
@@ -232,7 +235,7 @@ class RawFileHandler(FilesHandler):
         if dry_run:
             yield _NullSink()
         elif target.via == "debugfs":
-            with _spool(self._work_dir, target.entry) as (sink, spooled):
+            with _spool(self._work_dir(), target.entry) as (sink, spooled):
                 yield sink
             try:
                 _Debugfs(target, self._heartbeat).write_file(spooled)
@@ -278,21 +281,13 @@ def _write_file(dest: str, target: FileTarget) -> Iterator[Sink]:
         os.fsync(fd)
         if temp != dest:
             os.replace(temp, dest)
-        _fsync_dir(parent)
+        fsync_dir(parent)
     except BaseException as exc:
         if temp != dest:
             _unlink_quietly(temp)
         if isinstance(exc, OSError):
             raise InstallError(f"writing failed: {exc.strerror}", target.description) from exc
         raise
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
     finally:
         os.close(fd)
 
@@ -391,13 +386,13 @@ class ArchiveHandler(FilesHandler):
                 with _StreamingSink(extractor.extract) as sink:
                     yield sink
         else:
-            with _spool(self._work_dir, target.entry) as (sink, spooled):
+            with _spool(self._work_dir(), target.entry) as (sink, spooled):
                 yield sink
             try:
                 with open(spooled, "rb") as f:
                     _Extractor("", target, window).check(f)  # all of it, before mounting or writing
                 with self._root(target) as root:
-                    extractor = _Extractor(self._directory(root, target), target, window)
+                    extractor = _Extractor(self._directory(root, target), target, window, self._heartbeat)
                     with open(spooled, "rb") as f:
                         extractor.extract(f)
             finally:
@@ -450,10 +445,13 @@ def _umask() -> int:
 class _Extractor:
     """Unpacks one tar stream into `directory` (tarfile in streaming mode `r|*`)."""
 
-    def __init__(self, directory: str, target: FileTarget, zstd_max_window: int) -> None:
+    def __init__(self, directory: str, target: FileTarget, zstd_max_window: int,
+                 heartbeat: Optional[Heartbeat] = None) -> None:
         self.directory = directory
         self.target = target
         self.zstd_max_window = zstd_max_window
+        self._heartbeat = heartbeat  # unpacking a spooled rootfs takes minutes: keep the watchdog fed
+        self._beat = time.monotonic()
         self._dirs: List[Tuple[List[str], tarfile.TarInfo]] = []  # attributes applied last
         self.count = 0
         self._umask = _umask()
@@ -492,6 +490,9 @@ class _Extractor:
             with self._open(source) as tar:
                 for member in tar:
                     self._member(tar, member, root_fd)
+                    if self._heartbeat is not None and time.monotonic() - self._beat >= 1.0:
+                        self._heartbeat()
+                        self._beat = time.monotonic()
             for parts, member in reversed(self._dirs):
                 self._finish_dir(root_fd, parts, member)
             os.fsync(root_fd)

@@ -18,7 +18,8 @@ import pytest
 from tests.bundles import gz, zst
 from tests.conftest import Device, run_cli
 from tests.pki import Pki
-from tests.unit.install.entries import (Art, bundle, can_loop_mount, debugfs, e2fsck_clean, file, image,
+from tests.bundles import swugenerator_bundle
+from tests.unit.install.entries import (Art, bundle, can_loop_mount, debugfs, e2fsck_clean, file, fs_bytes, image,
                                         mkfs_ext4, tar_bytes)
 
 
@@ -152,6 +153,7 @@ def test_archive_is_unpacked_under_path(tmp_path, device, pki, capsys, dest, enc
     assert stat.S_IMODE((dest / "etc").stat().st_mode) == 0o750
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another owner needs root")
 def test_archive_with_preserve_attributes_keeps_owner_time_and_setuid(tmp_path, device, pki, capsys, dest) -> None:
     data = tar_bytes(TREE, attrs=TREE_ATTRS)
     b = bundle(tmp_path / "b.swu", pki, [file("root.tar", data, str(dest / "new"), type="tar",
@@ -298,3 +300,51 @@ def test_info_shows_files_with_type_and_path(tmp_path, pki, capsys, dest) -> Non
     assert rc == 0, out + err
     assert "file motd [rawfile] -> /etc/motd on /dev/mmcblk0p3 (ext4)" in out
     assert "file t.tar [archive] -> /opt " in out
+
+
+def test_swugenerator_bundle_with_scripts_ext4_image_and_a_file(tmp_path, device, pki, capsys) -> None:
+    """swugenerator stores members in the order the template names them: scripts, images, files."""
+    log = tmp_path / "marker.log"
+    device.slot().write_bytes(b"\xaa" * (16 << 20))
+    img = mkfs_ext4(tmp_path / "rootfs.ext4", 8, {"etc/issue": b"gen\n"})
+    template = (
+        'software = { version = "5.0"; hardware-compatibility = ["1.0"];\n'
+        '  scripts = ( { filename = "pre.sh"; type = "preinstall"; },\n'
+        '              { filename = "post.sh"; type = "postinstall"; } );\n'
+        '  images = ( { filename = "rootfs.ext4"; device = "/dev/mmcblk0p3"; compressed = "zlib";\n'
+        '               properties = { resize = "true"; }; } );\n'
+        '  files = ( { filename = "hostname"; path = "/etc/hostname"; device = "/dev/mmcblk0p3";\n'
+        '              filesystem = "ext4"; properties = { atomic-install = "true"; }; } );\n};\n')
+    artifacts = {"pre.sh": f"#!/bin/sh\necho pre >> {log}\n".encode(),
+                 "post.sh": f"#!/bin/sh\necho post >> {log}\n".encode(),
+                 "rootfs.ext4": img, "hostname": b"pi-zero\n"}
+    b = swugenerator_bundle(tmp_path / "gen.swu", template, artifacts, pki, tmp_path)
+    rc, _, err = install(device, pki, b, capsys, extra_install='files_via = "debugfs";')
+    assert rc == 0, err
+    assert log.read_text().split() == ["pre", "post"]
+    slot = device.slot()
+    assert debugfs(slot, "cat /etc/hostname") == "pi-zero\n" and debugfs(slot, "cat /etc/issue") == "gen\n"
+    assert e2fsck_clean(slot)[0] and fs_bytes(slot) == 16 << 20
+
+
+def test_a_device_that_is_mounted_already_is_written_where_it_is_mounted(tmp_path, device, pki, capsys,
+                                                                         loop_mount_problem) -> None:
+    """Mounting an image file a second time would make a second ext4 instance on the same bytes."""
+    import subprocess
+
+    if loop_mount_problem:
+        pytest.skip(loop_mount_problem)
+    ext4_device(device, tmp_path)
+    point = tmp_path / "already"
+    point.mkdir()
+    subprocess.run(["mount", "-o", "loop", str(device.slot()), str(point)], check=True)
+    try:
+        b = bundle(tmp_path / "b.swu", pki, [file("motd", b"live\n", "/etc/motd", device="/dev/mmcblk0p3",
+                                                  filesystem="ext4")])
+        rc, _, err = install(device, pki, b, capsys)
+        assert rc == 0, err
+        assert f"is mounted at {point}: writing there" in err
+        assert (point / "etc/motd").read_bytes() == b"live\n"  # still mounted, written through it
+    finally:
+        subprocess.run(["umount", str(point)], check=True)
+    assert debugfs(device.slot(), "cat /etc/motd") == "live\n" and e2fsck_clean(device.slot())[0]
