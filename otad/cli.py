@@ -9,7 +9,6 @@ errors); a traceback is printed only with --debug. Modules are imported lazily s
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Any, Callable, Dict, Optional, Sequence
@@ -27,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="print tracebacks and debug logs")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_SubParser)
     commands.required = True
     _add_install(commands)
     _add_info(commands)
@@ -38,6 +37,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(commands)
     _add_mkswu(commands)
     return parser
+
+
+class _SubParser(argparse.ArgumentParser):
+    """A sub-command's parser whose arguments may be added when it is first used (`add_later`),
+    so that building the whole command line does not import that sub-command's module."""
+
+    def __init__(self, *args: Any, add_later: Optional[Callable[[argparse.ArgumentParser], None]] = None,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._add_later = add_later
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        if self._add_later is not None:
+            add, self._add_later = self._add_later, None
+            add(self)
+        return super().parse_known_args(args, namespace)
 
 
 def _add_bundle_trust_options(p: argparse.ArgumentParser) -> None:
@@ -108,9 +123,13 @@ def _add_run(commands: Any) -> None:
 
 
 def _add_mkswu(commands: Any) -> None:
-    from otad import mkswu
+    commands.add_parser("mkswu", help="build a signed .swu bundle from a sw-description template (build host)",
+                        add_later=_add_mkswu_arguments)
 
-    p = commands.add_parser("mkswu", help="build a signed .swu bundle from a sw-description template (build host)")
+
+def _add_mkswu_arguments(p: argparse.ArgumentParser) -> None:
+    from otad import mkswu  # lazy: only `otad mkswu` needs it (~0.3 MB of RSS in `install`, ~6 MB in `--help`)
+
     mkswu.add_arguments(p)
     p.set_defaults(run=mkswu.run)
 
@@ -245,6 +264,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
     except StateError as exc:
         daemon, daemon_problem = None, str(exc)
     if args.json:
+        import json
+
         doc = report.to_dict()
         doc["daemon"] = dataclasses.asdict(daemon) if daemon else None
         doc["daemon_problem"] = daemon_problem
@@ -295,6 +316,8 @@ def _cmd_confirm(args: argparse.Namespace) -> int:
     cfg = _load_config(args)
     outcome = update.confirm_boot(cfg)
     if args.json:
+        import json
+
         print(json.dumps(outcome.to_dict(), indent=2))
     else:
         print(f"{outcome.verdict.value}: {outcome.message}")
@@ -326,6 +349,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
         print(f"note: signature not checked: trust file {cfg.install.trust_file} not found (use -k)",
               file=sys.stderr)
     if args.json:
+        import json
+
         print(json.dumps(info.to_dict(), indent=2, default=str))
     else:
         _print_info(info)
@@ -393,23 +418,12 @@ def _print_info(info: Any) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from otad.console import setup_logging
-    from otad.errors import OtadError
+    from otad.console import report_errors, setup_logging
 
     setup_logging(args.verbose + (1 if args.debug else 0), args.quiet)
     run: Callable[[argparse.Namespace], int] = args.run
     try:
-        return run(args)
-    except OtadError as exc:
-        if args.debug:
-            import traceback
-
-            traceback.print_exc()
-        print(f"otad: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("otad: interrupted", file=sys.stderr)
-        return 130
+        return report_errors("otad", args.debug, lambda: run(args))
     except BrokenPipeError:
         # the reader of our output went away (`otad status | head`): not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -20,7 +20,6 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 from otad import RELEASE_DATE
 from otad.boot.slots import Slot, SlotTable
 from otad.errors import ConfigError
-from otad.hawkbit.suricatta import TokenRef, read_suricatta
 
 DEFAULT_PATH = "/etc/otad/otad.conf"
 
@@ -368,7 +367,10 @@ class HawkbitConfig:
 
 
 def _http_url(path: KeyPath, value: str) -> None:
-    parts = urllib.parse.urlsplit(value)
+    try:
+        parts = urllib.parse.urlsplit(value)
+    except ValueError:  # urllib: "Invalid IPv6 URL" for an unbalanced '[' or ']'
+        raise _BadValue(f"{_dotted(path)}: expected http(s)://host[:port][/path], got {value!r}", path) from None
     if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
         raise _BadValue(f"{_dotted(path)}: expected http(s)://host[:port][/path], got {value!r}", path)
 
@@ -571,6 +573,8 @@ def _with_swupdate_cfg(given: Dict[str, Any], state_dir: str, where: "_Locator")
     path = given.get("swupdate_cfg")
     if not path:
         return given
+    from otad.hawkbit.suricatta import TokenRef, read_suricatta  # lazy: only with a swupdate_cfg
+
     defaults = read_suricatta(path)
     token = defaults.pop("token_file", None)
     kind = defaults.pop("auth", None)

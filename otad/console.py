@@ -19,6 +19,25 @@ def setup_logging(verbose: int, quiet: bool) -> None:
     logging.basicConfig(level=level, stream=sys.stderr, format="otad: %(levelname)s: %(message)s", force=True)
 
 
+def report_errors(prog: str, debug: bool, call: Callable[[], int]) -> int:
+    """Run a command's body; an OtadError becomes one `prog: error: ...` line and its exit code
+    (with the traceback only under --debug), Ctrl-C exit 130. The one top-level handler."""
+    from otad.errors import OtadError
+
+    try:
+        return call()
+    except OtadError as exc:
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+
+
 def add_syslog(address: str = "/dev/log") -> None:
     """Also log to syslog (SysV boards have no journald); silently skipped where there is none."""
     import logging.handlers

@@ -14,7 +14,6 @@ import hashlib
 import logging
 import os
 import re
-import sys
 import tempfile
 import zlib
 from dataclasses import dataclass, field
@@ -892,18 +891,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose or args.debug else logging.WARNING,
                         format="mkswu: %(levelname)s: %(message)s", force=True)
-    try:
-        return run(args)
-    except OtadError as exc:
-        if args.debug:
-            import traceback
+    from otad.console import report_errors
 
-            traceback.print_exc()
-        print(f"mkswu: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("mkswu: interrupted", file=sys.stderr)
-        return 130
+    return report_errors("mkswu", args.debug, lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-import select
 import signal
-import subprocess
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, Tuple
@@ -55,6 +53,8 @@ def run_check(command: str, timeout_s: float, *, shell: str = SHELL,
     The check runs in its own session; when it ends or times out, its process group is
     killed, so neither a hung check nor the background children it left behind survive it.
     """
+    import subprocess  # lazy: `otad install` imports this module but runs no check
+
     try:
         proc = subprocess.Popen([shell, "-c", command], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, start_new_session=True, cwd="/")
@@ -84,6 +84,8 @@ def run_check(command: str, timeout_s: float, *, shell: str = SHELL,
 
 def _watch(pid: int, fd: int, deadline: float, clock: Callable[[], float]) -> Tuple[bytes, bool]:
     """Collect output until the process exits (left unreaped) or the deadline passes."""
+    import select
+
     tail = b""
     open_ = True
     while not _exited(pid):
@@ -116,6 +118,8 @@ def _kill_group(pgid: int) -> None:
 
 def _drain(fd: int) -> bytes:
     """What is left in the pipe; never waits for a writer that escaped the group."""
+    import select
+
     out = b""
     while len(out) < 65536 and select.select([fd], [], [], 0)[0]:
         chunk = os.read(fd, 4096)

@@ -78,7 +78,10 @@ class HawkbitSettings:
     verify_tls: bool = True
 
     def __post_init__(self) -> None:
-        parts = urllib.parse.urlsplit(self.url)
+        try:
+            parts = urllib.parse.urlsplit(self.url)
+        except ValueError:  # urllib: "Invalid IPv6 URL" for an unbalanced '[' or ']'
+            raise ConfigError(f"hawkbit.url: expected http(s)://host[:port][/path], got {self.url!r}") from None
         if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
             raise ConfigError(f"hawkbit.url: expected http(s)://host[:port][/path], got {self.url!r}")
         for key in ("controller_id", "tenant"):
@@ -295,8 +298,12 @@ class _Fields:
         if links.get(rel) is None:
             return None
         link = self.obj(links[rel], f"{path}.{rel}")
-        href = urllib.parse.urljoin(self.url, self.text(link, "href", f"{path}.{rel}.href"))
-        parts = urllib.parse.urlsplit(href)
+        text = self.text(link, "href", f"{path}.{rel}.href")
+        try:
+            href = urllib.parse.urljoin(self.url, text)
+            parts = urllib.parse.urlsplit(href)
+        except ValueError as exc:  # urllib: "Invalid IPv6 URL" for an unbalanced '[' or ']'
+            self.fail(f"{path}.{rel}.href", f"expected an http(s) URL, got {text!r} ({exc})")
         if parts.scheme not in ("http", "https") or not parts.netloc:
             self.fail(f"{path}.{rel}.href", f"expected an http(s) URL, got {href!r}")
         return href

@@ -148,7 +148,10 @@ def _url(value: Any) -> str:
     text = _text(value).strip()
     if "://" not in text:
         text = f"http://{text}"  # libcurl's default for "host:port", which SWUpdate accepts
-    parts = urllib.parse.urlsplit(text)
+    try:
+        parts = urllib.parse.urlsplit(text)
+    except ValueError:  # urllib: "Invalid IPv6 URL" for an unbalanced '[' or ']'
+        raise _Bad(f"expected [http(s)://]host[:port][/path], got {value!r}") from None
     if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
         raise _Bad(f"expected [http(s)://]host[:port][/path], got {value!r}")
     return text

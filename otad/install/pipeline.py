@@ -156,7 +156,10 @@ class ZstdReader:
         self._name = name
         self._max_window = max_window
         self._error = zstandard.ZstdError
-        head = _read_at_least(source, ZSTD_MAX_FRAME_HEADER, chunk)
+        # Compressed input is read in zstd's recommended size (one block, ~128 KiB): a larger
+        # read is only another buffer held while the decompressor works through it.
+        read_size = min(chunk, zstandard.DECOMPRESSION_RECOMMENDED_INPUT_SIZE)
+        head = _read_at_least(source, ZSTD_MAX_FRAME_HEADER, read_size)
         try:
             declared = zstandard.get_frame_parameters(head).content_size
         except zstandard.ZstdError as exc:
@@ -164,7 +167,7 @@ class ZstdReader:
         self._min_output = 0 if declared == zstandard.CONTENTSIZE_UNKNOWN else declared
         decompressor = zstandard.ZstdDecompressor(max_window_size=max_window)
         # stream_reader only calls read(); it does not need a real IO object.
-        self._reader: Any = decompressor.stream_reader(_Prefixed(head, source), read_size=chunk,  # type: ignore[arg-type]
+        self._reader: Any = decompressor.stream_reader(_Prefixed(head, source), read_size=read_size,  # type: ignore[arg-type]
                                                        read_across_frames=True)
         self._output = 0
 

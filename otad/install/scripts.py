@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
-import select
-import shlex
 import shutil
 import signal
-import subprocess
 import tempfile
 import time
 from contextlib import contextmanager
@@ -69,6 +66,8 @@ def run_program(argv: Sequence[str], *, timeout_s: float, heartbeat: Optional[He
     each line is logged at INFO under that name. `heartbeat` is called about once a second.
     OSError (no such program) propagates for the caller to name.
     """
+    import subprocess  # lazy: an install without scripts or tools runs no program
+
     full_env = dict(os.environ, **env) if env is not None else None
     proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True, cwd="/", env=full_env)
@@ -121,6 +120,8 @@ class _Streams:
 
     def drain(self) -> None:
         """What is left in the pipes; never waits for a writer that escaped the group."""
+        import select
+
         for _ in range(64):
             ready = select.select(sorted(self.open), [], [], 0)[0] if self.open else []
             if not ready:
@@ -132,6 +133,8 @@ class _Streams:
 def _watch(pid: int, streams: _Streams, deadline: float, heartbeat: Optional[Heartbeat],
            clock: Callable[[], float]) -> bool:
     """Read output until the process exits (left unreaped); True if the deadline passed first."""
+    import select
+
     beat = clock()
     while not _exited(pid):
         now = clock()
@@ -213,6 +216,8 @@ def script_argv(path: str, script: Script, phase: str) -> List[str]:
     """SWUpdate runs `sh -c "<path> <phase> <data>"` (phase empty for preinstall/postinstall).
     otad runs the file itself (a file without #! still runs under /bin/sh) and splits `data`
     with shell quoting rules, but expands nothing: no $VAR, no $(...)."""
+    import shlex
+
     args = [phase] if script.type == "shellscript" else []
     return ["/bin/sh", "-c", _FD_WRAPPER, path, *args, *shlex.split(script.data or "")]
 

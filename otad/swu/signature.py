@@ -32,7 +32,6 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from cryptography.x509.oid import NameOID
 
 from otad import RELEASE_DATE
@@ -618,6 +617,9 @@ class RsaVerifier:
 
     def __init__(self, public_key_pem: bytes, *, source: str = "public key",
                  clock: Callable[[], float] = time.time) -> None:
+        # lazy: the serialization package (ssh, pkcs12, ...) is only needed for a PEM key
+        from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
         try:
             key = load_pem_public_key(public_key_pem)
         except (ValueError, TypeError, UnsupportedAlgorithm) as exc:

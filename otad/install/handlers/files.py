@@ -10,10 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
-import queue
 import shutil
 import stat
-import tarfile
 import tempfile
 import threading
 import time
@@ -24,12 +22,13 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Optional, Tuple
 from otad.durable import fsync_dir
 from otad.errors import ImageError, InstallError
 from otad.install.handlers.raw import resolve_device
-from otad.install.mount import can_mount, mounted_at, private_mount, resolve_in_root
 from otad.install.pipeline import Reader, Sink, ZstdReader
 from otad.install.scripts import Heartbeat, run_tool
 from otad.swu.manifest import File
 
 if TYPE_CHECKING:  # the registry imports this module; options are only annotated here
+    import tarfile
+
     from otad.install.handlers import HandlerOptions
 
 log = logging.getLogger(__name__)
@@ -131,6 +130,8 @@ class FilesHandler:
             raise _fail(entry.filename, f"device {device}: {exc.strerror}") from exc
         if not (stat.S_ISBLK(st.st_mode) or stat.S_ISREG(st.st_mode)):
             raise _fail(entry.filename, f"device {device}: neither a block device nor a regular file")
+        from otad.install.mount import can_mount, mounted_at  # lazy: only entries with a device mount
+
         wanted = self.options.files_via if self.options is not None else "auto"
         mounted = mounted_at(device, self.options.mountinfo if self.options else "/proc/self/mountinfo")
         if mounted is not None and wanted != "debugfs":
@@ -158,6 +159,8 @@ class FilesHandler:
         if target.via == "direct":
             yield "/"
             return
+        from otad.install.mount import private_mount
+
         assert target.device is not None and target.filesystem is not None
         mountinfo = self.options.mountinfo if self.options is not None else "/proc/self/mountinfo"
         with private_mount(target.device, target.filesystem, self._work_dir(), heartbeat=self._heartbeat,
@@ -166,7 +169,11 @@ class FilesHandler:
 
     def _place(self, root: str, target: FileTarget) -> str:
         """`dest` on this machine: inside a mounted filesystem symlinks resolve within it."""
-        return target.dest if root == "/" else resolve_in_root(root, target.dest)
+        if root == "/":
+            return target.dest
+        from otad.install.mount import resolve_in_root
+
+        return resolve_in_root(root, target.dest)
 
 
 class _NullSink:
@@ -460,6 +467,8 @@ class _Extractor:
         return _fail(self.target.entry, what)
 
     def _open(self, source: Any) -> tarfile.TarFile:
+        import tarfile  # lazy: only archive entries unpack tar streams
+
         head = _Full(b"", source).read(len(ZSTD_MAGIC))
         reader: Reader = _Full(head, source)
         if head == ZSTD_MAGIC:
@@ -470,6 +479,8 @@ class _Extractor:
         """Every member's header, without writing: a spooled archive is refused as a whole
         before its first member is unpacked. A member below a symlink of the archive counts
         as walking through it (unpacking would refuse it)."""
+        import tarfile
+
         links: List[str] = []
         try:
             with self._open(source) as tar:
@@ -485,6 +496,8 @@ class _Extractor:
             raise self.fail(f"not a readable tar stream: {exc}") from exc
 
     def extract(self, source: Any) -> None:
+        import tarfile
+
         root_fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             with self._open(source) as tar:
@@ -662,6 +675,8 @@ class _StreamingSink:
 
     def __init__(self, consume: Callable[[Any], None], depth: int = 4) -> None:
         self.capacity: Optional[int] = None
+        import queue  # lazy: only archive entries stream through a worker
+
         self._consume = consume
         self._queue: "queue.Queue[Optional[bytes]]" = queue.Queue(maxsize=depth)
         self._pending = b""
@@ -710,6 +725,8 @@ class _StreamingSink:
 
     def _put(self, item: Optional[bytes]) -> bool:
         """False when the worker has finished (then the item is dropped)."""
+        import queue
+
         while not self._done.is_set():
             try:
                 self._queue.put(item, timeout=0.1)
