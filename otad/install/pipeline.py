@@ -258,6 +258,7 @@ def _decode_into(sink: Sink, stored: HashingReader, name: str, decoding: Decodin
                 f"decoded image exceeds its target's {capacity} bytes (stopped after {written + len(data)})", name)
         sink.write(data)
         written += len(data)
+        del data  # else two output chunks are alive while the next one is decoded
     # A decompressor stops at its end marker, possibly before its source ends. What is left
     # must be nothing; for AES, reading to the end is also what checks the padding.
     if _drain(plain, chunk):
