@@ -68,6 +68,19 @@ def run_cli(args: List[str], capsys: pytest.CaptureFixture[str]) -> Tuple[int, s
     return rc, out, err
 
 
+def install(device: Device, pki: Pki, path: Path, capsys: pytest.CaptureFixture[str], *args: str,
+            extra_install: str = "") -> Tuple[int, str, str]:
+    """`otad --config <device's config> install PATH ARGS...`."""
+    return run_cli(["--config", device.config(pki, extra_install), "install", path, *args], capsys)
+
+
+def one_error(err: str) -> str:
+    """The one `otad: error:` line of a failure (log lines may precede it; no traceback)."""
+    assert "Traceback" not in err, err
+    [line] = [line for line in err.splitlines() if line.startswith("otad: error: ")]
+    return line
+
+
 @pytest.fixture(autouse=True)
 def _no_system_config(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests never read the machine's /etc/otad/otad.conf."""

@@ -16,22 +16,11 @@ from typing import List
 import pytest
 
 from tests.bundles import gz, zst
-from tests.conftest import Device, run_cli
-from tests.pki import Pki
+from tests.conftest import Device, install, one_error, run_cli
 from tests.bundles import swugenerator_bundle
 from tests.unit.install.entries import (Art, bundle, can_loop_mount, debugfs, e2fsck_clean, file, fs_bytes, image,
                                         mkfs_ext4, tar_bytes)
 
-
-def install(device: Device, pki: Pki, path: Path, capsys: pytest.CaptureFixture[str], *args: str,
-            extra_install: str = ""):
-    return run_cli(["--config", device.config(pki, extra_install), "install", path, *args], capsys)
-
-
-def one_error(err: str) -> str:
-    assert "Traceback" not in err, err
-    [line] = [line for line in err.splitlines() if line.startswith("otad: error: ")]
-    return line
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from typing import Callable, List
 
 import pytest
 
-from tests.conftest import Device, run_cli
+from tests.conftest import install, one_error, run_cli
 from tests.pki import Pki
 from tests.unit.install.entries import Art, bundle, image, script
 from tests.unit.test_update_ab import AbDevice
@@ -29,16 +29,6 @@ def marker(log: Path, label: str, then: str = "") -> str:
             f'echo "{label} $# [$*] slot=$s fds=$SWUPDATE_INFO_FD,$SWUPDATE_WARN_FD" >> {log}\n'
             f'echo "{label} says hello" >&$SWUPDATE_INFO_FD\n{then}')
 
-
-def install(device: Device, pki: Pki, path: Path, capsys: pytest.CaptureFixture[str], *args: str,
-            extra_install: str = ""):
-    return run_cli(["--config", device.config(pki, extra_install), "install", path, *args], capsys)
-
-
-def one_error(err: str) -> str:
-    assert "Traceback" not in err, err
-    [line] = [line for line in err.splitlines() if line.startswith("otad: error: ")]
-    return line
 
 
 @pytest.fixture

@@ -10,11 +10,12 @@ from __future__ import annotations
 import io
 import random
 import tracemalloc
-from typing import List, Optional
+from typing import Optional
 
 import pytest
 
 from otad.errors import DecompressError, DecryptError, ImageHashMismatch
+from tests.unit.install.test_pipeline import ListSink
 from otad.install.pipeline import Decoding, stream_artifact
 from otad.swu.crypto import AesKey
 from tests.bundles import gz, openssl_aes, sha256, zst
@@ -25,19 +26,6 @@ IVT = bytes(range(200, 216)).hex()
 DEVICE_KEY = AesKey(bytes.fromhex(KEY), bytes.fromhex(IV), "aes.key")
 # Fixed bytes: which error a wrong key or a flipped bit causes must not depend on the run.
 PAYLOAD = bytes(random.Random(3).getrandbits(8) for _ in range(100_000)) + bytes(300_000) + b"tail"
-
-
-class ListSink:
-    def __init__(self, capacity: Optional[int] = None) -> None:
-        self.capacity = capacity
-        self.chunks: List[bytes] = []
-
-    def write(self, data: bytes) -> None:
-        self.chunks.append(bytes(data))
-
-    @property
-    def data(self) -> bytes:
-        return b"".join(self.chunks)
 
 
 class CountingSink:
