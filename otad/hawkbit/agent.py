@@ -259,12 +259,16 @@ class Agent:
         """FINAL_PENDING → the action's closing feedback, queued once, then IDLE."""
         action, result = state.action_id, state.last_result
         assert action is not None and result is not None  # State checks this for FINAL_PENDING
-        if not self.outbox.has_final(action) and self.actions.ended_how(action) is None:
-            ok = result.outcome is Outcome.CONFIRMED
-            self.outbox.put(action, "closed", "success" if ok else "failure", (result.reason,), final=True)
+        verdict = "success" if result.outcome is Outcome.CONFIRMED else "failure"
+        ended = self.actions.ended_how(action) is not None
+        if not ended and not self.outbox.has_final(action):
+            self.outbox.put(action, "closed", verdict, (result.reason,), final=True)
             crashpoint.reached("agent.final_queued")
-            self.actions.end(action, "success" if ok else "failure")
-            log.info("action %s: %s: %s", action, "success" if ok else "failure", result.reason)
+            log.info("action %s: %s: %s", action, verdict, result.reason)
+        # Separately from queuing: a power cut between the two writes must not leave a queued
+        # final whose action is forgotten (a re-offer of the id would then be installed again).
+        if not ended:
+            self.actions.end(action, verdict)
         self.store.transition(Phase.IDLE)
 
     def forget_closed_action(self) -> None:
