@@ -16,8 +16,10 @@ from typing import Dict, List, Sequence, Tuple
 
 import pytest
 
+
 from otad import libconfig, mkswu
 from otad.swu.cpio import CpioReader
+from tests.integration.test_swupdate_oracle import run_swupdate
 from tests.pki import openssl_cms_verify, rsa_keypair
 
 pytestmark = [pytest.mark.oracle,
@@ -74,14 +76,7 @@ def fresh(target: Path) -> None:
 
 
 def swupdate(bundle: Path, ca: Path, *extra: object) -> Tuple[bool, str]:
-    """Debian's swupdate; success is read from its log (2022.12 may exit 1 after success)."""
-    scratch = bundle.parent / "swupdate-tmp"
-    scratch.mkdir(exist_ok=True)
-    cmd = ["swupdate", "-i", bundle, "-k", ca, "-H", "rpi0w:1.0", "-e", "stable,copy2", "-v", *extra]
-    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=120,
-                          env=dict(os.environ, TMPDIR=str(scratch)))
-    log = proc.stdout + proc.stderr
-    return "SWUPDATE successful" in log and "FAILURE" not in log.upper().split("SWUPDATE SUCCESSFUL")[-1], log
+    return run_swupdate(bundle, ca, ["-e", "stable,copy2", *map(str, extra)])
 
 
 def otad(bundle: Path, trust: Path, tmp_path: Path, *extra: object) -> Tuple[bool, str]:

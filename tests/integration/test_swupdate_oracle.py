@@ -35,14 +35,25 @@ def fresh_target(path: Path) -> Path:
 def swupdate(bundle: Path, pki: Pki, selection: Optional[str] = "stable,copy2",
              extra: Sequence[str] = ()) -> Tuple[bool, str]:
     """Run Debian's swupdate; success is read from its log (2022.12 may exit 1 after success)."""
-    cmd = ["swupdate", "-i", str(bundle), "-k", str(pki.ca_pem), "-H", "rpi0w:1.0", "-v", *extra]
-    if selection:
-        cmd += ["-e", selection]
+    return run_swupdate(bundle, pki.ca_pem, [*extra, *(["-e", selection] if selection else [])])
+
+
+def run_swupdate(bundle: Path, ca: Path, args: Sequence[str]) -> Tuple[bool, str]:
+    """`swupdate -i BUNDLE -k CA -H rpi0w:1.0 -v ARGS` with a private TMPDIR; (succeeded, log)."""
+    cmd = ["swupdate", "-i", str(bundle), "-k", str(ca), "-H", "rpi0w:1.0", "-v", *map(str, args)]
     scratch = bundle.parent / "swupdate-tmp" / "inner"  # a '../' member lands beside it, not in /
     scratch.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=dict(os.environ, TMPDIR=str(scratch)))
-    log = proc.stdout + proc.stderr
-    return "SWUPDATE successful" in log and "FAILURE" not in log.upper().split("SWUPDATE SUCCESSFUL")[-1], log
+    log = ""
+    for _attempt in range(2):  # swupdate 2022.12's IPC client now and then never gets its answer
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60,
+                                  env=dict(os.environ, TMPDIR=str(scratch)))
+        except subprocess.TimeoutExpired as exc:
+            log = f"swupdate hung for {exc.timeout} s: {exc.output!r}"
+            continue
+        log = proc.stdout + proc.stderr
+        return "SWUPDATE successful" in log and "FAILURE" not in log.upper().split("SWUPDATE SUCCESSFUL")[-1], log
+    pytest.fail(f"Debian swupdate hung twice on {bundle.name}: {log[-500:]}")
 
 
 def otad(bundle: Path, pki: Pki, tmp_path: Path, selection: Optional[str] = "stable,copy2",
