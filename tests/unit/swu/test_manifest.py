@@ -711,14 +711,19 @@ def swupdate_selects(text: str, board: str, selection: Tuple[str, str], signer: 
     with open(tmp / "x.swu", "wb") as out:
         subprocess.run(["cpio", "-o", "-H", "crc"], input=b"sw-description\nsw-description.sig\n", cwd=tmp,
                        stdout=out, stderr=subprocess.DEVNULL, check=True)
-    result = subprocess.run(["swupdate", "-c", "-v", "-i", str(tmp / "x.swu"), "-k", str(cert), "-H", f"{board}:1.0",
-                             "-e", ",".join(selection)], cwd=tmp, capture_output=True, text=True, timeout=60,
-                            env={**os.environ, "TMPDIR": str(tmp)})
-    log = result.stdout + result.stderr
-    found = re.findall(r"\[_parse_images\] : Found .*?Image.*?: (\S+) in", log)
-    # SWUpdate traces the dictionary value after each set; the last trace per name is final.
-    variables = dict(re.findall(r"Bootloader var: (\S+) = (.*)", log))
-    return sorted(found + [f"{name}={value}" for name, value in variables.items()])
+    selected: List[str] = []
+    for _attempt in range(3):  # swupdate 2022.12 under load now and then ends before it parses (IPC race)
+        result = subprocess.run(["swupdate", "-c", "-v", "-i", str(tmp / "x.swu"), "-k", str(cert), "-H",
+                                 f"{board}:1.0", "-e", ",".join(selection)], cwd=tmp, capture_output=True, text=True,
+                                timeout=60, env={**os.environ, "TMPDIR": str(tmp)})
+        log = result.stdout + result.stderr
+        found = re.findall(r"\[_parse_images\] : Found .*?Image.*?: (\S+) in", log)
+        # SWUpdate traces the dictionary value after each set; the last trace per name is final.
+        variables = dict(re.findall(r"Bootloader var: (\S+) = (.*)", log))
+        selected = sorted(found + [f"{name}={value}" for name, value in variables.items()])
+        if selected:
+            break
+    return selected
 
 
 ORACLE_TEXTS = {
