@@ -115,73 +115,188 @@ class GzipReader:
         return b""
 
 
-class _Prefixed:
-    """A reader that first returns `head`, then continues from `source`."""
-
-    def __init__(self, head: bytes, source: Reader) -> None:
-        self._head = head
-        self._source = source
-
-    def read(self, n: int) -> bytes:
-        if self._head:
-            data, self._head = self._head[:n], self._head[n:]
-            return data
-        return self._source.read(n)
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+ZSTD_BLOCK_MAX = 128 << 10  # RFC 8878: Block_Maximum_Size is at most 128 KiB
 
 
-ZSTD_MAX_FRAME_HEADER = 18
-
-
-def _read_at_least(source: Reader, n: int, chunk: int) -> bytes:
-    """Read until `n` bytes or EOF (a trickling source may return a few bytes per read)."""
-    data = source.read(chunk)
+def _read_exact(source: Reader, n: int) -> bytes:
+    """`n` bytes, or fewer only at EOF (a trickling source may return a few bytes per read)."""
+    data = source.read(n)
     while 0 < len(data) < n:
-        more = source.read(chunk)
+        more = source.read(n - len(data))
         if not more:
             break
         data += more
     return data
 
 
+class _ZstdFrame:
+    """The bytes of one zstd frame (RFC 8878), read by walking its block headers.
+
+    The decompressor reads through this and can never read past the frame's last byte, so
+    between two frames nothing is buffered anywhere: every stored byte read so far has been
+    decoded and handed out. That is the point where a download can be resumed later.
+    """
+
+    def __init__(self, source: Reader, name: str, magic: bytes) -> None:
+        self._source = source
+        self._name = name
+        self.header = magic + self._frame_header()
+        self._out = self.header  # bytes owed to the decompressor before the next element
+        self._left = 0  # data bytes of the current block still to pass through
+        self._last = False
+        self._done = False
+
+    def _frame_header(self) -> bytes:
+        descriptor = self._exact(1, "frame header")
+        fcs_flag, single, checksum_flag, dict_flag = descriptor[0] >> 6, descriptor[0] >> 5 & 1, \
+            descriptor[0] >> 2 & 1, descriptor[0] & 3
+        if descriptor[0] & 0x08:
+            raise DecompressError("corrupt zstd stream: reserved bit set in a frame header", self._name)
+        self._checksum = bool(checksum_flag)
+        size = (0 if single else 1) + (0, 1, 2, 4)[dict_flag] + ((1 if single else 0), 2, 4, 8)[fcs_flag]
+        return descriptor + (self._exact(size, "frame header") if size else b"")
+
+    def _exact(self, n: int, what: str) -> bytes:
+        data = _read_exact(self._source, n)
+        if len(data) < n:
+            raise DecompressError(f"zstd stream ends inside a {what} (truncated)", self._name)
+        return data
+
+    def read(self, n: int) -> bytes:
+        while not self._out and self._left == 0:
+            if not self._next_element():
+                return b""
+        if self._out:
+            data, self._out = self._out[:n], self._out[n:]
+            return data
+        data = self._source.read(min(n, self._left))
+        if not data:
+            raise DecompressError("zstd stream ends inside a block (truncated)", self._name)
+        self._left -= len(data)
+        return data
+
+    def _next_element(self) -> bool:
+        """Queue the next block header (or the checksum); False once the frame is complete."""
+        if self._done:
+            return False
+        if self._last:
+            self._done = True
+            if self._checksum:
+                self._out = self._exact(4, "frame checksum")
+            return self._checksum
+        head = self._exact(3, "block header")
+        value = int.from_bytes(head, "little")
+        self._last, kind, size = bool(value & 1), value >> 1 & 3, value >> 3
+        if kind == 3 or size > ZSTD_BLOCK_MAX:
+            raise DecompressError(f"corrupt zstd stream: block type {kind} of {size} bytes", self._name)
+        self._out = head
+        self._left = 1 if kind == 1 else size  # an RLE block stores one byte
+        return True
+
+
 class ZstdReader:
     """Bounded zstd decompression with a capped window (a frame may ask for gigabytes).
 
-    python-zstandard's stream reader ends quietly on a truncated frame, so the first frame's
-    declared content size (zstd writes it for files) is checked against what came out.
+    Frames are decoded one by one (`_ZstdFrame`); `at_frame_boundary()` tells when the last
+    frame was decoded completely and the next one not begun. python-zstandard's stream reader
+    ends quietly on a truncated frame, so each frame's declared content size (zstd writes it
+    for files) is checked against what came out.
     """
 
     def __init__(self, source: Reader, name: str, max_window: int, chunk: int = DEFAULT_CHUNK) -> None:
         import zstandard  # lazy: keeps `otad --help` fast
 
+        self._zstd = zstandard
+        self._source = source
         self._name = name
         self._max_window = max_window
-        self._error = zstandard.ZstdError
         # Compressed input is read in zstd's recommended size (one block, ~128 KiB): a larger
         # read is only another buffer held while the decompressor works through it.
-        read_size = min(chunk, zstandard.DECOMPRESSION_RECOMMENDED_INPUT_SIZE)
-        head = _read_at_least(source, ZSTD_MAX_FRAME_HEADER, read_size)
-        try:
-            declared = zstandard.get_frame_parameters(head).content_size
-        except zstandard.ZstdError as exc:
-            raise DecompressError(f"not a zstd stream: {exc}", name) from exc
-        self._min_output = 0 if declared == zstandard.CONTENTSIZE_UNKNOWN else declared
-        decompressor = zstandard.ZstdDecompressor(max_window_size=max_window)
-        # stream_reader only calls read(); it does not need a real IO object.
-        self._reader: Any = decompressor.stream_reader(_Prefixed(head, source), read_size=read_size,  # type: ignore[arg-type]
-                                                       read_across_frames=True)
+        self._read_size = min(chunk, zstandard.DECOMPRESSION_RECOMMENDED_INPUT_SIZE)
+        self._decompressor = zstandard.ZstdDecompressor(max_window_size=max_window)
+        self._frame: Optional[Any] = None  # the stream reader over the current frame
+        self._declared = 0
         self._output = 0
+        self._held = b""  # one byte taken by at_frame_boundary() to look for the frame's end
+        self._frames = 0
+        if not self._open_frame():
+            raise DecompressError("not a zstd stream: it is empty", name)
 
     def read(self, n: int) -> bytes:
+        if self._held:
+            data, self._held = self._held, b""
+            return data
+        while self._frame is not None or self._open_frame():
+            out = self._read_frame(n)
+            if out:
+                return out
+            self._close_frame()
+        return b""
+
+    def at_frame_boundary(self) -> bool:
+        """True when every byte read from the source so far has been decoded and returned."""
+        if self._held:
+            return False
+        if self._frame is None:
+            return True
+        self._held = self._read_frame(1)
+        if self._held:
+            return False
+        self._close_frame()
+        return True
+
+    def _read_frame(self, n: int) -> bytes:
         try:
-            out: bytes = self._reader.read(n)
-        except self._error as exc:
+            out: bytes = self._frame.read(n)
+        except self._zstd.ZstdError as exc:
             raise DecompressError(self._describe(exc), self._name) from exc
         self._output += len(out)
-        if not out and self._output < self._min_output:
-            raise DecompressError(
-                f"zstd stream ends after {self._output} of the {self._min_output} bytes its frame declares (truncated)",
-                self._name)
         return out
+
+    def _open_frame(self) -> bool:
+        """Start the next frame (skipping skippable ones); False at the end of the stream."""
+        while True:
+            magic = _read_exact(self._source, 4)
+            if not magic:
+                return False
+            if len(magic) == 4 and magic[1:] == b"\x2a\x4d\x18" and magic[0] & 0xF0 == 0x50:
+                self._skip(int.from_bytes(self._exact_or_fail(4), "little"))
+                continue
+            if magic != ZSTD_MAGIC:
+                what = "not a zstd stream" if self._frames == 0 else "data after the last zstd frame"
+                raise DecompressError(f"{what}: bad frame magic {magic.hex()}", self._name)
+            frame = _ZstdFrame(self._source, self._name, magic)
+            try:
+                declared = self._zstd.get_frame_parameters(frame.header).content_size
+            except self._zstd.ZstdError as exc:
+                raise DecompressError(f"not a zstd stream: {exc}", self._name) from exc
+            self._declared = 0 if declared == self._zstd.CONTENTSIZE_UNKNOWN else declared
+            self._output = 0
+            self._frames += 1
+            # stream_reader only calls read(); it does not need a real IO object.
+            self._frame = self._decompressor.stream_reader(frame, read_size=self._read_size,  # type: ignore[arg-type]
+                                                           read_across_frames=False)
+            return True
+
+    def _close_frame(self) -> None:
+        self._frame = None
+        if self._output < self._declared:
+            raise DecompressError(f"zstd stream ends after {self._output} of the {self._declared} bytes its frame "
+                                  "declares (truncated)", self._name)
+
+    def _exact_or_fail(self, n: int) -> bytes:
+        data = _read_exact(self._source, n)
+        if len(data) < n:
+            raise DecompressError("zstd stream ends inside a skippable frame (truncated)", self._name)
+        return data
+
+    def _skip(self, size: int) -> None:
+        while size:
+            data = self._source.read(min(size, self._read_size))
+            if not data:
+                raise DecompressError("zstd stream ends inside a skippable frame (truncated)", self._name)
+            size -= len(data)
 
     def _describe(self, exc: Exception) -> str:
         text = str(exc)

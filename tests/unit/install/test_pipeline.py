@@ -107,8 +107,55 @@ def test_truncated_gzip_is_an_error_not_a_short_image() -> None:
 
 def test_truncated_zstd_is_an_error_not_a_short_image() -> None:
     stored = zst(PAYLOAD)[:-10]
-    with pytest.raises(DecompressError, match=r"image 'img': zstd stream ends after \d+ of the 400004 bytes"):
+    with pytest.raises(DecompressError, match=r"image 'img': zstd stream ends inside a block \(truncated\)"):
         stream_artifact(io.BytesIO(stored), "img", None, Decoding("zstd"), ListSink())
+
+
+def frames(*parts: bytes, checksum: bool = True) -> bytes:
+    return b"".join(zstandard.ZstdCompressor(level=3, write_checksum=checksum).compress(p) for p in parts)
+
+
+@pytest.mark.parametrize("checksum", [True, False])
+def test_zstd_cut_anywhere_is_refused_never_a_short_image(checksum) -> None:
+    stored = frames(PAYLOAD[:150_000], PAYLOAD[150_000:], checksum=checksum)
+    for cut in sorted({1, 3, 4, 5, 6, 8, 20, len(stored) // 2, len(stored) - 4, len(stored) - 1,
+                       *range(0, len(stored), 997)} - {0}):
+        with pytest.raises(DecompressError, match=r"image 'img': .*(truncated|not a zstd|after the last)"):
+            stream_artifact(io.BytesIO(stored[:cut]), "img", None, Decoding("zstd"), ListSink())
+
+
+def test_zstd_frames_and_skippable_frames_decode_as_one_image() -> None:
+    skippable = (0x184D2A53).to_bytes(4, "little") + (5).to_bytes(4, "little") + b"notes"
+    parts = [PAYLOAD[:1000], PAYLOAD[1000:300_000], b"", PAYLOAD[300_000:]]
+    stored = frames(parts[0]) + skippable + frames(*parts[1:])
+    sink = ListSink()
+    stream_artifact(io.BytesIO(stored), "img", sha256(stored), Decoding("zstd"), sink)
+    assert sink.data == PAYLOAD
+
+
+def test_zstd_frame_boundaries_are_seen_exactly_between_frames() -> None:
+    parts = [PAYLOAD[:200_000], PAYLOAD[200_000:]]
+    stored = frames(*parts)
+    first_end = len(frames(parts[0]))
+    source = io.BytesIO(stored)
+    reader = ZstdReader(source, "img", max_window=8 << 20, chunk=64 << 10)
+    out = b""
+    seen = []
+    while True:
+        if reader.at_frame_boundary():
+            seen.append((source.tell(), len(out)))
+        data = reader.read(64 << 10)
+        if not data:
+            break
+        out += data
+    assert out == PAYLOAD
+    assert seen == [(first_end, 200_000), (len(stored), len(PAYLOAD))]
+
+
+def test_zstd_block_header_with_the_reserved_type_is_refused() -> None:
+    header = frames(b"x" * 100)[:6]  # magic, descriptor, content size
+    with pytest.raises(DecompressError, match="block type 3"):
+        stream_artifact(io.BytesIO(header + bytes([0b111, 0, 0])), "img", None, Decoding("zstd"), ListSink())
 
 
 @pytest.mark.parametrize("compressed,encode", [("zlib", gz), ("zstd", zst)])
