@@ -116,6 +116,14 @@ class InstallError(OtadError):
     """Writing to a target failed, or an install step could not complete."""
 
 
+class ResumeError(InstallError):
+    """A saved resume point cannot be taken up (the slot or the bundle changed): start over."""
+
+
+class HashStateError(OtadError):
+    """A saved hash state cannot be taken up (other algorithm, size or library)."""
+
+
 class EnvError(OtadError):
     """The U-Boot environment cannot be read or written."""
 

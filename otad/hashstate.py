@@ -17,7 +17,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Dict, Optional
 
-from otad.errors import OtadError
+from otad.errors import HashStateError
 
 
 @dataclass(frozen=True)
@@ -32,10 +32,6 @@ ALGORITHMS: Dict[str, _Algorithm] = {
     "sha256": _Algorithm("sha256", "SHA256", 112, 32),
     "sha1": _Algorithm("sha1", "SHA1", 96, 20),
 }
-
-
-class HashStateError(OtadError):
-    """A saved hash state cannot be taken up (other algorithm, size or library)."""
 
 
 class _Libcrypto:

@@ -8,6 +8,7 @@ the bootenv pairs travel in the result and the caller applies them last, in one 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import stat
@@ -16,18 +17,23 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
-from otad import crashpoint
-from otad.errors import BundleFormatError, CompatibilityError, ImageError, InstallError, ManifestError, OtadError
+from otad import crashpoint, hashstate
+from otad.errors import (BundleFormatError, CompatibilityError, ImageError, InstallError, ManifestError, OtadError,
+                         ResumeError)
+from otad.hashstate import ResumableHash
 from otad.install.handlers import FILE_HANDLERS, HANDLERS, HandlerOptions
 from otad.install.handlers.ext4 import property_flag
 from otad.install.handlers.files import FileTarget
-from otad.install.handlers.raw import RawTarget
-from otad.install.pipeline import DEFAULT_CHUNK, ArtifactResult, Decoding, Reader, Sink, stream_artifact
+from otad.install.handlers.raw import RawTarget, read_back
+from otad.install.pipeline import (DEFAULT_CHUNK, ArtifactResult, Checkpoints, Decoding, Reader, Sink, StreamPosition,
+                                   resumable, stream_artifact)
+from otad.install.resume import MAX_HEAD_BYTES, ArtifactPosition, MemberPosition, ResumePoint
 from otad.install.status import FAILED, INSTALLED, INSTALLING, TargetStatusStore
 from otad.install.versionpolicy import VersionPolicy
 from otad.install.versionpolicy import apply as apply_version_policy
 from otad.progress import Progress, ProgressListener, ignore
-from otad.swu.bundle import SW_DESCRIPTION, Bundle
+from otad.swu.bundle import SW_DESCRIPTION, Bundle, BundleHead
+from otad.swu.cpio import CpioHeader, CpioMember
 from otad.swu.crypto import AesKey
 from otad.install.scripts import POSTINST, PREINST, ScriptRunner, script_phases
 from otad.swu.manifest import BootenvVar, Entry, File, HardwareRevision, Image, Manifest, Script
@@ -35,6 +41,7 @@ from otad.swu.signature import SignerInfo, Verifier
 
 log = logging.getLogger(__name__)
 
+SAMPLE_BYTES = 64 << 10  # read back from each target before resuming
 SelectFn = Callable[[Optional[str], Optional[Tuple[str, str]]], Manifest]
 OnBytes = Callable[[int], None]
 
@@ -97,18 +104,35 @@ class _Plan:
         return [t.path for _, t in self.targets] + [t.path for _, t in self.files if t.device is not None]
 
 
+@dataclass(frozen=True)
+class Resuming:
+    """Resume points of an install: `point` to go on from (None: from the start), `save` to
+    call with each new point, about every `every_bytes` written."""
+
+    point: Optional[ResumePoint] = None
+    save: Optional[Callable[[ResumePoint], None]] = None
+    every_bytes: int = 16 << 20
+
+
 def install_bundle(source: Reader, request: InstallRequest, *, name: str = "bundle",
                    total_bytes: Optional[int] = None, progress: ProgressListener = ignore,
-                   status: Optional[TargetStatusStore] = None) -> InstallResult:
-    """Install the bundle read from `source`. Raises an OtadError naming the bundle and image."""
+                   status: Optional[TargetStatusStore] = None, resuming: Resuming = Resuming()) -> InstallResult:
+    """Install the bundle read from `source`. Raises an OtadError naming the bundle and image.
+
+    With `resuming.point`, `source` continues the bundle at the point's offset: the head saved
+    in the point is verified again, the earlier members count as installed and the member
+    the point lies in goes on where it stopped (ResumeError when its targets changed).
+    """
     started = time.monotonic()
     status = status if status is not None else TargetStatusStore(None)
     try:
-        bundle = Bundle(source, name=name)
+        bundle = _open_bundle(source, name, resuming.point)
         progress(Progress("verify", SW_DESCRIPTION, 0, total_bytes))
         verified = bundle.open_description(request.verifier)
         manifest = select_manifest(verified.description.select, request)
         plans = plan_entries(manifest, request)
+        if resuming.point is not None:
+            _take_up(plans, manifest, resuming.point)
         crashpoint.reached("install.planned")  # nothing written yet
 
         def heartbeat() -> None:  # a script or tool runs and no bytes move: keep the watchdog fed
@@ -117,6 +141,8 @@ def install_bundle(source: Reader, request: InstallRequest, *, name: str = "bund
         with ScriptRunner(request.work_dir, timeout_s=request.script_timeout_s, heartbeat=heartbeat,
                           dry_run=request.dry_run) as scripts:
             run = _Run(bundle, plans, manifest, request, status, scripts, handler_options(request, heartbeat))
+            run.resuming = resuming
+            run.head = BundleHead(verified.raw, verified.signature)
             results = run.stream(progress, total_bytes)
     except OtadError as exc:
         if exc.where is None or not exc.where.startswith(name):
@@ -127,6 +153,42 @@ def install_bundle(source: Reader, request: InstallRequest, *, name: str = "bund
     crashpoint.reached("install.done")
     return InstallResult(manifest, verified.signer, results, targets, manifest.bootenv, request.dry_run,
                          time.monotonic() - started)
+
+
+def _open_bundle(source: Reader, name: str, point: Optional[ResumePoint]) -> Bundle:
+    if point is None:
+        return Bundle(source, name=name)
+    m = point.member
+    header = CpioHeader(name=m.name, size=m.size, mode=0o100644, magic=m.magic, checksum=m.checksum,
+                        offset=m.header_offset)
+    return Bundle.resumed(source, BundleHead(point.description, point.signature), header, point.offset, m.consumed,
+                          m.crc_sum, name=name)
+
+
+def _take_up(plans: Dict[str, _Plan], manifest: Manifest, point: ResumePoint) -> None:
+    """Check that `point` still fits this install and mark the members it had finished."""
+    plan = plans.get(point.member.name)
+    if plan is None or not _resumable(plan, manifest):
+        raise ResumeError(f"member {point.member.name!r} is not one an install can go on in", "resume point")
+    if tuple(plan.written_paths()) != point.targets:
+        raise ResumeError(f"member {point.member.name!r} now goes to {', '.join(plan.written_paths())}, "
+                          f"not to {', '.join(point.targets)} as before", "resume point")
+    for done in point.done:
+        if done.name not in plans:
+            raise ResumeError(f"member {done.name!r} is no longer selected", "resume point")
+        plans[done.name].result = done
+    a = point.artifact
+    for _, target in plan.targets:
+        sample = read_back(target, a.written, a.sample_bytes)
+        if hashlib.sha256(sample).hexdigest() != a.sample_sha256:
+            raise ResumeError(f"{target.description} no longer holds what was written there before the "
+                              "interruption", "resume point")
+
+
+def _resumable(plan: _Plan, manifest: Manifest) -> bool:
+    """Whether an install can stop inside this member and go on later (see install/resume.py)."""
+    return (bool(plan.targets) and not plan.files and not plan.scripts and not manifest.scripts
+            and resumable(plan.decoding) and hashstate.available())
 
 
 def select_manifest(select: SelectFn, request: InstallRequest) -> Manifest:
@@ -300,6 +362,8 @@ class _Run:
         self.scripts = scripts
         self.options = options
         self.pre_done = False
+        self.resuming = Resuming()
+        self.head: Optional[BundleHead] = None
 
     def stream(self, progress: ProgressListener, total_bytes: Optional[int]) -> Tuple[ArtifactResult, ...]:
         touched: List[str] = []
@@ -318,7 +382,8 @@ class _Run:
                     progress(Progress("image", item, self.bundle.bytes_read, total_bytes))
 
                 touched += plan.written_paths()
-                plan.result = self._install_artifact(member, plan, on_bytes)
+                point, self.resuming = self.resuming.point, replace(self.resuming, point=None)
+                plan.result = self._install_artifact(member, plan, on_bytes, point)
                 crashpoint.reached("install.artifact_written")
             missing = [p.filename for p in self.plans.values() if p.result is None]
             if missing:
@@ -358,30 +423,63 @@ class _Run:
             self.pre_done = True
         self.scripts.run_phase(phase, self.manifest.scripts)
 
-    def _install_artifact(self, member: Reader, plan: _Plan, on_bytes: OnBytes) -> ArtifactResult:
+    def _install_artifact(self, member: CpioMember, plan: _Plan, on_bytes: OnBytes,
+                          point: Optional[ResumePoint]) -> ArtifactResult:
         # Install records are about targets: files only void (on failure) the device they write into.
         paths = [target.path for _, target in plan.targets]
         if not self.request.dry_run:
             for path in paths:
                 self.status.mark(path, INSTALLING, version=self.manifest.version)
-        with self._open_sinks(plan) as sink:
+        resume = None
+        if point is not None:
+            a = point.artifact
+            resume = StreamPosition(ResumableHash("sha256", a.stored_hash, a.stored_count), a.stored_count, a.written,
+                                    b"")
+            log.info("resuming %s at byte %d of its %d stored bytes (%d bytes written)", member.name, a.stored_count,
+                     member.size, a.written)
+        with self._open_sinks(plan, resume.written if resume else 0) as sink:
+            checkpoints = self._checkpoints(member, plan, sink)
             result = stream_artifact(member, plan.filename, plan.sha256, plan.decoding, sink,
                                      chunk=self.request.chunk_bytes, on_bytes=on_bytes,
-                                     expected_size=plan.expected_size)
+                                     expected_size=plan.expected_size, resume=resume, checkpoints=checkpoints)
         if not self.request.dry_run:
             for path in paths:
                 self.status.mark(path, INSTALLED, version=self.manifest.version, sha256=result.sha256)
         return result
 
+    def _checkpoints(self, member: CpioMember, plan: _Plan, sink: Sink) -> Optional[Checkpoints]:
+        save, head = self.resuming.save, self.head
+        if (save is None or head is None or self.request.dry_run or not _resumable(plan, self.manifest)
+                or len(head.raw) + len(head.signature or b"") > MAX_HEAD_BYTES):
+            return None
+        done = tuple(p.result for p in self.plans.values() if p.result is not None)
+        h = member.header
+
+        def checkpoint(at: StreamPosition) -> None:
+            if member.remaining == 0:
+                return  # the member is about to end: nothing left to resume in it
+            sink.sync()  # type: ignore[attr-defined]  # resumable plans write raw/ext4 sinks only
+            sample = at.last_chunk[-SAMPLE_BYTES:]
+            save(ResumePoint(
+                head.raw, head.signature, self.bundle.bytes_read,
+                MemberPosition(h.name, h.size, h.magic, h.checksum, h.offset, h.size - member.remaining,
+                               member.crc_sum),
+                ArtifactPosition(at.stored_sha256.state(), at.stored_count, at.written,
+                                 hashlib.sha256(sample).hexdigest(), len(sample)),
+                tuple(plan.written_paths()), done))
+            crashpoint.reached("install.checkpoint_saved")
+
+        return Checkpoints(self.resuming.every_bytes, checkpoint)
+
     @contextmanager
-    def _open_sinks(self, plan: _Plan) -> Iterator[Sink]:
+    def _open_sinks(self, plan: _Plan, start: int = 0) -> Iterator[Sink]:
         dry_run = self.request.dry_run
         device_dir = self.request.device_dir
         with ExitStack() as stack:
             sinks: List[Sink] = []
             for image, target in plan.targets:
                 handler = HANDLERS[image.type](device_dir, self.options)
-                sinks.append(stack.enter_context(handler.open(target, dry_run=dry_run)))
+                sinks.append(stack.enter_context(handler.open(target, dry_run=dry_run, start=start)))
             for entry, file_target in plan.files:
                 file_handler = FILE_HANDLERS[entry.type](device_dir, self.options)
                 sinks.append(stack.enter_context(file_handler.open(file_target, dry_run=dry_run)))
@@ -401,3 +499,7 @@ class _TeeSink:
     def write(self, data: bytes) -> None:
         for sink in self._sinks:
             sink.write(data)
+
+    def sync(self) -> None:
+        for sink in self._sinks:
+            sink.sync()  # type: ignore[attr-defined]

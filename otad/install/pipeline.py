@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional, Protocol
 
 from otad.errors import DecompressError, DecryptError, ImageHashMismatch, ImageTooLarge
+from otad.hashstate import ResumableHash
 from otad.swu.crypto import AesCbcReader, AesKey
 
 DEFAULT_CHUNK = 1 << 20
@@ -59,14 +60,33 @@ class ArtifactResult:
     sha256: str
 
 
+@dataclass(frozen=True)
+class StreamPosition:
+    """Where decoding stands when all stored bytes read so far are decoded and written."""
+
+    stored_sha256: Any  # the running hash over the stored bytes (hashstate.ResumableHash to be saved)
+    stored_count: int
+    written: int
+    last_chunk: bytes  # the chunk written just before `written`
+
+
+@dataclass(frozen=True)
+class Checkpoints:
+    """Call `save` about every `every_bytes` written, at points where decoding can be resumed."""
+
+    every_bytes: int
+    save: Callable[[StreamPosition], None]
+
+
 class HashingReader:
     """Passes bytes through while hashing them; `on_bytes(n)` reports progress."""
 
-    def __init__(self, source: Reader, on_bytes: Optional[Callable[[int], None]] = None) -> None:
+    def __init__(self, source: Reader, on_bytes: Optional[Callable[[int], None]] = None,
+                 sha256: Optional[Any] = None, count: int = 0) -> None:
         self._source = source
         self._on_bytes = on_bytes
-        self.sha256 = hashlib.sha256()
-        self.count = 0
+        self.sha256 = sha256 if sha256 is not None else hashlib.sha256()
+        self.count = count
 
     def read(self, n: int) -> bytes:
         data = self._source.read(n)
@@ -226,7 +246,7 @@ class ZstdReader:
     def read(self, n: int) -> bytes:
         if self._held:
             data, self._held = self._held, b""
-            return data
+            return data + self._read_frame(n - 1) if n > 1 else data
         while self._frame is not None or self._open_frame():
             out = self._read_frame(n)
             if out:
@@ -335,17 +355,23 @@ def stream_artifact(
     chunk: int = DEFAULT_CHUNK,
     on_bytes: Optional[Callable[[int], None]] = None,
     expected_size: Optional[int] = None,
+    resume: Optional[StreamPosition] = None,
+    checkpoints: Optional[Checkpoints] = None,
 ) -> ArtifactResult:
     """Decode `member` into `sink` chunk by chunk, then check the stored bytes' sha256.
 
     Stops with ImageTooLarge before the sink would take more than its capacity. The hash
     is only known at the end: a mismatch is raised after the sink was written, so callers
     must treat the target as garbage until this returns. `expected_size` is the decoded
-    size sw-description declares (`decompressed-size`), checked when given.
+    size sw-description declares (`decompressed-size`), checked when given. `resume` goes on
+    from a position `checkpoints` handed out before (`member` and `sink` continue from there).
     """
-    stored = HashingReader(member, on_bytes)
+    if resume is None:
+        stored = HashingReader(member, on_bytes, ResumableHash("sha256") if checkpoints else None)
+    else:
+        stored = HashingReader(member, on_bytes, resume.stored_sha256, resume.stored_count)
     try:
-        written = _decode_into(sink, stored, name, decoding, chunk)
+        written = _decode_into(sink, stored, name, decoding, chunk, resume.written if resume else 0, checkpoints)
     except (DecryptError, DecompressError) as exc:
         if decoding.encrypted:
             _hash_outranks(stored, name, expected_sha256, chunk, exc)
@@ -358,12 +384,20 @@ def stream_artifact(
     return ArtifactResult(name, stored.count, written, digest)
 
 
-def _decode_into(sink: Sink, stored: HashingReader, name: str, decoding: Decoding, chunk: int) -> int:
-    """stored → [decrypt] → [decompress] → sink; returns the bytes written."""
+def resumable(decoding: Decoding) -> bool:
+    """Whether decoding can stop and go on later: plain or zstd (at frame ends), not encrypted."""
+    return not decoding.encrypted and decoding.compressed in (None, "zstd")
+
+
+def _decode_into(sink: Sink, stored: HashingReader, name: str, decoding: Decoding, chunk: int, written: int,
+                 checkpoints: Optional[Checkpoints]) -> int:
+    """stored → [decrypt] → [decompress] → sink; returns the bytes written (`written` before)."""
     plain = decrypter_for(stored, name, decoding, chunk)
     decoded = decoder_for(plain, name, decoding, chunk)
-    written = 0
     capacity = sink.capacity
+    if checkpoints is not None and not resumable(decoding):
+        checkpoints = None
+    next_checkpoint = written + checkpoints.every_bytes if checkpoints else 0
     while True:
         data = decoded.read(chunk)
         if not data:
@@ -373,12 +407,19 @@ def _decode_into(sink: Sink, stored: HashingReader, name: str, decoding: Decodin
                 f"decoded image exceeds its target's {capacity} bytes (stopped after {written + len(data)})", name)
         sink.write(data)
         written += len(data)
+        if checkpoints is not None and written >= next_checkpoint and _at_boundary(decoded):
+            checkpoints.save(StreamPosition(stored.sha256, stored.count, written, data))
+            next_checkpoint = written + checkpoints.every_bytes
         del data  # else two output chunks are alive while the next one is decoded
     # A decompressor stops at its end marker, possibly before its source ends. What is left
     # must be nothing; for AES, reading to the end is also what checks the padding.
     if _drain(plain, chunk):
         raise DecompressError("data after the end of the compressed stream", name)
     return written
+
+
+def _at_boundary(decoded: Reader) -> bool:
+    return decoded.at_frame_boundary() if isinstance(decoded, ZstdReader) else True
 
 
 def _drain(reader: Reader, chunk: int) -> int:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Iterator, Optional
 
 from otad.errors import BundleFormatError, SignatureError
-from otad.swu.cpio import CpioMember, CpioReader, SupportsRead
+from otad.swu.cpio import CpioHeader, CpioMember, CpioReader, SupportsRead
 from otad.swu.manifest import SwDescription, parse
 from otad.swu.signature import SignerInfo, Verifier
 
@@ -40,6 +40,7 @@ class VerifiedDescription:
     raw: bytes
     description: SwDescription
     signer: Optional[SignerInfo]  # None only when installing unsigned bundles was allowed
+    signature: Optional[bytes] = None  # as read, kept for a later resume
 
 
 class Bundle:
@@ -51,6 +52,18 @@ class Bundle:
         self._members = iter(self._reader)
         self._pushed_back: Optional[CpioMember] = None
         self._opened = False
+        self._given_head: Optional[BundleHead] = None
+
+    @classmethod
+    def resumed(cls, source: SupportsRead, head: BundleHead, header: CpioHeader, offset: int, consumed: int,
+                crc_sum: int, *, name: str = "bundle") -> "Bundle":
+        """A bundle read before up to archive byte `offset`, inside `header`'s member; `source`
+        continues from there. `head` is what read_head() returned then; it is verified again."""
+        bundle = cls(source, name=name)
+        bundle._reader = CpioReader.resumed(source, header, offset, consumed, crc_sum, source_name=name)
+        bundle._members = iter(bundle._reader)
+        bundle._given_head = head
+        return bundle
 
     @property
     def bytes_read(self) -> int:
@@ -66,6 +79,8 @@ class Bundle:
         """Read sw-description and, if it follows, its signature; trust neither yet."""
         assert not self._opened, "the head of the stream is read once"
         self._opened = True
+        if self._given_head is not None:
+            return self._given_head
         first = self._next_member()
         if first is None or first.name != SW_DESCRIPTION:
             found = "no member" if first is None else f"{first.name!r}"
@@ -81,7 +96,7 @@ class Bundle:
         """Read and verify sw-description. `verifier=None` accepts an unsigned bundle."""
         head = self.read_head()
         signer = self._verify(head.raw, head.signature, verifier)
-        return VerifiedDescription(head.raw, parse(head.raw, source=SW_DESCRIPTION), signer)
+        return VerifiedDescription(head.raw, parse(head.raw, source=SW_DESCRIPTION), signer, head.signature)
 
     def _verify(self, raw: bytes, signature: Optional[bytes], verifier: Optional[Verifier]) -> Optional[SignerInfo]:
         if verifier is None:

@@ -104,9 +104,9 @@ class CpioHeader:
 class _Stream:
     """The source, read forward only, with a count of the bytes consumed."""
 
-    def __init__(self, raw: SupportsRead) -> None:
+    def __init__(self, raw: SupportsRead, offset: int = 0) -> None:
         self._raw = raw
-        self.offset = 0
+        self.offset = offset
 
     def read(self, n: int) -> bytes:
         """Up to `n` bytes; fewer only at EOF, however short the source's own reads are."""
@@ -147,6 +147,21 @@ class CpioMember:
     @property
     def remaining(self) -> int:
         return self._remaining
+
+    @property
+    def crc_sum(self) -> int:
+        """The byte sum of the data read so far (kept for crc archives only)."""
+        return self._sum
+
+    @classmethod
+    def resumed(cls, header: CpioHeader, stream: "_Stream", where: str, consumed: int, crc_sum: int) -> "CpioMember":
+        """A member whose first `consumed` data bytes (summing to `crc_sum`) were read before."""
+        if not 0 <= consumed <= header.size:
+            raise ValueError(f"consumed: expected 0..{header.size}, got {consumed}")
+        member = cls(header, stream, where)
+        member._remaining = header.size - consumed
+        member._sum = crc_sum
+        return member
 
     def read(self, n: int) -> bytes:
         """Up to `n` bytes of data (fewer only at the member's end), b"" once all was read."""
@@ -235,8 +250,19 @@ class CpioReader:
         self._source_name = source_name
         self._max_name_size = max_name_size
         self._member: Optional[CpioMember] = None
+        self._resumed: Optional[CpioMember] = None
         self._ended = False
         self._error: Optional[BundleFormatError] = None
+
+    @classmethod
+    def resumed(cls, source: SupportsRead, header: CpioHeader, offset: int, consumed: int, crc_sum: int, *,
+                source_name: str = "bundle") -> "CpioReader":
+        """Go on reading an archive inside `header`'s member: `source` starts at archive byte
+        `offset`, after `consumed` bytes of that member's data."""
+        reader = cls(source, source_name=source_name)
+        reader._stream = _Stream(source, offset)
+        reader._resumed = CpioMember.resumed(header, reader._stream, reader._member_where(header), consumed, crc_sum)
+        return reader
 
     @property
     def bytes_read(self) -> int:
@@ -257,6 +283,9 @@ class CpioReader:
             raise
 
     def _next_member(self) -> CpioMember:
+        if self._resumed is not None:
+            self._member, self._resumed = self._resumed, None
+            return self._member
         if self._member is not None:
             self._member.skip()
             self._skip_padding(self._member_where(self._member.header))

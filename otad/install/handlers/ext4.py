@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Iterator, Optional
 
 from otad.errors import ImageError, ImageTooLarge
-from otad.install.handlers.raw import RawHandler, RawTarget
+from otad.install.handlers.raw import RawHandler, RawTarget, read_back
 from otad.install.pipeline import Sink
 from otad.install.scripts import run_tool
 from otad.swu.manifest import Image
@@ -91,6 +91,9 @@ class Ext4Sink:
             data, self._head = self._head, b""
         self._inner.write(data)
 
+    def sync(self) -> None:
+        self._inner.sync()  # type: ignore[attr-defined]
+
     def finish(self) -> Superblock:
         if self.checked is None:
             self._check(self._head)
@@ -125,10 +128,12 @@ class Ext4Handler(RawHandler):
         return self.options is not None and self.options.ext4_resize and target.offset == 0
 
     @contextmanager
-    def open(self, target: RawTarget, *, dry_run: bool) -> Iterator[Ext4Sink]:
+    def open(self, target: RawTarget, *, dry_run: bool, start: int = 0) -> Iterator[Ext4Sink]:
         assert isinstance(target, Ext4Target), "the ext4 handler opens only what it planned"
-        with super().open(target, dry_run=dry_run) as inner:
+        with super().open(target, dry_run=dry_run, start=start) as inner:
             sink = Ext4Sink(inner, target)
+            if start:  # resumed: the superblock was checked and written before
+                sink.checked = sink._check(read_back(target, SUPERBLOCK_END, SUPERBLOCK_END))
             yield sink
             superblock = sink.finish()
         log.info("ext4: %s holds a filesystem of %d blocks of %d bytes", target.description, superblock.blocks,

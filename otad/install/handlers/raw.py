@@ -76,7 +76,7 @@ class RawSink:
     def __init__(self, fd: int, capacity: int, sync_every: int = SYNC_EVERY_BYTES) -> None:
         self._fd = fd
         self.capacity: Optional[int] = capacity
-        self.written = 0
+        self.written = 0  # by this sink (a resumed one starts past the earlier bytes)
         self._sync_every = sync_every
         self._unsynced = 0
 
@@ -88,8 +88,11 @@ class RawSink:
             self.written += done
             self._unsynced += done
         if self._unsynced >= self._sync_every:
-            os.fdatasync(self._fd)
-            self._unsynced = 0
+            self.sync()
+
+    def sync(self) -> None:
+        os.fdatasync(self._fd)
+        self._unsynced = 0
 
 
 class CountingSink:
@@ -101,6 +104,9 @@ class CountingSink:
 
     def write(self, data: bytes) -> None:
         self.written += len(data)
+
+    def sync(self) -> None:
+        pass
 
 
 def _clear_force_ro(path: str) -> None:
@@ -132,7 +138,8 @@ class RawHandler:
         return RawTarget(path, entry.offset, size - entry.offset, is_block)
 
     @contextmanager
-    def open(self, target: RawTarget, *, dry_run: bool) -> Iterator[Sink]:
+    def open(self, target: RawTarget, *, dry_run: bool, start: int = 0) -> Iterator[Sink]:
+        """A sink writing from the target's offset, or `start` bytes past it (a resumed install)."""
         if dry_run:
             yield CountingSink(target.capacity)
             return
@@ -143,7 +150,7 @@ class RawHandler:
         except OSError as exc:
             raise InstallError(f"cannot open for writing: {exc.strerror}", target.path) from exc
         try:
-            os.lseek(fd, target.offset, os.SEEK_SET)
+            os.lseek(fd, target.offset + start, os.SEEK_SET)
             sink = RawSink(fd, target.capacity)
             yield sink
             os.fsync(fd)
@@ -152,3 +159,17 @@ class RawHandler:
             raise InstallError(f"write failed: {exc.strerror}", target.description) from exc
         finally:
             os.close(fd)
+
+
+def read_back(target: RawTarget, end: int, size: int) -> bytes:
+    """The `size` bytes written to `target` before byte `end` (counted from its offset)."""
+    try:
+        fd = os.open(target.path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise InstallError(f"cannot open for reading: {exc.strerror}", target.path) from exc
+    try:
+        return os.pread(fd, size, target.offset + end - size)
+    except OSError as exc:
+        raise InstallError(f"read failed: {exc.strerror}", target.description) from exc
+    finally:
+        os.close(fd)
