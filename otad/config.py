@@ -291,6 +291,7 @@ class HawkbitConfig:
     backoff_cap_s: float = 300.0  # longest wait after failed requests
     feedback_interval_s: float = 10.0  # least time between two intermediate feedbacks of an action
     max_download_attempts: int = 10
+    resume_checkpoint_mib: int = 16  # a download interrupted by a restart goes on from the last such point
     attributes: Tuple[Tuple[str, str], ...] = ()  # configData sent besides otad's own
     swupdate_cfg: Optional[str] = None  # an existing swupdate.cfg whose suricatta section gives defaults
 
@@ -339,6 +340,7 @@ class HawkbitConfig:
             raise _BadValue(f"hawkbit.feedback_interval_s: expected a number >= 0, got {self.feedback_interval_s!r}",
                             ("hawkbit", "feedback_interval_s"))
         _in_range("hawkbit.max_download_attempts", self.max_download_attempts, 1, 1000)
+        _in_range("hawkbit.resume_checkpoint_mib", self.resume_checkpoint_mib, 1, 4096)
 
     @property
     def enabled(self) -> bool:

@@ -23,9 +23,10 @@ from otad.boot.watchdog import DeviceWatchdog, NullWatchdog
 from otad.config import Config
 from otad.errors import ConfigError, InstallError, OtadError, SlotError
 from otad.install.handlers.raw import resolve_device
-from otad.install.installer import InstallResult, install_bundle
+from otad.install.installer import InstallResult, Resuming, install_bundle
 from otad.install.options import make_request, status_file
 from otad.install.pipeline import Reader
+from otad.install.resume import discard_journal
 from otad.install.status import TargetStatusStore
 from otad.progress import ProgressListener, ignore
 from otad.state import State, StateStore
@@ -66,14 +67,18 @@ def _targets(cfg: Config) -> TargetStatusStore:
 
 def install(cfg: Config, source: Reader, *, name: str, total_bytes: Optional[int] = None,
             progress: ProgressListener = ignore, dry_run: bool = False, no_switch: bool = False,
-            selection: Optional[Tuple[str, str]] = None, action_id: Optional[str] = None) -> SlotInstallResult:
+            selection: Optional[Tuple[str, str]] = None, action_id: Optional[str] = None,
+            resuming: Resuming = Resuming()) -> SlotInstallResult:
     """Install a bundle. With slots configured: into the inactive slot, then arm the trial
-    (unless `no_switch` or `dry_run`). Without slots: the selected section, as SWUpdate -i does."""
+    (unless `no_switch` or `dry_run`). Without slots: the selected section, as SWUpdate -i does.
+    `resuming` goes on from a saved resume point and/or saves new ones (the daemon's)."""
     targets = TargetStatusStore(None if dry_run else status_file(cfg))
+    if resuming.point is None and not dry_run:
+        discard_journal(cfg.system.state_dir)  # this install overwrites what a saved point relies on
     if not cfg.ab_enabled:
         request = make_request(cfg, dry_run=dry_run, selection=selection)
         result = install_bundle(source, request, name=name, total_bytes=total_bytes, progress=progress,
-                                status=targets)
+                                status=targets, resuming=resuming)
         return SlotInstallResult(result, None, None, None)
     booted = detect_booted(cfg)
     target = cfg.slot_table().other(booted.slot)
@@ -88,7 +93,8 @@ def install(cfg: Config, source: Reader, *, name: str, total_bytes: Optional[int
     request = replace(make_request(cfg, dry_run=dry_run, selection=chosen), protected_paths=(running,) + env_files)
     log.info("booted slot %s (%s); installing %s into slot %s", booted.slot.name, booted.evidence,
              ",".join(chosen), target.name)
-    result = install_bundle(source, request, name=name, total_bytes=total_bytes, progress=progress, status=targets)
+    result = install_bundle(source, request, name=name, total_bytes=total_bytes, progress=progress, status=targets,
+                            resuming=resuming)
     _check_wrote_target(result, target, cfg)
     if dry_run or no_switch:
         return SlotInstallResult(result, target, booted.slot, None)

@@ -19,15 +19,18 @@ from otad import RELEASE_DATE, crashpoint, update
 from otad.boot.mark import Verdict
 from otad.boot.watchdog import ProgressPetter
 from otad.config import Config, parse_date
-from otad.errors import ConfigError, OtadError
+from otad.errors import ConfigError, OtadError, ResumeError
 from otad.hawkbit.actions import ActionLog, WaitingAction
 from otad.hawkbit.ddi import (ActionLink, Artifact, AuthError, Conflict, DdiClient, Deployment, Forbidden,
                               HawkbitSettings, InvalidConfigData, NotFound, Rejected, ServerError, ServerUnavailable)
-from otad.hawkbit.download import Cancelled, ResumableDownload
+from otad.hawkbit.download import Cancelled, ResumableDownload, RestartRequired
+from otad.hawkbit.journal import DownloadCheckpoint, DownloadJournal
 from otad.hawkbit.outbox import Outbox, PendingFeedback
 from otad.hawkbit.policy import Backoff, PollPolicy, ResumePolicy
 from otad.hawkbit.publish import StatusPublisher
+from otad.install.installer import Resuming
 from otad.install.options import status_file
+from otad.install.resume import ResumePoint
 from otad.install.status import FAILED, TargetStatusStore
 from otad.notify import notify, watchdog_interval_s
 from otad.progress import Progress, ProgressListener, ignore
@@ -244,8 +247,10 @@ class Agent:
             elif state.phase is Phase.DOWNLOADING and kept:
                 self.store.transition(Phase.DOWNLOADED)  # the install was complete and verified
             elif state.phase is Phase.DOWNLOADING:
-                log.warning("the download of action %s was interrupted; it starts again from the beginning",
-                            action)
+                saved = DownloadJournal(self.cfg.system.state_dir).load()
+                where = (f"it goes on from byte {saved.point.offset}" if saved is not None and saved.action_id == action
+                         else "it starts again from the beginning")
+                log.warning("the download of action %s was interrupted; %s", action, where)
                 self.store.transition(Phase.IDLE)
             elif not kept:
                 log.warning("action %s: slot written but what arming needs is lost; installing again", action)
@@ -398,7 +403,37 @@ class Agent:
         self.arm_when_allowed(deployment, waiting, link)
 
     def stream_and_install(self, deployment: Deployment, artifact: Artifact) -> SlotInstallResult:
-        """Download straight into the inactive slot; the server's hash is checked before this returns."""
+        """Download straight into the inactive slot; the server's hash is checked before this returns.
+
+        Goes on from the journal's resume point when it is this artifact's; a server that cannot
+        continue there or a slot changed since means one more try from the first byte. The
+        journal survives network failures (the next attempt resumes) and ends with the action.
+        """
+        journal = DownloadJournal(self.cfg.system.state_dir)
+        saved = journal.load()
+        if saved is not None and not saved.matches(deployment.action_id, artifact):
+            journal.clear()
+            saved = None
+        try:
+            try:
+                done = self.download_into_slot(deployment, artifact, journal, saved)
+            except (RestartRequired, ResumeError) as exc:
+                if saved is None:
+                    raise
+                log.warning("action %s: cannot resume at byte %d (%s); downloading again from the beginning",
+                            deployment.action_id, saved.point.offset, exc)
+                journal.clear()
+                done = self.download_into_slot(deployment, artifact, journal, None)
+        except (ServerUnavailable, AuthError, Forbidden):
+            raise  # the journal stays: the next attempt goes on from its point
+        except OtadError:
+            journal.clear()
+            raise
+        journal.clear()
+        return done
+
+    def download_into_slot(self, deployment: Deployment, artifact: Artifact, journal: DownloadJournal,
+                           saved: Optional[DownloadCheckpoint]) -> SlotInstallResult:
         action = deployment.action_id
         hb = self.cfg.hawkbit
         throttle = _FeedbackThrottle(hb.feedback_interval_s, self.options.monotonic)
@@ -432,10 +467,30 @@ class Agent:
             notify("WATCHDOG=1")
 
         policy = ResumePolicy(max_attempts=hb.max_download_attempts)
-        with ResumableDownload(self.client, artifact, policy=policy, on_progress=on_bytes, should_stop=should_stop,
-                               rng=self.options.rng, sleep=self.wait, monotonic=now) as download:
+        start = saved.point.offset if saved else 0
+        if saved is not None:
+            log.info("action %s: resuming the download of %s at byte %d of %d", action, artifact.filename, start,
+                     artifact.size)
+        with ResumableDownload(self.client, artifact, start_offset=start,
+                               prefix_hash=saved.prefix_hash() if saved else None,
+                               if_range=saved.etag if saved else None, policy=policy, on_progress=on_bytes,
+                               should_stop=should_stop, rng=self.options.rng, sleep=self.wait,
+                               monotonic=now) as download:
+
+            def save(point: ResumePoint) -> None:
+                snapshot = download.snapshot()
+                if snapshot is None or snapshot[0] != point.offset:
+                    return  # the server's hash is one whose state cannot be saved (md5)
+                at = snapshot[1]
+                journal.save(DownloadCheckpoint(action, artifact.filename, artifact.size, artifact.sha256,
+                                                download.etag, at.name if at else None, at.state() if at else None,
+                                                point))
+                crashpoint.reached("agent.download_checkpoint")
+
+            resuming = Resuming(saved.point if saved else None, save, hb.resume_checkpoint_mib << 20)
             done = update.install(self.cfg, download, name=f"action {action}: {artifact.filename}",
-                                  total_bytes=artifact.size, progress=on_install, no_switch=True, action_id=action)
+                                  total_bytes=artifact.size, progress=on_install, no_switch=True, action_id=action,
+                                  resuming=resuming)
             try:
                 download.verify()  # what follows the CPIO trailer, and the server's hash
             except OtadError:

@@ -20,6 +20,7 @@ import requests
 import urllib3
 
 from otad.errors import Conflict, OtadError, ServerError, ServerUnavailable
+from otad.hashstate import ResumableHash, new_hash
 from otad.hawkbit.ddi import Artifact, ArtifactResponse, DdiClient
 from otad.hawkbit.policy import ResumePolicy
 
@@ -105,7 +106,8 @@ class ResumableDownload:
         self._chunk_bytes = chunk_bytes
         self._expected = self._expected_hash(start_offset, prefix_hash)
         self._hash: Optional[Any] = None if self._expected is None else (
-            prefix_hash if start_offset else hashlib.new(self._expected[0]))
+            prefix_hash if start_offset else new_hash(self._expected[0]))
+        self._hash_before_buf: Optional[Any] = None  # self._hash before the chunk now in the buffer
         # sha256 over all bytes: the artifact's identity in otad's state, whatever the server announces.
         self._sha256: Optional[Any] = None
         if start_offset == 0:
@@ -148,6 +150,21 @@ class ResumableDownload:
     @property
     def verified(self) -> bool:
         return self._verified
+
+    def snapshot(self) -> Optional[Tuple[int, Any]]:
+        """(position, the server's hash fed with exactly the bytes delivered so far) for a resume
+        after a restart; the hash is None when none is announced. None: this hash cannot be saved."""
+        if self._hash is None:
+            return self._delivered, None
+        if not isinstance(self._hash, ResumableHash):
+            return None
+        undelivered = len(self._buf) - self._buf_pos
+        if undelivered == 0:
+            return self._delivered, self._hash.copy()
+        assert self._hash_before_buf is not None
+        at = self._hash_before_buf.copy()
+        at.update(self._buf[:self._buf_pos])
+        return self._delivered, at
 
     def read(self, n: int = -1) -> bytes:
         """Up to `n` bytes (all remaining for n < 0); fewer only at EOF, b"" after it."""
@@ -231,6 +248,8 @@ class ResumableDownload:
             raise SizeMismatch(f"server sent more than the announced {self.artifact.size} bytes", self.url,
                                self._received)
         self._received += len(chunk)
+        if isinstance(self._hash, ResumableHash):
+            self._hash_before_buf = self._hash.copy()
         for h in self._hashers:
             h.update(chunk)
         if self._received == self.artifact.size:

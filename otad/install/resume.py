@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import os
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
 from otad.errors import StateError
 from otad.install.pipeline import ArtifactResult
 
+JOURNAL_NAME = "resume.json"  # in state_dir; written by the daemon (hawkbit/journal.py)
 MAX_HEAD_BYTES = 256 << 10  # a larger sw-description is not worth carrying in every checkpoint
 
 
@@ -58,11 +60,11 @@ class ResumePoint:
 
     def to_json(self) -> Dict[str, Any]:
         return {
-            "description": _b64(self.description),
-            "signature": None if self.signature is None else _b64(self.signature),
+            "description": encode_bytes(self.description),
+            "signature": None if self.signature is None else encode_bytes(self.signature),
             "offset": self.offset,
             "member": vars(self.member).copy(),
-            "artifact": {**vars(self.artifact), "stored_hash": _b64(self.artifact.stored_hash)},
+            "artifact": {**vars(self.artifact), "stored_hash": encode_bytes(self.artifact.stored_hash)},
             "targets": list(self.targets),
             "done": [vars(r).copy() for r in self.done],
         }
@@ -70,26 +72,26 @@ class ResumePoint:
     @classmethod
     def from_json(cls, data: Any, where: str) -> "ResumePoint":
         """Parse what to_json wrote; a StateError names the field that is wrong."""
-        fields = _Fields(data, where)
-        member = _Fields(fields.get("member", dict), f"{where}: member")
-        artifact = _Fields(fields.get("artifact", dict), f"{where}: artifact")
+        fields = JsonObject(data, where)
+        member = JsonObject(fields.get("member", dict), f"{where}: member")
+        artifact = JsonObject(fields.get("artifact", dict), f"{where}: artifact")
         signature = fields.get("signature", (str, type(None)))
         done = []
         for i, item in enumerate(fields.get("done", list)):
-            result = _Fields(item, f"{where}: done[{i}]")
+            result = JsonObject(item, f"{where}: done[{i}]")
             done.append(ArtifactResult(result.get("name", str), result.count("stored_bytes"),
                                        result.count("written_bytes"), result.get("sha256", str)))
         targets = fields.get("targets", list)
         if not all(isinstance(t, str) for t in targets):
             raise StateError("targets: expected a list of paths", where)
         return cls(
-            description=_unb64(fields.get("description", str), f"{where}: description"),
-            signature=None if signature is None else _unb64(signature, f"{where}: signature"),
+            description=decode_bytes(fields.get("description", str), f"{where}: description"),
+            signature=None if signature is None else decode_bytes(signature, f"{where}: signature"),
             offset=fields.count("offset"),
             member=MemberPosition(member.get("name", str), member.count("size"), member.get("magic", str),
                                   member.count("checksum"), member.count("header_offset"), member.count("consumed"),
                                   member.count("crc_sum")),
-            artifact=ArtifactPosition(_unb64(artifact.get("stored_hash", str), f"{where}: artifact.stored_hash"),
+            artifact=ArtifactPosition(decode_bytes(artifact.get("stored_hash", str), f"{where}: artifact.stored_hash"),
                                       artifact.count("stored_count"), artifact.count("written"),
                                       artifact.get("sample_sha256", str), artifact.count("sample_bytes")),
             targets=tuple(targets),
@@ -97,7 +99,15 @@ class ResumePoint:
         )
 
 
-class _Fields:
+def discard_journal(state_dir: str) -> None:
+    """Forget any saved resume point: an install that starts over makes it stale."""
+    try:
+        os.unlink(os.path.join(state_dir, JOURNAL_NAME))
+    except FileNotFoundError:
+        pass
+
+
+class JsonObject:
     """Typed access to one JSON object, naming the field in every error."""
 
     def __init__(self, data: Any, where: str) -> None:
@@ -121,11 +131,11 @@ class _Fields:
         return int(value)
 
 
-def _b64(data: bytes) -> str:
+def encode_bytes(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def _unb64(text: str, where: str) -> bytes:
+def decode_bytes(text: str, where: str) -> bytes:
     try:
         return base64.b64decode(text.encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError) as exc:
