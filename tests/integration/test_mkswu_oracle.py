@@ -133,6 +133,36 @@ def test_mkswu_bundle_installs_identically_with_swupdate_and_otad(tmp_path, pki,
     assert_slot(both_install(tmp_path, bundle, target, [pki.ca_pem, *key_args], pki.ca_pem, key_args))
 
 
+@pytest.mark.parametrize("key_hex", [None, 64])
+def test_mkswu_zstd_frames_install_identically_with_swupdate_and_otad(tmp_path, pki, key_hex) -> None:
+    """--zstd-frame-mib 1 on a 3.5 MiB image: four frames, which SWUpdate reads as one stream."""
+    target = tmp_path / "slot-b.img"
+    big = os.urandom(1 << 20) + bytes(2 << 20) + os.urandom(512 << 10)
+    art = tmp_path / "art"
+    art.mkdir()
+    (art / "rootfs.img").write_bytes(big)
+    attrs = 'compressed = "zstd";' + (" encrypted = true;" if key_hex else "")
+    key_args: List[object] = ["-K", key_file(tmp_path, KEY[:key_hex])] if key_hex else []
+    (tmp_path / "mk.in").write_text(
+        f'software = {{ version = "3.1.4"; hardware-compatibility = [ "1.0" ]; stable = {{ copy2 = {{ images = (\n'
+        f'  {{ filename = "rootfs.img"; device = "{target}"; {attrs} installed-directly = true; }} ); }}; }}; }};\n')
+    bundle = tmp_path / "frames.swu"
+    assert mkswu.main([str(a) for a in ("-s", tmp_path / "mk.in", "-a", art, "-o", bundle, "--zstd-frame-mib", "1",
+                                        "-k", f"CMS,{pki.signer_key},{pki.signer_cert}", *key_args)]) == 0
+    stored = dict(members(bundle))["rootfs.img.zstd" + (".enc" if key_hex else "")]
+    if not key_hex:
+        assert stored.count(b"\x28\xb5\x2f\xfd") >= 4  # one frame magic per MiB of input
+    fresh_big = lambda t: t.write_bytes(b"\x5a" * (4 << 20))  # noqa: E731
+    fresh_big(target)
+    ok, log = swupdate(bundle, pki.ca_pem, *key_args)
+    assert ok, log
+    by_swupdate = target.read_bytes()
+    fresh_big(target)
+    ok, err = otad(bundle, pki.ca_pem, tmp_path, *key_args)
+    assert ok, err
+    assert target.read_bytes() == by_swupdate and by_swupdate[:len(big)] == big
+
+
 def test_mkswu_cms_signature_with_chain_verifies_with_openssl_and_swupdate(tmp_path) -> None:
     from tests.pki import make_pki
 
