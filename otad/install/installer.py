@@ -15,7 +15,7 @@ import stat
 import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Tuple
 
 from otad import crashpoint, hashstate
 from otad.errors import (BundleFormatError, CompatibilityError, ImageError, InstallError, ManifestError, OtadError,
@@ -37,7 +37,9 @@ from otad.swu.cpio import CpioHeader, CpioMember
 from otad.swu.crypto import AesKey
 from otad.install.scripts import POSTINST, PREINST, ScriptRunner, script_phases
 from otad.swu.manifest import BootenvVar, Entry, File, HardwareRevision, Image, Manifest, Script
-from otad.swu.signature import SignerInfo, Verifier
+
+if TYPE_CHECKING:  # cryptography loads on first use: the idle daemon stays small
+    from otad.swu.signature import SignerInfo, Verifier
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Optional, Tuple
+from typing import TYPE_CHECKING, Optional, Tuple
 
 from otad.config import Config
 from otad.errors import ConfigError
@@ -16,12 +16,16 @@ from otad.install.installer import InstallRequest
 from otad.install.versionpolicy import VersionPolicy
 from otad.swu.crypto import AesKey, load_key_file
 from otad.swu.manifest import HardwareRevision
-from otad.swu.signature import CmsVerifier, RsaVerifier, TrustedTime, Verifier
+
+if TYPE_CHECKING:
+    from otad.swu.signature import Verifier
 
 log = logging.getLogger(__name__)
 
 
 def make_verifier(config: Config) -> Optional[Verifier]:
+    from otad.swu.signature import CmsVerifier, RsaVerifier, TrustedTime  # cryptography: ~11 MB, on first use
+
     """The verifier the config asks for; None only when unsigned bundles were allowed."""
     install = config.install
     if install.allow_unsigned:

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
 from otad.errors import BundleFormatError, SignatureError
 from otad.swu.cpio import CpioHeader, CpioMember, CpioReader, SupportsRead
 from otad.swu.manifest import SwDescription, parse
-from otad.swu.signature import SignerInfo, Verifier
+
+if TYPE_CHECKING:  # cryptography loads on first use: the idle daemon stays small
+    from otad.swu.signature import SignerInfo, Verifier
 
 log = logging.getLogger(__name__)
 
