@@ -154,3 +154,27 @@ def test_a_malformed_point_is_a_clear_error(tmp_path, pki, mangle, message) -> N
     mangle(data)
     with pytest.raises(StateError, match=message):
         ResumePoint.from_json(data, "resume.json")
+
+
+def test_an_ext4_image_resumes_with_its_superblock_checked_from_the_slot(tmp_path, pki) -> None:
+    from tests.unit.install.entries import e2fsck_clean, mkfs_ext4
+
+    fs = mkfs_ext4(tmp_path / "fs.ext4", 3, {"etc/issue": b"resumed\n", "big": os.urandom(1 << 20)})
+    slot = tmp_path / "b.img"
+    fresh(slot)
+    path = bundle(tmp_path, pki, [ImageSpec("rootfs.ext4", frames(fs, 512 << 10), str(slot), compressed="zstd",
+                                            extra={"type": '"ext4"'})])
+    points = full_install(path, pki)
+    expected = slot.read_bytes()
+    assert len(points) >= 3
+    for point in points:
+        interrupted_at(slot, point, len(fs))
+        resume_from(path, pki, point)
+        assert slot.read_bytes() == expected
+    ok, log = e2fsck_clean(slot)
+    assert ok, log
+    data = bytearray(expected)  # a superblock that no longer fits is refused on resume too
+    data[1024 + 0x38:1024 + 0x3A] = b"\0\0"
+    slot.write_bytes(bytes(data))
+    with pytest.raises(Exception, match="not an ext2/3/4 filesystem"):
+        resume_from(path, pki, points[0])
