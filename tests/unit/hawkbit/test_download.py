@@ -360,3 +360,39 @@ def test_memory_stays_bounded_by_the_chunk_size(fake: DdiFake, client: DdiClient
         tracemalloc.stop()
     assert digest.hexdigest() == hashlib.sha256(big).hexdigest() and dl.verified
     assert peak < 2 << 20, f"peak {peak} bytes"  # measured: ~1.3 MB (one 1 MiB chunk + read1's buffer)
+
+
+@pytest.mark.parametrize("hashes", [("sha256",), ("sha1",)])
+def test_a_snapshot_holds_the_servers_hash_over_exactly_the_bytes_delivered(fake: DdiFake, client: DdiClient,
+                                                                            hashes: Tuple[str, ...]) -> None:
+    from otad.hashstate import ResumableHash
+
+    art = offered(fake, client, hashes=hashes)
+    dl = ResumableDownload(client, art, sleep=Sleeps(), rng=random.Random(1), chunk_bytes=50_000)
+    sizes = random.Random(3)
+    got = b""
+    snapshots = []
+    while True:
+        part = dl.read(sizes.randint(1, 120_000))
+        if not part:
+            break
+        got += part
+        snapshot = dl.snapshot()
+        assert snapshot is not None
+        snapshots.append(snapshot)
+    assert got == DATA and len(snapshots) > 10
+    name = hashes[0]
+    for position, at in snapshots:
+        assert position <= len(DATA) and at.hexdigest() == hashlib.new(name, DATA[:position]).hexdigest()
+    # a snapshot taken mid-way goes on to the announced hash in a new download from its offset
+    position, at = snapshots[len(snapshots) // 2]
+    resumed = ResumableHash(at.name, at.state(), position)
+    data, dl2 = download(client, art, start_offset=position, prefix_hash=resumed)
+    assert data == DATA[position:] and dl2.verified
+
+
+def test_no_snapshot_when_only_md5_is_announced(fake: DdiFake, client: DdiClient) -> None:
+    art = offered(fake, client, hashes=("md5",))
+    dl = ResumableDownload(client, art, sleep=Sleeps(), rng=random.Random(1))
+    dl.read(1000)
+    assert dl.snapshot() is None
