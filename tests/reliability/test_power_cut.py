@@ -667,8 +667,10 @@ def test_a_download_cut_by_power_goes_on_from_its_last_resume_point(tmp_path: Pa
     refetched = sum(len(payload) - int((r.headers.get("Range") or "bytes=0-")[6:-1]) for r in artifact_requests)
     record.note(RESUME, "otad run killed (-9) at its third resume point; the slot's bytes after the point are "
                         "overwritten with noise (lost or torn writes); power returns and the daemon runs again.")
-    outcome = {"resumes": f"Range from byte {offset}: {refetched} of {len(payload)} bytes fetched again",
-               "server ignores Range": f"the server answered 200: downloaded again from byte 0 ({refetched} bytes)",
+    outcome = {"resumes": f"one request, Range from byte {offset}: {refetched} of the {len(payload)} bytes asked for "
+                          "after the cut",
+               "server ignores Range": f"the server answered 200: downloaded again from byte 0 ({refetched} bytes asked "
+                                       "for after the cut)",
                "slot changed meanwhile": "the read-back sample differs: downloaded again from byte 0"}[then]
     record.add(RESUME, f"power cut mid-download, then {then}", "agent.download_checkpoint#3",
                "the update completes; bytes before the point are not fetched again unless they cannot be trusted",
