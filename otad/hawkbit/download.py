@@ -7,7 +7,6 @@ whether to restart a whole install after RestartRequired, and what to persist, i
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import http.client
 import logging
@@ -108,13 +107,6 @@ class ResumableDownload:
         self._hash: Optional[Any] = None if self._expected is None else (
             prefix_hash if start_offset else new_hash(self._expected[0]))
         self._hash_before_buf: Optional[Any] = None  # self._hash before the chunk now in the buffer
-        # sha256 over all bytes: the artifact's identity in otad's state, whatever the server announces.
-        self._sha256: Optional[Any] = None
-        if start_offset == 0:
-            self._sha256 = self._hash if self._expected and self._expected[0] == "sha256" else hashlib.sha256()
-        self._hashers = [h for h in (self._hash, self._sha256) if h is not None]
-        if len(self._hashers) == 2 and self._hashers[0] is self._hashers[1]:
-            del self._hashers[1]
         self._received = start_offset  # bytes taken from the server (== next Range offset)
         self._delivered = start_offset  # bytes handed to the consumer by read()
         self._etag = if_range
@@ -141,11 +133,6 @@ class ResumableDownload:
     def etag(self) -> Optional[str]:
         """The server's ETag for the artifact (worth persisting for a resume after reboot)."""
         return self._etag
-
-    @property
-    def sha256(self) -> Optional[str]:
-        """Hex sha256 of the whole artifact once at EOF; None before, or when started at an offset."""
-        return self._sha256.hexdigest() if self._eof and self._sha256 is not None else None
 
     @property
     def verified(self) -> bool:
@@ -250,8 +237,8 @@ class ResumableDownload:
         self._received += len(chunk)
         if isinstance(self._hash, ResumableHash):
             self._hash_before_buf = self._hash.copy()
-        for h in self._hashers:
-            h.update(chunk)
+        if self._hash is not None:
+            self._hash.update(chunk)  # the one hash the server announced: each extra one costs a pass
         if self._received == self.artifact.size:
             # Check before handing out the last chunk: a consumer that stops reading at the
             # exact end never holds an unverified file as complete.
