@@ -92,7 +92,7 @@ def test_download_through_a_proxy_that_drops_twice_gives_the_exact_bytes(
         assert proxy.connections == 3
         # Resumed, not restarted: about one artifact's worth of bytes crossed the proxy.
         assert proxy.bytes_down < len(data) + 3 * 1024
-    assert got == data and dl.verified and dl.sha256 == hashlib.sha256(data).hexdigest()
+    assert got == data and dl.verified
 
 
 def test_a_stall_through_the_proxy_is_resumed_after_the_read_timeout(
