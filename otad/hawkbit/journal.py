@@ -34,8 +34,12 @@ class DownloadCheckpoint:
     point: ResumePoint
 
     def matches(self, action_id: str, artifact: Artifact) -> bool:
-        return (self.action_id, self.filename, self.size, self.sha256) == (
+        """Whether this checkpoint is for this action's artifact, as the server describes it now."""
+        announced = artifact.strongest_hash()
+        return ((self.action_id, self.filename, self.size, self.sha256) == (
             action_id, artifact.filename, artifact.size, artifact.sha256)
+            and 0 < self.point.offset < artifact.size
+            and self.hash_name == (announced[0] if announced else None))
 
     def prefix_hash(self) -> Optional[ResumableHash]:
         if self.hash_name is None or self.hash_state is None:
