@@ -254,10 +254,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from otad import update
     from otad.console import human_bytes
     from otad.errors import StateError
+    from otad.hawkbit.journal import DownloadJournal
     from otad.hawkbit.publish import read_status
 
     cfg = _load_config(args)
     report = update.slot_status(cfg)
+    saved = DownloadJournal(cfg.system.state_dir).load(remove_unusable=False)
     daemon_problem = None
     try:
         daemon = read_status(cfg.system.status_file)
@@ -269,6 +271,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
         doc = report.to_dict()
         doc["daemon"] = dataclasses.asdict(daemon) if daemon else None
         doc["daemon_problem"] = daemon_problem
+        doc["resume"] = ({"action_id": saved.action_id, "artifact": saved.filename, "offset": saved.point.offset,
+                          "size": saved.size} if saved else None)
         print(json.dumps(doc, indent=2, default=str))
         return 0
     print(f"booted:  {report.booted or 'unknown'}" + (f" ({report.booted_evidence})" if report.booted_evidence else ""))
@@ -303,6 +307,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
         if daemon.last_error:
             parts.append(f"last error: {daemon.last_error}")
         print("daemon:  " + ", ".join(parts))
+    if saved is not None:
+        print(f"resume:  action {saved.action_id} {saved.filename} goes on from {human_bytes(saved.point.offset)} "
+              f"of {human_bytes(saved.size)}")
     for problem in (report.mismatch, report.booted_problem, report.env_problem, report.state_problem,
                     daemon_problem):
         if problem:

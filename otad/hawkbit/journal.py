@@ -52,8 +52,9 @@ class DownloadJournal:
         self.state_dir = state_dir
         self.path = os.path.join(state_dir, JOURNAL_NAME)
 
-    def load(self) -> Optional[DownloadCheckpoint]:
-        """The saved checkpoint, or None (none saved, or unreadable: then it is removed)."""
+    def load(self, *, remove_unusable: bool = True) -> Optional[DownloadCheckpoint]:
+        """The saved checkpoint, or None (none saved, or unreadable: then it is removed, unless
+        `remove_unusable` is False, as for `otad status`, which only looks)."""
         try:
             with open(self.path, "rb") as f:
                 raw = f.read(4 << 20)
@@ -67,8 +68,9 @@ class DownloadJournal:
             checkpoint = _parse(raw, self.path)
             checkpoint.prefix_hash()  # a state this libcrypto cannot take is as bad as a broken file
         except (StateError, HashStateError) as exc:
-            log.warning("download journal unusable, removed: %s", exc)
-            self.clear()
+            if remove_unusable:
+                log.warning("download journal unusable, removed: %s", exc)
+                self.clear()
             return None
         return checkpoint
 

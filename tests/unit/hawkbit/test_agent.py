@@ -673,7 +673,35 @@ def test_otad_status_shows_what_the_daemon_does(rig: Rig, capsys: pytest.Capture
     assert doc["daemon"]["phase"] == "backoff" and doc["daemon"]["last_error"] == "HTTP 503"
     rig.run()
     rc, out, _ = run_cli(["--config", config, "status"], capsys)
-    assert "daemon:  stopped" in out
+    assert "daemon:  stopped" in out and "resume:" not in out
+
+
+def test_otad_status_shows_where_an_interrupted_download_goes_on(rig: Rig, capsys: pytest.CaptureFixture[str],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from otad import crashpoint
+    from otad.hawkbit.journal import DownloadJournal
+
+    rig.fake.offer(ACTION, rig.bundle("2.0", size=3 << 20), version="2.0")
+    config = rig.sim.layout.config
+    config.write_text(config.read_text().replace("hawkbit = {", "hawkbit = { resume_checkpoint_mib = 1;"))
+
+    def stop_at_the_first_point(name: str) -> None:
+        if name == "agent.download_checkpoint":
+            raise KeyboardInterrupt  # the process dies here; the journal is already written
+
+    monkeypatch.setattr(crashpoint, "reached", stop_at_the_first_point)
+    with pytest.raises(KeyboardInterrupt):
+        rig.run()
+    saved = DownloadJournal(str(rig.sim.layout.state_dir)).load()
+    assert saved is not None and saved.action_id == ACTION
+    rc, out, _ = run_cli(["--config", str(config), "status"], capsys)
+    assert rc == 0 and f"resume:  action {ACTION} " in out and "goes on from 1." in out
+    rc, out, _ = run_cli(["--config", str(config), "status", "--json"], capsys)
+    assert json.loads(out)["resume"]["offset"] == saved.point.offset
+    journal = rig.sim.layout.state_dir / "resume.json"
+    journal.write_text("{broken")
+    rc, out, _ = run_cli(["--config", str(config), "status"], capsys)
+    assert rc == 0 and "resume:" not in out and journal.exists(), "status only looks"
 
 
 def test_a_non_ab_config_is_refused(tmp_path: Path, fake: DdiFake) -> None:
