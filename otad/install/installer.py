@@ -142,9 +142,8 @@ def install_bundle(source: Reader, request: InstallRequest, *, name: str = "bund
 
         with ScriptRunner(request.work_dir, timeout_s=request.script_timeout_s, heartbeat=heartbeat,
                           dry_run=request.dry_run) as scripts:
-            run = _Run(bundle, plans, manifest, request, status, scripts, handler_options(request, heartbeat))
-            run.resuming = resuming
-            run.head = BundleHead(verified.raw, verified.signature)
+            run = _Run(bundle, plans, manifest, request, status, scripts, handler_options(request, heartbeat),
+                       resuming, BundleHead(verified.raw, verified.signature))
             results = run.stream(progress, total_bytes)
     except OtadError as exc:
         if exc.where is None or not exc.where.startswith(name):
@@ -355,7 +354,8 @@ class _Run:
     """
 
     def __init__(self, bundle: Bundle, plans: Dict[str, _Plan], manifest: Manifest, request: InstallRequest,
-                 status: TargetStatusStore, scripts: ScriptRunner, options: HandlerOptions) -> None:
+                 status: TargetStatusStore, scripts: ScriptRunner, options: HandlerOptions,
+                 resuming: Resuming = Resuming(), head: Optional[BundleHead] = None) -> None:
         self.bundle = bundle
         self.plans = plans
         self.manifest = manifest
@@ -364,8 +364,8 @@ class _Run:
         self.scripts = scripts
         self.options = options
         self.pre_done = False
-        self.resuming = Resuming()
-        self.head: Optional[BundleHead] = None
+        self.resuming = resuming  # its point is used by the first member streamed, then dropped
+        self.head = head  # what resume points carry, to be verified again
 
     def stream(self, progress: ProgressListener, total_bytes: Optional[int]) -> Tuple[ArtifactResult, ...]:
         touched: List[str] = []

@@ -99,12 +99,7 @@ class HashingReader:
 
     def drain(self, chunk: int = DEFAULT_CHUNK) -> int:
         """Read to the end; returns how many bytes were left."""
-        left = 0
-        while True:
-            data = self.read(chunk)
-            if not data:
-                return left
-            left += len(data)
+        return _drain(self, chunk)
 
 
 class GzipReader:
