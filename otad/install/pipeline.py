@@ -262,6 +262,7 @@ class ZstdReader:
         return True
 
     def _read_frame(self, n: int) -> bytes:
+        assert self._frame is not None, "read() and at_frame_boundary() read only inside an open frame"
         try:
             out: bytes = self._frame.read(n)
         except self._zstd.ZstdError as exc:
