@@ -15,11 +15,15 @@ import os
 import re
 import urllib.parse
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Type, TypeVar, Union, cast
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Type, TypeVar, Union, \
+    cast
 
 from otad import RELEASE_DATE
 from otad.boot.slots import Slot, SlotTable
 from otad.errors import ConfigError
+
+if TYPE_CHECKING:  # otad.libconfig loads libconf: imported when a file is parsed
+    from otad.libconfig import Locator
 
 DEFAULT_PATH = "/etc/otad/otad.conf"
 
@@ -472,7 +476,7 @@ def parse(text: str, *, source: str) -> Config:
     from otad import libconfig
 
     tree = libconfig.loads(text, source=source, error=ConfigError)
-    where = _Locator(source, text)
+    where = libconfig.Locator(source, text)
     sections: Dict[str, Any] = {}
     hawkbit: Optional[Mapping[str, Any]] = None
     for name, values in tree.items():
@@ -510,7 +514,7 @@ _SHOWN_TYPES = {"Optional[str]": "str", "Tuple[str, ...]": "a list of strings ( 
 Completion = Callable[[Dict[str, Any]], Dict[str, Any]]
 
 
-def _section(cls: Type[T], name: str, values: Mapping[str, Any], where: "_Locator",
+def _section(cls: Type[T], name: str, values: Mapping[str, Any], where: "Locator",
              index: Optional[int] = None, complete: Optional[Completion] = None) -> T:
     """One group read as `cls`; `index` places a group that is an element of a list section.
     `complete` adds defaults from elsewhere to the checked keys (hawkbit's swupdate.cfg)."""
@@ -563,7 +567,7 @@ def _strings(items: Sequence[Any], label: str, where: str) -> Tuple[str, ...]:
     return tuple(items)
 
 
-def _with_swupdate_cfg(given: Dict[str, Any], state_dir: str, where: "_Locator") -> Dict[str, Any]:
+def _with_swupdate_cfg(given: Dict[str, Any], state_dir: str, where: "Locator") -> Dict[str, Any]:
     """hawkbit keys over the defaults of `given["swupdate_cfg"]` (its suricatta section).
 
     Keys that belong together come from one side only: an explicit controller_id_from drops
@@ -601,7 +605,7 @@ def _with_swupdate_cfg(given: Dict[str, Any], state_dir: str, where: "_Locator")
     return merged
 
 
-def _list_section(cls: Type[T], name: str, values: Any, where: "_Locator") -> Tuple[T, ...]:
+def _list_section(cls: Type[T], name: str, values: Any, where: "Locator") -> Tuple[T, ...]:
     if not isinstance(values, list):
         raise ConfigError(f"{name}: expected a list of groups ( {{ ... }}, {{ ... }} )", where(name))
     items: List[T] = []
@@ -610,91 +614,3 @@ def _list_section(cls: Type[T], name: str, values: Any, where: "_Locator") -> Tu
             raise ConfigError(f"{name}[{index}]: expected a group {{ ... }}, got {item!r}", where(name, index))
         items.append(_section(cls, name, item, where, index))
     return tuple(items)
-
-
-class _Locator:
-    """file:line of a key path (libconf keeps no positions, so the text is scanned again).
-
-    Strings and comments are blanked out first, so a key is found only where it is set, in
-    the group it belongs to (`watchdog.timeout_s`, not `health.timeout_s`).
-    """
-
-    _NOT_CODE = re.compile(r'"(?:[^"\\]|\\.)*"?|/\*.*?(?:\*/|\Z)|(?://|#)[^\n]*', re.DOTALL)
-    _SETTING = re.compile(r"([A-Za-z*][-A-Za-z0-9_*]*)\s*[=:]")
-
-    def __init__(self, source: str, text: str) -> None:
-        self.source = source
-        self.code = self._NOT_CODE.sub(self._blank, text)
-
-    @staticmethod
-    def _blank(match: "re.Match[str]") -> str:
-        """Spaces for a comment; a string keeps its quotes, so it still counts as a value."""
-        text = match.group()
-        inner = re.sub(r"[^\n]", " ", text)
-        return f'"{inner[1:-1]}"' if text.startswith('"') and len(text) > 1 and text.endswith('"') else inner
-
-    def __call__(self, *path: Union[str, int]) -> str:
-        """The line of the deepest part of `path` that is found (the file alone if none is)."""
-        span = (0, len(self.code))
-        found: Optional[int] = None
-        for part in path:
-            located = self._find(part, span)
-            if located is None:
-                break
-            found, span = located
-        if found is None:
-            return self.source
-        return f"{self.source}:{self.code.count(chr(10), 0, found) + 1}"
-
-    def _find(self, part: Union[str, int], span: Tuple[int, int]) -> Optional[Tuple[int, Tuple[int, int]]]:
-        """Where `part` starts inside `span`, and the span of its value (inside brackets)."""
-        if isinstance(part, int):
-            elements = self._elements(span)
-            return elements[part] if part < len(elements) else None
-        settings = self._settings(span)
-        return settings.get(part)
-
-    def _settings(self, span: Tuple[int, int]) -> Dict[str, Tuple[int, Tuple[int, int]]]:
-        """The settings of one group level: name → (offset, span of its value)."""
-        out: Dict[str, Tuple[int, Tuple[int, int]]] = {}
-        pos, end = span
-        while pos < end:
-            m = self._SETTING.search(self.code, pos, end)
-            if m is None:
-                break
-            pos, inner = self._value(m.end(), end)
-            out.setdefault(m.group(1), (m.start(), inner))
-        return out
-
-    def _elements(self, span: Tuple[int, int]) -> List[Tuple[int, Tuple[int, int]]]:
-        """The elements of a list `( a, b )`: offset and span of each."""
-        out: List[Tuple[int, Tuple[int, int]]] = []
-        pos, end = span
-        while True:
-            while pos < end and self.code[pos] in " \t\r\n\f,":
-                pos += 1
-            if pos >= end:
-                return out
-            start = pos
-            pos, inner = self._value(pos, end)
-            out.append((start, inner))
-
-    def _value(self, pos: int, end: int) -> Tuple[int, Tuple[int, int]]:
-        """For the value starting at `pos`: where scanning goes on after it, and the span to
-        search inside it (between the brackets of a group, list or array)."""
-        while pos < end and self.code[pos] in " \t\r\n\f":
-            pos += 1
-        depth = 0
-        for i in range(pos, end):
-            char = self.code[i]
-            if char in "{([":
-                depth += 1
-            elif char in "})]":
-                depth -= 1
-                if depth == 0:
-                    return i + 1, (pos + 1, i)
-                if depth < 0:
-                    return i, (pos, i)
-            elif char in ";," and depth == 0:
-                return i + 1, (pos, i)
-        return end, (pos, end)

@@ -2,7 +2,8 @@
 
 Built on libconf's parser, its tokenizer and a few grammar rules replaced, so that otad reads a
 text exactly as libconfig 1.5 (Debian's, linked into SWUpdate) does, or refuses it; it never
-reads another file. What the values mean is left to `otad.config` and `otad.swu.manifest`.
+reads another file. `Locator` maps a key path of such a text back to file:line for messages.
+What the values mean is left to `otad.config` and `otad.swu.manifest`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import libconf  # type: ignore[import-untyped]
 
 from otad.errors import ConfigError, OtadError
 
-__all__ = ["loads", "MAX_DEPTH"]
+__all__ = ["loads", "Locator", "MAX_DEPTH"]
 
 # Groups, lists and arrays nested deeper than this are refused: keeps the parser (and every
 # consumer that walks the tree recursively) far from Python's recursion limit.
@@ -315,3 +316,91 @@ class _Parser(libconf.Parser):  # type: ignore[misc]
 
 def _article(kind: str) -> str:
     return {"int": "an int", "int64": "an int64 (L)"}.get(kind, f"a {kind}")
+
+
+class Locator:
+    """file:line of a key path (libconf keeps no positions, so the text is scanned again).
+
+    Strings and comments are blanked out first, so a key is found only where it is set, in
+    the group it belongs to (`watchdog.timeout_s`, not `health.timeout_s`).
+    """
+
+    _NOT_CODE = re.compile(r'"(?:[^"\\]|\\.)*"?|/\*.*?(?:\*/|\Z)|(?://|#)[^\n]*', re.DOTALL)
+    _SETTING = re.compile(r"([A-Za-z*][-A-Za-z0-9_*]*)\s*[=:]")
+
+    def __init__(self, source: str, text: str) -> None:
+        self.source = source
+        self.code = self._NOT_CODE.sub(self._blank, text)
+
+    @staticmethod
+    def _blank(match: "re.Match[str]") -> str:
+        """Spaces for a comment; a string keeps its quotes, so it still counts as a value."""
+        text = match.group()
+        inner = re.sub(r"[^\n]", " ", text)
+        return f'"{inner[1:-1]}"' if text.startswith('"') and len(text) > 1 and text.endswith('"') else inner
+
+    def __call__(self, *path: Union[str, int]) -> str:
+        """The line of the deepest part of `path` that is found (the file alone if none is)."""
+        span = (0, len(self.code))
+        found: Optional[int] = None
+        for part in path:
+            located = self._find(part, span)
+            if located is None:
+                break
+            found, span = located
+        if found is None:
+            return self.source
+        return f"{self.source}:{self.code.count(chr(10), 0, found) + 1}"
+
+    def _find(self, part: Union[str, int], span: Tuple[int, int]) -> Optional[Tuple[int, Tuple[int, int]]]:
+        """Where `part` starts inside `span`, and the span of its value (inside brackets)."""
+        if isinstance(part, int):
+            elements = self._elements(span)
+            return elements[part] if part < len(elements) else None
+        settings = self._settings(span)
+        return settings.get(part)
+
+    def _settings(self, span: Tuple[int, int]) -> Dict[str, Tuple[int, Tuple[int, int]]]:
+        """The settings of one group level: name → (offset, span of its value)."""
+        out: Dict[str, Tuple[int, Tuple[int, int]]] = {}
+        pos, end = span
+        while pos < end:
+            m = self._SETTING.search(self.code, pos, end)
+            if m is None:
+                break
+            pos, inner = self._value(m.end(), end)
+            out.setdefault(m.group(1), (m.start(), inner))
+        return out
+
+    def _elements(self, span: Tuple[int, int]) -> List[Tuple[int, Tuple[int, int]]]:
+        """The elements of a list `( a, b )`: offset and span of each."""
+        out: List[Tuple[int, Tuple[int, int]]] = []
+        pos, end = span
+        while True:
+            while pos < end and self.code[pos] in " \t\r\n\f,":
+                pos += 1
+            if pos >= end:
+                return out
+            start = pos
+            pos, inner = self._value(pos, end)
+            out.append((start, inner))
+
+    def _value(self, pos: int, end: int) -> Tuple[int, Tuple[int, int]]:
+        """For the value starting at `pos`: where scanning goes on after it, and the span to
+        search inside it (between the brackets of a group, list or array)."""
+        while pos < end and self.code[pos] in " \t\r\n\f":
+            pos += 1
+        depth = 0
+        for i in range(pos, end):
+            char = self.code[i]
+            if char in "{([":
+                depth += 1
+            elif char in "})]":
+                depth -= 1
+                if depth == 0:
+                    return i + 1, (pos + 1, i)
+                if depth < 0:
+                    return i, (pos, i)
+            elif char in ";," and depth == 0:
+                return i + 1, (pos, i)
+        return end, (pos, end)
