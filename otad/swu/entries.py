@@ -1,0 +1,183 @@
+"""One entry group of sw-description → a frozen Image, File, Script or BootenvVar.
+
+Each attribute is read with the type and default SWUpdate 2022.12 gives it (`compressed = true`
+is zlib, an offset like "16K", a bare device name under /dev); a value SWUpdate would misread or
+silently drop is refused with a ManifestError naming the entry's full key path. Where an entry
+sits, and which entries one selection installs, is otad.swu.selection's.
+"""
+
+from __future__ import annotations
+
+import re
+from types import MappingProxyType
+from typing import Any, FrozenSet, Mapping, NoReturn, Optional
+
+from otad.errors import ManifestError
+from otad.swu.models import BootenvVar, File, Image, Script, show
+
+_OFFSET = re.compile(r"(?P<number>0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)(?P<unit>[KkMG](?:iB|i)?)?")
+_UNITS = {"K": 1024, "k": 1024, "M": 1024**2, "G": 1024**3}
+_HEX64 = re.compile(r"[0-9a-fA-F]{64}")
+_HEX32 = re.compile(r"[0-9a-fA-F]{32}")
+
+
+class EntryReader:
+    """Typed reads of one entry's attributes; every error names the full key path."""
+
+    def __init__(self, where: str, values: Mapping[str, Any], source: str) -> None:
+        self.where = where
+        self.values = values
+        self.source = source
+
+    def fail(self, key: str, expected: str, value: Any) -> NoReturn:
+        raise ManifestError(f"{self.where}.{key}: expected {expected}, got {show(value)}", self.source)
+
+    def text(self, key: str) -> Optional[str]:
+        value = self.values.get(key)
+        if value is not None and not isinstance(value, str):
+            self.fail(key, "a string", value)
+        return value
+
+    def flag(self, key: str) -> bool:
+        value = self.values.get(key, False)
+        if not isinstance(value, bool):
+            self.fail(key, "true or false", value)
+        return value
+
+    def filename(self) -> Optional[str]:
+        value = self.text("filename")
+        if value is not None and (not value or value.startswith("/") or ".." in value.split("/")
+                                  or any(ord(c) < 0x20 or c == "\x7f" for c in value)):
+            self.fail("filename", "a cpio member name (not empty, not absolute, no '..', no control characters)",
+                      value)
+        return value
+
+    def kind(self, default: str) -> str:
+        return self.text("type") or default
+
+    def hexdigits(self, key: str, pattern: "re.Pattern[str]", count: int) -> Optional[str]:
+        value = self.text(key)
+        if value and not pattern.fullmatch(value):
+            self.fail(key, f"{count} hex digits", value)
+        return value.lower() if value else None  # SWUpdate treats "" as not given
+
+    def compressed(self) -> Optional[str]:
+        value = self.values.get("compressed")
+        if value is None or value is False:
+            return None
+        if value is True:
+            return "zlib"  # the legacy form
+        if value not in ("zlib", "zstd"):
+            self.fail("compressed", "'zlib', 'zstd' or a boolean", value)
+        return str(value)
+
+    def offset(self) -> int:
+        """A number, or a string as SWUpdate's ustrtoull(…, 0) reads it: 0x hex, leading-0 octal,
+        K/k, M, G suffix (×1024 each), optionally followed by i or iB."""
+        value = self.values.get("offset", 0)
+        expected = "a number or a string like '16K'"
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            self.fail("offset", expected, value)
+        if isinstance(value, str):
+            m = _OFFSET.fullmatch(value) if len(value) <= 40 else None
+            if value and m is None:
+                self.fail("offset", expected, value)
+            value = _offset_number(m.group("number")) * _UNITS.get((m.group("unit") or " ")[0], 1) if m else 0
+        if not 0 <= value < 2**63:
+            self.fail("offset", "a number from 0 to 2**63-1", value)
+        return value
+
+    def size(self) -> Optional[int]:
+        value = self.values.get("size")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            self.fail("size", "a non-negative number", value)
+        return value
+
+    def device(self) -> Optional[str]:
+        """Absolute paths as given; a bare name (`mmcblk0p2`) is under /dev."""
+        value = self.text("device")
+        if not value:
+            return None
+        if not value.startswith("/") and ".." in value.split("/"):
+            self.fail("device", "an absolute path or a name under /dev", value)
+        return value if value.startswith("/") else f"/dev/{value}"
+
+    def properties(self) -> Mapping[str, str]:
+        value = self.values.get("properties", {})
+        if not isinstance(value, dict):
+            self.fail("properties", "a group of strings { key = \"value\"; }", value)
+        for key, item in value.items():
+            if not isinstance(item, str):
+                # SWUpdate silently drops a non-string property (`atomic-install = true;`).
+                self.fail(f"properties.{key}", "a string (e.g. \"true\")", item)
+        return MappingProxyType(dict(value))
+
+    def extra(self, known: FrozenSet[str]) -> Mapping[str, Any]:
+        return MappingProxyType({key: _freeze(v) for key, v in self.values.items() if key not in known})
+
+    def bootenv_var(self) -> BootenvVar:
+        name = self.text("name")
+        value = self.text("value") or ""
+        if not name or "=" in name or any(ord(c) <= 0x20 or c == "\x7f" for c in name):
+            self.fail("name", "a variable name (no '=', spaces or control characters)", name)
+        return BootenvVar(name, value)
+
+
+def _offset_number(text: str) -> int:
+    if text[:2] in ("0x", "0X"):
+        return int(text[2:], 16)
+    return int(text, 8) if text.startswith("0") else int(text, 10)
+
+
+_COMMON = frozenset({"filename", "type", "sha256", "encrypted", "ivt", "data", "properties", "hook"})
+_VERSIONED = frozenset({"name", "version", "install-if-different", "install-if-higher", "compressed", "device"})
+_IMAGE_KEYS = _COMMON | _VERSIONED | {"installed-directly", "offset", "size", "volume"}
+_FILE_KEYS = _COMMON | _VERSIONED | {"path", "filesystem", "preserve-attributes"}
+
+
+def read_image(entry: EntryReader, bootloader: bool = False) -> Image:
+    volume = entry.text("volume") or None
+    device = entry.device()
+    # SWUpdate picks ubivol for a volume, raw for a device, and refuses an entry with neither.
+    kind = entry.kind("" if bootloader else "ubivol" if volume else "raw" if device else "")
+    if not kind:
+        entry.fail("type", "a handler name (or a device to write raw)", entry.values.get("type"))
+    return Image(
+        filename=str(entry.filename()), type=kind, device=device,
+        sha256=entry.hexdigits("sha256", _HEX64, 64), compressed=entry.compressed(),
+        encrypted=entry.flag("encrypted"), ivt=entry.hexdigits("ivt", _HEX32, 32),
+        installed_directly=entry.flag("installed-directly"), offset=entry.offset(), size=entry.size(),
+        name=entry.text("name"), version=entry.text("version"),
+        install_if_different=entry.flag("install-if-different"),
+        install_if_higher=entry.flag("install-if-higher"), properties=entry.properties(),
+        data=entry.text("data"), volume=volume, extra=entry.extra(_IMAGE_KEYS),
+    )
+
+
+def read_file(entry: EntryReader) -> File:
+    return File(
+        filename=str(entry.filename()), type=entry.kind("rawfile"), path=entry.text("path") or None,
+        device=entry.device(), filesystem=entry.text("filesystem") or None,
+        sha256=entry.hexdigits("sha256", _HEX64, 64), compressed=entry.compressed(),
+        encrypted=entry.flag("encrypted"), ivt=entry.hexdigits("ivt", _HEX32, 32),
+        preserve_attributes=entry.flag("preserve-attributes"), name=entry.text("name"),
+        version=entry.text("version"), install_if_different=entry.flag("install-if-different"),
+        install_if_higher=entry.flag("install-if-higher"), properties=entry.properties(),
+        data=entry.text("data"), extra=entry.extra(_FILE_KEYS),
+    )
+
+
+def read_script(entry: EntryReader) -> Script:
+    return Script(
+        filename=str(entry.filename()), type=entry.kind("lua"), sha256=entry.hexdigits("sha256", _HEX64, 64),
+        encrypted=entry.flag("encrypted"), ivt=entry.hexdigits("ivt", _HEX32, 32), data=entry.text("data"),
+        properties=entry.properties(), extra=entry.extra(_COMMON),
+    )
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, dict):
+        return MappingProxyType({key: _freeze(v) for key, v in value.items()})
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(v) for v in value)
+    return value
