@@ -11,6 +11,7 @@ the image size. Knows nothing of targets (see handlers/) or of the bundle order 
 from __future__ import annotations
 
 import hashlib
+import os
 import zlib
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Protocol
@@ -32,6 +33,19 @@ class Sink(Protocol):
     capacity: Optional[int]
 
     def write(self, data: bytes) -> None: ...
+
+
+class FdSink:
+    """Writes every byte to an open fd: a spooled member, a file being installed, a tar member."""
+
+    def __init__(self, fd: int, capacity: Optional[int]) -> None:
+        self._fd = fd
+        self.capacity = capacity
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view):]
 
 
 @dataclass(frozen=True)

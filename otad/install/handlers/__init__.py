@@ -1,7 +1,7 @@
-"""The handler registry: explicit dicts (images, files), never filled by importing, of which
-class installs which sw-description `type`. A handler plans an entry into a target before
-anything is written (every early check runs there) and opens a `Sink` for it; types missing
-here are refused before the first write. Scripts are run by otad.install.scripts.
+"""The handler registry: explicit dicts (images, files), never filled by importing, of which class
+installs which sw-description `type`; a handler plans an entry before anything is written (types
+missing here are refused then) and opens a `Sink` for it. Handlers import otad.swu and install's
+lower modules (pipeline, scripts, mount, tar, debugfs, filetarget); never the installer, boot/, hawkbit/.
 """
 
 from __future__ import annotations
@@ -9,8 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, ContextManager, Dict, Optional, Protocol, Type
 
+from otad.install.filetarget import FileTarget
 from otad.install.handlers.ext4 import Ext4Handler
-from otad.install.handlers.files import ArchiveHandler, FileTarget, RawFileHandler
+from otad.install.handlers.files import ArchiveHandler, RawFileHandler
 from otad.install.handlers.raw import RawHandler
 from otad.install.pipeline import Sink
 from otad.swu.manifest import File, Image
