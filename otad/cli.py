@@ -128,7 +128,7 @@ def _add_mkswu(commands: Any) -> None:
 
 
 def _add_mkswu_arguments(p: argparse.ArgumentParser) -> None:
-    from otad import mkswu  # lazy: only `otad mkswu` needs it (~0.3 MB of RSS in `install`, ~6 MB in `--help`)
+    from otad.mkswu import cli as mkswu  # lazy: only `otad mkswu` needs it (~0.3 MB RSS in install, ~6 MB in --help)
 
     mkswu.add_arguments(p)
     p.set_defaults(run=mkswu.run)

@@ -17,7 +17,8 @@ from typing import Dict, List, Sequence, Tuple
 import pytest
 
 
-from otad import libconfig, mkswu
+from otad import libconfig
+from otad.mkswu import cli as mkswu
 from otad.swu.cpio import CpioReader
 from tests.integration.test_swupdate_oracle import run_swupdate
 from tests.pki import openssl_cms_verify, rsa_keypair

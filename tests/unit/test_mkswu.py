@@ -24,8 +24,11 @@ from asn1crypto import cms as asn1_cms
 from cryptography.hazmat.primitives import padding as sym_padding, serialization
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from otad import libconfig, mkswu
+from otad import libconfig
 from otad.errors import ConfigError, OtadError
+from otad.mkswu import cli as mkswu
+from otad.mkswu.build import _add_member
+from otad.mkswu.staging import StoredArtifact
 from otad.swu.cpio import CRC, NEWC, CpioReader, CpioWriter
 from otad.swu.signature import CmsVerifier, RsaVerifier
 from tests.conftest import Device, run_cli
@@ -421,10 +424,10 @@ def test_memory_stays_bounded_for_a_large_artifact(tmp_path, capsys, attrs) -> N
 def test_an_artifact_that_changes_before_it_is_copied_is_refused(tmp_path) -> None:
     path = tmp_path / "a.bin"
     path.write_bytes(b"new bytes")
-    stale = mkswu.StoredArtifact("a.bin", str(path), str(path), 9, hashlib.sha256(b"old bytes").hexdigest(),
-                                 sum(b"new bytes"), None, None, 9, 9)
+    stale = StoredArtifact("a.bin", str(path), str(path), 9, hashlib.sha256(b"old bytes").hexdigest(),
+                           sum(b"new bytes"), None, None, 9, 9)
     with open(tmp_path / "x.swu", "wb") as f, pytest.raises(OtadError, match="changed while the bundle was built"):
-        mkswu._add_member(CpioWriter(f), stale)
+        _add_member(CpioWriter(f), stale)
 
 
 # --- bad input: one clear line, no output ------------------------------------------------------
@@ -564,7 +567,7 @@ def test_scripts_mkswu_builds_a_bundle(tmp_path, pki) -> None:
 
 def test_importing_mkswu_stays_cheap_for_the_cli_parser() -> None:
     """cli.py builds every sub-command's parser on each run; the heavy libraries load on first use."""
-    code = ("import sys, otad.mkswu; print(sorted(m for m in ('cryptography', 'zstandard', 'libconf', "
+    code = ("import sys, otad.mkswu.cli; print(sorted(m for m in ('cryptography', 'zstandard', 'libconf', "
             "'otad.swu.cpio', 'otad.libconfig') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr

@@ -1,0 +1,5 @@
+"""`python -m otad.mkswu` (what scripts/mkswu runs)."""
+
+from otad.mkswu.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,150 @@
+"""The build: template → staged artifacts → edited, signed sw-description → the .swu file.
+
+Plans one member per artifact (named as swugenerator names them), stores each once, edits
+and signs the template, and writes the CPIO archive (crc or newc) through a temporary file, so
+the output appears only once it is complete; a member that changed meanwhile is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import IO, TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from otad.errors import ConfigError, OtadError
+from otad.mkswu.inputs import find_artifact, open_source
+from otad.mkswu.signing import Signer
+from otad.mkswu.staging import ZSTD_FRAME_MIB, Job, StoredArtifact, staging_dir, store
+from otad.mkswu.template import DESCRIPTION, SIG_NAME, Entry, edit_template, entry_updates, find_entries, read_template
+
+if TYPE_CHECKING:
+    from otad.swu.cpio import CpioWriter
+
+FORMATS = ("crc", "newc")
+_MAX_NAME = 254  # SWUpdate refuses c_namesize >= 256, and the NUL counts
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    template: str
+    output: str
+    artifact_dirs: Tuple[str, ...] = (".",)
+    signer: Optional[Signer] = None
+    aes_key: Optional[bytes] = field(default=None, repr=False)
+    fmt: str = "crc"  # or "newc"
+    compress: bool = True
+    variables: Mapping[str, str] = field(default_factory=dict)
+    zstd_frame_mib: int = ZSTD_FRAME_MIB  # 0: one frame per artifact
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    output: str
+    size: int
+    sw_description: bytes
+    signature: Optional[bytes]
+    signed_by: Optional[str]
+    artifacts: Tuple[StoredArtifact, ...]
+
+
+def build(options: BuildOptions) -> BuildResult:
+    """Build the bundle; the output file appears only once it is complete."""
+    template = read_template(options.template, options.variables, options.artifact_dirs)
+    entries = find_entries(template)
+    jobs = _plan(entries, options)
+    output = os.path.abspath(options.output)
+    with staging_dir(output) as staging:
+        stored: Dict[str, StoredArtifact] = {}
+        for job in jobs:
+            if job.member not in stored:
+                stored[job.member] = store(job, options.aes_key, staging, options.zstd_frame_mib << 20)
+        text = edit_template(template, entries, [entry_updates(e, stored[j.member]) for e, j in zip(entries, jobs)])
+        content = text.encode("utf-8")
+        signature = options.signer.sign(content) if options.signer else None
+        size = _write_bundle(output, options.fmt, content, signature, list(stored.values()))
+    return BuildResult(output, size, content, signature, options.signer.describe() if options.signer else None,
+                       tuple(stored.values()))
+
+
+def _plan(entries: Sequence[Entry], options: "BuildOptions") -> List[Job]:
+    """The job for each entry; entries that need the same member share one job."""
+    jobs: Dict[str, Job] = {}
+    planned = []
+    for entry in entries:
+        if entry.encrypted and options.aes_key is None:
+            raise entry.fail("encrypted = true, but no AES key was given (-K FILE)")
+        compression = entry.compression if options.compress else None
+        # swugenerator's names: x → x.zlib / x.zstd when it compresses, then + .enc when it encrypts.
+        member = entry.filename + (f".{compression}" if compression else "") + (".enc" if entry.encrypted else "")
+        if len(member.encode("utf-8")) > _MAX_NAME:
+            raise entry.fail(f"member name {member!r} is longer than {_MAX_NAME} bytes")
+        job = Job(member, find_artifact(entry.filename, options.artifact_dirs, entry.where), compression,
+                  entry.encrypted)
+        known = jobs.setdefault(member, job)
+        if known != job:
+            raise entry.fail(f"member {member!r} would be both {known.source} ({known.how()}) and "
+                             f"{job.source} ({job.how()})")
+        planned.append(known)
+    return planned
+
+
+def _write_bundle(output: str, fmt: str, content: bytes, signature: Optional[bytes],
+                  stored: Sequence[StoredArtifact]) -> int:
+    from otad.durable import fsync_dir
+    from otad.swu.cpio import CRC, NEWC, CpioWriter
+
+    directory = os.path.dirname(output)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(output)}.", suffix=".tmp", dir=directory)
+    except OSError as exc:
+        raise OtadError(f"cannot create: {exc.strerror}", output) from exc
+    try:
+        with os.fdopen(fd, "wb") as f:
+            with CpioWriter(f, {"crc": CRC, "newc": NEWC}[fmt]) as cpio:
+                cpio.add(DESCRIPTION, content)
+                if signature is not None:
+                    cpio.add(SIG_NAME, signature)
+                for artifact in stored:
+                    _add_member(cpio, artifact)
+            size = cpio.bytes_written
+            f.flush()
+            os.fchmod(f.fileno(), 0o644)
+            os.fsync(f.fileno())
+        os.replace(tmp, output)
+    except BaseException as exc:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise OtadError(f"cannot write: {exc.strerror}", output) from exc
+        raise
+    fsync_dir(directory)
+    return size
+
+
+class _HashingReader:
+    def __init__(self, src: IO[bytes], path: str) -> None:
+        self.src, self.path, self.sha256 = src, path, hashlib.sha256()
+
+    def read(self, n: int) -> bytes:
+        try:
+            data = self.src.read(n)
+        except OSError as exc:
+            raise ConfigError(f"cannot read: {exc.strerror}", self.path) from exc
+        self.sha256.update(data)
+        return data
+
+
+def _add_member(cpio: CpioWriter, artifact: StoredArtifact) -> None:
+    """Copy a member, checking that it still is what sw-description says."""
+    with open_source(artifact.path) as src:
+        reader = _HashingReader(src, artifact.path)
+        try:
+            cpio.add_stream(artifact.member, artifact.size, reader, checksum=artifact.checksum)
+        except ValueError as exc:
+            raise OtadError(f"changed while the bundle was built: {exc}", artifact.path) from exc
+    if reader.sha256.hexdigest() != artifact.sha256:
+        raise OtadError("changed while the bundle was built: its sha256 is not the one in sw-description",
+                        artifact.path)
