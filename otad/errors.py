@@ -7,6 +7,7 @@ edge with ``raise ... from exc``.
 
     OtadError
      ├── ConfigError              otad.conf / fw_env.config: file:line
+     ├── UsageError               command-line arguments that do not fit together
      ├── BundleError              anything wrong with a .swu bundle
      │    ├── BundleFormatError   the CPIO container: offset, member
      │    ├── ManifestError       sw-description: line, key
@@ -63,6 +64,12 @@ class OtadError(Exception):
 
 class ConfigError(OtadError):
     """A configuration file is malformed or names something that does not exist."""
+
+    exit_code = 2
+
+
+class UsageError(OtadError):
+    """Command-line arguments that argparse accepts but that do not fit together."""
 
     exit_code = 2
 

@@ -363,9 +363,6 @@ def parse_image(blob: bytes, size: int, *, redundant: bool) -> Optional[Dict[str
 # ----------------------------------------------------------------------- text forms
 
 
-_BLANKS = " \t"  # C isblank(): what U-Boot's parsers skip
-
-
 def _new_name_problem(name: str) -> Optional[str]:
     """Why otad refuses to create `name`: unstorable, or mangled by U-Boot's env import."""
     problem = _name_problem(name)
@@ -395,12 +392,13 @@ def _new_value_problem(value: str) -> Optional[str]:
     return None
 
 
-def _check_change(name: str, value: Optional[str]) -> Optional[str]:
-    """The normalised value (None deletes), or raise EnvError naming the variable."""
+def _check_change(name: str, value: Optional[str], *, keep_empty: bool = False) -> Optional[str]:
+    """The normalised value (None deletes; so does "" unless `keep_empty`), or raise EnvError
+    naming the variable."""
     problem = _new_name_problem(name)
     if problem:
         raise EnvError(f"variable name {name!r}: {problem}")
-    if value is None or value == "":
+    if value is None or (value == "" and not keep_empty):
         return None
     if not isinstance(value, str):
         raise EnvError(f"variable {name!r}: expected a text value, got {value!r}")
@@ -410,25 +408,35 @@ def _check_change(name: str, value: Optional[str]) -> Optional[str]:
     return value
 
 
-def parse_set_script(text: str, *, source: str) -> Dict[str, Optional[str]]:
-    """Parse a `fw_setenv -s` script: ``name value`` or ``name=value`` per line; ``name`` alone deletes.
+# libubootenv reads a script with fgets() into a 1024-byte buffer: a longer line is cut there
+# and its rest parsed as a line of its own.
+SCRIPT_LINE_MAX = 1023
 
-    As U-Boot's tools/env: '#' at column 0 comments, blank lines are skipped, leading blanks are
-    dropped, the name ends at the first blank or '=', the value starts after the blanks that
-    follow. An empty value deletes; a later line for the same name wins. Bad names or values
-    raise EnvError naming ``source:line``.
+
+def parse_set_script(text: str, *, source: str) -> Dict[str, Optional[str]]:
+    """Parse a `fw_setenv -s` script as Debian's fw_setenv (libubootenv 0.3.2) reads it.
+
+    One ``name=value`` a line: the name ends at the first '=', the value is the rest as written
+    (blanks and quotes included), an empty value deletes, a later line for the same name wins;
+    '#' at column 0 comments, empty lines are skipped, trailing CR/LF are dropped. Where
+    libubootenv would silently skip a line (no '=', e.g. U-Boot tools/env's ``name value``) or
+    cut it (longer than 1023 bytes), this raises EnvError naming ``source:line`` instead, as it
+    does for names and values otad does not store.
     """
     changes: Dict[str, Optional[str]] = {}
     for lineno, raw in enumerate(text.split("\n"), start=1):
-        line = raw[:-1] if raw.endswith("\r") else raw
+        line = raw.rstrip("\r")
         if not line or line.startswith("#"):
             continue
-        body = line.lstrip(_BLANKS)
-        if not body:
-            continue
         where = f"{source}:{lineno}"
-        cut = next((i for i, c in enumerate(body) if c in " \t="), len(body))
-        name, value = body[:cut], body[cut + 1:].lstrip(_BLANKS)
+        size = len(_encode(line, "line"))
+        if size > SCRIPT_LINE_MAX:
+            raise EnvError(f"line of {size} bytes: fw_setenv -s reads at most {SCRIPT_LINE_MAX} a line "
+                           "and would cut this one", where=where)
+        name, sep, value = line.partition("=")
+        if not sep:
+            raise EnvError(f"expected 'name=value' (fw_setenv -s skips a line without '='), got {line!r}",
+                           where=where)
         try:
             changes[name] = _check_change(name, value)
         except EnvError as exc:
@@ -612,15 +620,19 @@ class UBootEnv:
         changes: Mapping[str, Optional[str]],
         *,
         allow_default: Optional[Mapping[str, str]] = None,
+        keep_empty: bool = False,
     ) -> EnvSnapshot:
         """Apply `changes` (None or "" deletes) in one atomic, verified write; return the new env.
+
+        With `keep_empty`, "" is stored as an empty value (``name=``, as ``fw_setenv name ""``
+        does) and only None deletes.
 
         Single copy: replace a file that holds only the env (temp + fsync + rename), else write
         in place. Redundant: write the inactive copy with flags + 1; the active one is never
         touched. With no valid copy, raise EnvCorrupt unless `allow_default` is given, which then
         is the base (like ``fw_setenv -f``). Nothing is written if nothing changes.
         """
-        wanted = {name: _check_change(name, value) for name, value in changes.items()}
+        wanted = {name: _check_change(name, value, keep_empty=keep_empty) for name, value in changes.items()}
         with self._locked(fcntl.LOCK_EX):
             current = self._current(allow_default)
             base = dict(current.variables) if current else dict(allow_default or {})

@@ -69,7 +69,7 @@ def test_variables_set_by_fw_setenv_are_read_by_otad(layout, capsys) -> None:
 
 def test_set_from_a_script_like_fw_setenv_s(layout, tmp_path, capsys) -> None:
     script = tmp_path / "vars"
-    script.write_text("# switch\nrootpart 3\nupgrade_available=1\nbootcmd\n")
+    script.write_text("# switch\nrootpart=3\nupgrade_available=1\nbootcmd=\n")
     rc, _, err = otad_env(capsys, layout, "set", "-s", str(script))
     assert rc == 0, err
     out = fw("fw_printenv", layout).stdout.splitlines()
