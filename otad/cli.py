@@ -21,11 +21,7 @@ DEFAULT_CONFIG = "/etc/otad/otad.conf"
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="otad", description="Over-the-air updates for A/B Linux devices.")
     parser.add_argument("--version", action="version", version=f"otad {__version__}")
-    parser.add_argument("--config", metavar="FILE",
-                        help=f"configuration file (default: {DEFAULT_CONFIG} if it exists)")
-    parser.add_argument("--debug", action="store_true", help="print tracebacks and debug logs")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
-    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    _add_global_options(parser)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_SubParser)
     commands.required = True
     _add_install(commands)
@@ -39,20 +35,54 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_global_options(p: argparse.ArgumentParser, *, after_command: bool = False, config: bool = True) -> None:
+    """--config, --debug, -v, -q: before the sub-command, and after it too. There their default
+    is SUPPRESS, so that an option given only before the sub-command keeps its value."""
+    unset: Dict[str, Any] = {"default": argparse.SUPPRESS} if after_command else {}
+    if config:
+        p.add_argument("--config", metavar="FILE", help=f"configuration file (default: {DEFAULT_CONFIG} if it exists)",
+                       **unset)
+    p.add_argument("--debug", action="store_true", help="print tracebacks and debug logs", **unset)
+    p.add_argument("-v", "--verbose", action="count", help="more log output", **(unset or {"default": 0}))
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors", **unset)
+
+
 class _SubParser(argparse.ArgumentParser):
-    """A sub-command's parser whose arguments may be added when it is first used (`add_later`),
-    so that building the whole command line does not import that sub-command's module."""
+    """A sub-command's parser: takes the global options too (`config_option=False` where the
+    command has its own --config), and may add its arguments when it is first used
+    (`add_later`), so that building the whole command line does not import its module.
+
+    `dash_words` names a positional list whose words may start with '-' only after '--', as with
+    fw_setenv, whose getopt would take `-1` for an option, drop it and delete the variable."""
 
     def __init__(self, *args: Any, add_later: Optional[Callable[[argparse.ArgumentParser], None]] = None,
-                 **kwargs: Any) -> None:
+                 config_option: bool = True, dash_words: Optional[str] = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._add_later = add_later
+        self._dash_words = dash_words
+        _add_global_options(self, after_command=True, config=config_option)
 
     def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
         if self._add_later is not None:
             add, self._add_later = self._add_later, None
             add(self)
-        return super().parse_known_args(args, namespace)
+        if self._dash_words is None or args is None:
+            return super().parse_known_args(args, namespace)
+        args = list(args)
+        cut = args.index("--") if "--" in args else len(args)
+        parsed, extras = super().parse_known_args(args[:cut], namespace)
+        words = getattr(parsed, self._dash_words)
+        for word in words + extras:
+            if word.startswith("-") and word != "-":
+                self.error(f"{word!r} is not an option here")
+        setattr(parsed, self._dash_words, words + args[cut + 1:])
+        return parsed, extras
+
+    def error(self, message: str) -> Any:
+        if self._dash_words is not None:
+            message += (f" (a VALUE that starts with '-' goes after '--', as with fw_setenv: "
+                        f"{self.prog} -- bootdelay -1)")
+        super().error(message)
 
 
 def _add_bundle_trust_options(p: argparse.ArgumentParser) -> None:
@@ -123,8 +153,9 @@ def _add_run(commands: Any) -> None:
 
 
 def _add_mkswu(commands: Any) -> None:
+    # no --config after `mkswu`: there -c/--config is swugenerator's variables file
     commands.add_parser("mkswu", help="build a signed .swu bundle from a sw-description template (build host)",
-                        add_later=_add_mkswu_arguments)
+                        add_later=_add_mkswu_arguments, config_option=False)
 
 
 def _add_mkswu_arguments(p: argparse.ArgumentParser) -> None:
@@ -136,19 +167,25 @@ def _add_mkswu_arguments(p: argparse.ArgumentParser) -> None:
 
 def _add_env(commands: Any) -> None:
     p = commands.add_parser("env", help="print or set U-Boot variables (like fw_printenv / fw_setenv)")
-    sub = p.add_subparsers(dest="env_command", metavar="print|set")
+    sub = p.add_subparsers(dest="env_command", metavar="print|set", parser_class=_SubParser)
     sub.required = True
     pr = sub.add_parser("print", help="print variables (all, or the NAMEs given)")
     pr.add_argument("-c", "--config-env", metavar="FW_ENV_CONFIG", help="fw_env.config (default: from otad.conf)")
     pr.add_argument("-n", "--noheader", action="store_true", help="print the value only (one NAME)")
     pr.add_argument("names", nargs="*", metavar="NAME")
     pr.set_defaults(run=_cmd_env_print)
-    st = sub.add_parser("set", help="set NAME=VALUE (NAME= deletes), all in one atomic write")
+    st = sub.add_parser("set", dash_words="assignments",
+                        help="NAME VALUE ... as fw_setenv (a last NAME alone deletes), or NAME=VALUE ...; one write",
+                        description="Set U-Boot variables in one atomic write, with the arguments of Debian's "
+                                    "fw_setenv (libubootenv): NAME VALUE pairs, a trailing NAME without VALUE "
+                                    "deletes it, NAME \"\" keeps it empty. Or, when every argument has an '=', "
+                                    "NAME=VALUE ... (NAME= deletes). VALUEs starting with '-' go after '--'.")
     st.add_argument("-c", "--config-env", metavar="FW_ENV_CONFIG", help="fw_env.config (default: from otad.conf)")
-    st.add_argument("-s", "--script", metavar="FILE", help="read 'name value' lines from FILE ('-' = stdin)")
+    st.add_argument("-s", "--script", metavar="FILE",
+                    help="read 'name=value' lines from FILE ('-' = stdin; name= deletes), as fw_setenv -s")
     st.add_argument("-f", "--defenv", metavar="FILE",
                     help="start from this default env (name=value lines) if no copy is valid")
-    st.add_argument("assignments", nargs="*", metavar="NAME=VALUE")
+    st.add_argument("assignments", nargs="*", metavar="NAME [VALUE]")
     st.set_defaults(run=_cmd_env_set)
 
 
@@ -381,10 +418,9 @@ def _cmd_env_print(args: argparse.Namespace) -> int:
 
 
 def _cmd_env_set(args: argparse.Namespace) -> int:
-    from otad.boot.envcmd import parse_assignments, read_default_env, read_script, set_variables
+    from otad.boot.envcmd import read_default_env, requested_changes, set_variables
 
-    changes = read_script(args.script) if args.script else {}
-    changes.update(parse_assignments(args.assignments))
+    changes = requested_changes(args.assignments, args.script)
     default = read_default_env(args.defenv) if args.defenv else None
     set_variables(_env(args), changes, default)
     return 0
