@@ -380,18 +380,17 @@ def _cmd_mark_bad(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from otad.install.options import make_verifier
+    from otad.install.options import info_verifier
     from otad.swu.info import inspect_bundle
 
     cfg = _load_config(args)
-    verifier = make_verifier(cfg) if os.path.exists(cfg.install.trust_file) else None
+    verifier, unchecked = info_verifier(cfg)
     board = cfg.system.hardware.split(":")[0] if cfg.system.hardware else None
     source, _size = _open_bundle(args.bundle)
     with source:
         info = inspect_bundle(source, name=args.bundle, verifier=verifier, board=board)
-    if verifier is None:
-        print(f"note: signature not checked: trust file {cfg.install.trust_file} not found (use -k)",
-              file=sys.stderr)
+    if unchecked:
+        print(f"note: {unchecked}", file=sys.stderr)
     if args.json:
         import json
 

@@ -40,6 +40,17 @@ def make_verifier(config: Config) -> Optional[Verifier]:
     )
 
 
+def info_verifier(config: Config) -> Tuple[Optional[Verifier], Optional[str]]:
+    """For `otad info`: the verifier, or None and why the signature goes unchecked. Unlike an
+    install, a missing trust file only skips the check."""
+    install = config.install
+    if install.allow_unsigned:
+        return None, "signature not checked: --insecure-allow-unsigned"
+    if not os.path.exists(install.trust_file):
+        return None, f"signature not checked: trust file {install.trust_file} not found (use -k)"
+    return make_verifier(config), None
+
+
 def hardware_identity(config: Config) -> Optional[HardwareRevision]:
     """`system.hardware` if set, else /etc/hwrevision if it exists, else unknown."""
     if config.system.hardware:

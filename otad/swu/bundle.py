@@ -105,7 +105,9 @@ class Bundle:
             log.warning("%s: signature NOT checked: installing unsigned bundles was allowed explicitly", self.name)
             return None
         if signature is None:
-            raise SignatureError(f"bundle is not signed: second member must be {SIGNATURE!r}", self.name)
+            raise SignatureError(f"bundle is not signed: second member must be {SIGNATURE!r}; unsigned bundles "
+                                 "need --insecure-allow-unsigned (allow_unsigned in otad.conf), development only",
+                                 self.name)
         signer = verifier.verify(raw, signature)
         log.info("%s: signature good, signed by %s", self.name, signer.subject or signer.method)
         return signer

@@ -350,8 +350,18 @@ def _verify(key: object, alg: _SigAlg, hash_name: str, signature: bytes, data: b
     return False
 
 
+def _refuse_private_key(pem: bytes, source: str) -> None:
+    """A trust file is public: a signing key on the device is a mistake to stop at, not to skip."""
+    for block in _PEM_BLOCK.finditer(pem):
+        if block.group(1).endswith(b"PRIVATE KEY"):
+            raise SignatureError(f"holds a private key (-----BEGIN {block.group(1).decode()}-----): the device "
+                                 "needs only the CA certificate (CMS) or the public key (--signature rsa); keep "
+                                 "the signing key on the build host", source)
+
+
 def _load_pem_certificates(pem: bytes, source: str) -> List[_Cert]:
-    """Every `CERTIFICATE` block of a PEM file (other blocks are skipped); at least one."""
+    """Every `CERTIFICATE` block of a PEM file (other public blocks are skipped); at least one."""
+    _refuse_private_key(pem, source)
     certs: List[_Cert] = []
     for block in _PEM_BLOCK.finditer(pem):
         if block.group(1) != b"CERTIFICATE":
@@ -363,6 +373,9 @@ def _load_pem_certificates(pem: bytes, source: str) -> List[_Cert]:
         except (binascii.Error, ValueError) as exc:
             raise SignatureError(f"{what} is not valid base64: {exc}", source) from exc
         certs.append(_parse_cert(der, what, source))
+    if not certs and any(b.group(1).endswith(b"PUBLIC KEY") for b in _PEM_BLOCK.finditer(pem)):
+        raise SignatureError("holds a bare public key, no certificate: for raw RSA signatures use "
+                             '--signature rsa (signature = "rsa" in otad.conf); CMS needs the CA certificate', source)
     if not certs:
         raise SignatureError("no PEM certificate (-----BEGIN CERTIFICATE-----) in the trust file", source)
     return certs
@@ -620,9 +633,13 @@ class RsaVerifier:
         # lazy: the serialization package (ssh, pkcs12, ...) is only needed for a PEM key
         from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
+        _refuse_private_key(public_key_pem, source)
         try:
             key = load_pem_public_key(public_key_pem)
         except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+            if b"-----BEGIN CERTIFICATE-----" in public_key_pem:
+                raise SignatureError("holds certificates, not a public key: CMS-signed bundles need "
+                                     '--signature cms (signature = "cms", the default)', source) from exc
             raise SignatureError(f"not a PEM public key (-----BEGIN PUBLIC KEY-----): {exc}", source) from exc
         if not isinstance(key, rsa.RSAPublicKey):
             raise SignatureError(f"raw signatures need an RSA public key, got {type(key).__name__}", source)

@@ -402,11 +402,37 @@ def test_trust_file_problems_name_the_file(tmp_path: Path) -> None:
         CmsVerifier(b"", purpose="smimesign")
 
 
-def test_other_pem_blocks_in_the_trust_file_are_skipped(tmp_path: Path, content: Path) -> None:
+def test_other_public_pem_blocks_in_the_trust_file_are_skipped(tmp_path: Path, content: Path) -> None:
     pki = make_pki(tmp_path)
+    keys = rsa_keypair(tmp_path / "raw")
     mixed = tmp_path / "mixed.pem"
-    mixed.write_bytes(pki.signer_key.read_bytes() + b"junk between blocks\n" + pki.ca_pem.read_bytes())
+    mixed.write_bytes(keys.pub.read_bytes() + b"junk between blocks\n" + pki.ca_pem.read_bytes())
     assert CmsVerifier.from_file(str(mixed)).verify(TEXT, sign(pki, content)).method == "cms"
+
+
+@pytest.mark.parametrize("label", ["PRIVATE KEY", "RSA PRIVATE KEY", "EC PRIVATE KEY", "ENCRYPTED PRIVATE KEY"])
+@pytest.mark.parametrize("method", ["cms", "rsa"])
+def test_a_trust_file_holding_a_private_key_is_refused(tmp_path: Path, label: str, method: str) -> None:
+    pki = make_pki(tmp_path)
+    keys = rsa_keypair(tmp_path / "raw")
+    body = pki.signer_key.read_bytes().replace(b"PRIVATE KEY", label.encode())
+    trust = tmp_path / "trust.pem"
+    trust.write_bytes((pki.ca_pem if method == "cms" else keys.pub).read_bytes() + body)
+    verifier = CmsVerifier if method == "cms" else RsaVerifier
+    with pytest.raises(SignatureError, match=f"{trust}: holds a private key \\(-----BEGIN {label}-----\\)"):
+        verifier.from_file(str(trust))
+
+
+def test_a_bare_public_key_for_cms_says_to_use_signature_rsa(tmp_path: Path) -> None:
+    keys = rsa_keypair(tmp_path)
+    with pytest.raises(SignatureError, match="holds a bare public key, no certificate: .* use --signature rsa"):
+        CmsVerifier.from_file(str(keys.pub))
+
+
+def test_certificates_for_raw_rsa_say_to_use_signature_cms(tmp_path: Path) -> None:
+    pki = make_pki(tmp_path)
+    with pytest.raises(SignatureError, match="holds certificates, not a public key: .*--signature cms"):
+        RsaVerifier.from_file(str(pki.ca_pem))
 
 
 # --- raw RSA -----------------------------------------------------------------------------------
