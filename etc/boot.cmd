@@ -1,7 +1,7 @@
 # otad A/B boot script for a U-Boot without CONFIG_BOOTCOUNT_LIMIT (stock rpi_0_w, Debian's
-# builds): counts trial boots and rolls back as BOOTCOUNT_ENV + altbootcmd would
-# (docs/uboot-ab.md sections 5-7). Build and install next to uboot.env on p1, where
-# distro_bootcmd finds it:
+# builds): counts trial boots and rolls back as BOOTCOUNT_ENV + altbootcmd would (otad/sim/uboot.py
+# emulates those; docs/architecture.md, "A/B, the boot environment and the trial", says who
+# writes what). Build and install next to uboot.env on p1, where distro_bootcmd finds it:
 #   mkimage -A arm -T script -C none -n "otad A/B boot" -d boot.cmd boot.scr
 #
 # The env is the one U-Boot already loaded from uboot.env (ENV_IS_IN_FAT), so saveenv writes

@@ -2,7 +2,7 @@
 
 The server runs from its own venv (.venv-goosebit, made by scripts/goosebit-setup, or
 $GOOSEBIT_PYTHON) on 127.0.0.1, one per pytest session (or per `start_goosebit` call), following
-the runbook of docs/hawkbit-ddi.md §9. Missing venv: skip, or fail when OTAD_REQUIRE_GOOSEBIT is set.
+the steps of scripts/goosebit-setup. Missing venv: skip, or fail when OTAD_REQUIRE_GOOSEBIT is set.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Test doubles for hawkBit: `DdiFake`, a scripted DDI server, and `FaultProxy`, a TCP proxy that breaks links.
 
-DdiFake speaks the DDI JSON of docs/hawkbit-ddi.md (what goosebit lacks: cancel, installedBase,
+DdiFake speaks the DDI JSON that otad/hawkbit/ddi.py reads (what goosebit lacks: cancel, installedBase,
 304, 410, maintenance windows, md5/sha256, download-http) and injects faults per endpoint.
 FaultProxy sits in front of any server (the fake or goosebit) and drops, stalls or throttles
 connections by a schedule. Both run on 127.0.0.1 in daemon threads; stdlib only.

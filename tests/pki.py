@@ -224,7 +224,7 @@ def pkcs7_sign(content: bytes, pki: Pki, hash_alg: Optional[hashes.HashAlgorithm
 
 def openssl_cms_verify(content: Path, sig: Path, ca_pem: Path, *, purpose: str = "smimesign",
                        extra: Iterable[str] = ()) -> Tuple[bool, str]:
-    """The laxer CLI cross-check from docs/swu-format.md 5.1 (uses CMS-carried certificates).
+    """The laxer CLI cross-check of otad.swu.signature (uses CMS-carried certificates).
 
     Returns (accepted, stderr). Never without `-no-CApath -no-CAstore`: the system store
     would be trusted too.

@@ -1,8 +1,9 @@
 """Deciding a trial after a boot, marking slots by hand, arming after an install, and `status`.
 
-Owns the policy of docs/uboot-ab.md §6 rows 2, 5, 7, 8, 9: what the state, the env and the
-booted slot together mean, and the power-cut-safe order of env and state writes. The env
-variables are `bootchooser`'s, the state file `otad.state`'s, the checks `health`'s.
+Owns the decision table below (summed up in docs/architecture.md, "A/B, the boot environment
+and the trial"): what the state, the env and the booted slot together mean, and the
+power-cut-safe order of env and state writes. The env variables are `bootchooser`'s, the state
+file `otad.state`'s, the checks `health`'s.
 
 Write order. Arming: state ARMING (intent) → env (one write) → state TRIAL_ARMED. Deciding:
 env first, then state: the env is what U-Boot acts on, so it must never say less than the

@@ -40,9 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slot-size", type=parse_size, default=16 << 20, metavar="SIZE",
                    help="size of each root slot (default: 16M)")
     p.add_argument("--image-a", type=Path, metavar="FILE", help="slot a's image (default: a good image 1.0)")
-    p.add_argument("--trust-file", type=Path, metavar="CA.pem", help="copied to etc/otad/ca.pem")
+    p.add_argument("--trust-file", type=Path, metavar="CA.pem", help="copied to DIR/etc/otad/ca.pem")
     p.add_argument("--hardware", default="rpi0w 1.0", metavar="'BOARD REV'",
-                   help="written to etc/hwrevision (default: 'rpi0w 1.0')")
+                   help="written to DIR/etc/hwrevision (default: 'rpi0w 1.0')")
     p.add_argument("--redundant-env", action="store_true", help="two env copies (uboot.env + uboot-redund.env)")
     p.add_argument("--health", action="append", default=[], metavar="CMD",
                    help="a health check for otad.conf (repeatable)")

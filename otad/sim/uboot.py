@@ -1,7 +1,7 @@
 """A U-Boot emulator: what v2023.01 built with BOOTCOUNT_LIMIT + BOOTCOUNT_ENV does to the env at boot.
 
 Owns the boot-time rules (env load or compiled-in default, bootcount_inc, bootcount_error, the A/B
-altbootcmd of docs/uboot-ab.md §7) applied to a real env file through `UBootEnv`. Follows
+altbootcmd given at the top of etc/boot.cmd) applied to a real env file through `UBootEnv`. Follows
 include/bootcount.h, drivers/bootcount/bootcount_env.c, common/autoboot.c, env/common.c, env/fat.c and
 lib/strto.c of v2023.01. The env's byte format is ubootenv's business; which slot runs, slots.py's.
 """
@@ -78,7 +78,7 @@ class UBootEmulator:
     when no copy has a good CRC. `runtime_env` holds what board code sets in RAM on every boot
     before autoboot (on the Pi: fdtcontroladdr, fdt_addr, board_rev, serial#, ...): invisible
     unless something runs saveenv, which then stores it too. The altbootcmd is the one of
-    docs/uboot-ab.md §7 whatever the env's ``altbootcmd`` holds.
+    etc/boot.cmd's header whatever the env's ``altbootcmd`` holds.
     """
 
     def __init__(
@@ -201,7 +201,7 @@ class _Session:
             return True
         return False
 
-    # -- the A/B altbootcmd (docs/uboot-ab.md §7)
+    # -- the A/B altbootcmd (the one at the top of etc/boot.cmd)
 
     def altbootcmd(self, variable: str, alternatives: Tuple[str, str]) -> None:
         """``if test "${rootpart}" = "2"; then setenv rootpart 3; else setenv rootpart 2; fi;

@@ -10,7 +10,7 @@ refuses things OpenSSL and SWUpdate accept (CAs without keyUsage, v1 roots), and
 short with every link explicit: issuers come only from the device's trust file (CMS-carried
 certificates are ignored, like SWUpdate's CMS_IGNORE_ADDITIONAL_CERTS), and each link must match
 by name *and* verify the child's signature with the issuer's key. The rules copy OpenSSL's
-`smime_sign` chain checks (docs/swu-format.md 5.1). Only APIs present in cryptography 38 are
+`smime_sign` chain checks (docs/architecture.md, "Signatures"). Only APIs present in cryptography 38 are
 used; the one newer-library path (timezone-aware validity, >= 42) sits behind `_validity`.
 """
 

@@ -1,6 +1,6 @@
 """otad.swu.signature against signatures made by the real `openssl` CLI (and by cryptography).
 
-`openssl cms -verify` (docs/swu-format.md 5.1, with -no-CApath -no-CAstore) is the oracle where
+`openssl cms -verify` (with -no-CApath -no-CAstore) is the oracle where
 otad's rules match it; where they deliberately differ (CMS-carried intermediates, a trust file
 without its root, SHA-1) the test shows both answers.
 """
