@@ -270,7 +270,8 @@ _HAWKBIT_PAIRS = (("client_cert", "client_key"),)
 
 @dataclass(frozen=True)
 class HawkbitConfig:
-    """The hawkBit server otad polls (its DDI API; docs/architecture.md, "The daemon"). `url` None: no server, `otad run` refuses.
+    """The hawkBit server otad polls (its DDI API; docs/architecture.md, "The daemon"). `url`
+    None: no server, `otad run` refuses.
 
     Secrets never sit here: a token is read from `token_file` at every request. With
     `swupdate_cfg`, that file's `suricatta` section supplies defaults (see `_with_swupdate_cfg`).

@@ -34,7 +34,8 @@ _MAX_BYTES = 1 << 20  # a state file is a few hundred bytes; anything huge is no
 class Phase(Enum):
     """Where otad is in an update. The local `otad install` path uses IDLE → ARMING →
     TRIAL_ARMED → IDLE; DOWNLOADING, DOWNLOADED, INSTALLED and FINAL_PENDING are the daemon's
-    (docs/architecture.md, "The daemon") and are in the table already so that the file format need not change."""
+    (docs/architecture.md, "The daemon") and are in the table already so that the file format
+    need not change."""
 
     IDLE = "idle"  # nothing in flight; `last_result` says how the last trial ended
     DOWNLOADING = "downloading"  # daemon: action persisted, bundle streaming (no slot written yet)

@@ -1,8 +1,9 @@
 """The env-level A/B switch for U-Boot with CONFIG_BOOTCOUNT_ENV (like RAUC's bootchooser.c).
 
-Owns which env variables arm, commit and abort a trial (docs/architecture.md, "A/B, the boot environment and the trial")
-and makes each of those one verified `UBootEnv.update`. When to do which (state, health checks,
-the booted slot) is `otad.boot.mark`'s; the env's bytes are `ubootenv`'s.
+Owns which env variables arm, commit and abort a trial (docs/architecture.md, "A/B, the boot
+environment and the trial") and makes each of those one verified `UBootEnv.update`. When to do
+which (state, health checks, the booted slot) is `otad.boot.mark`'s; the env's bytes are
+`ubootenv`'s.
 """
 
 from __future__ import annotations

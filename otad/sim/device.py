@@ -59,8 +59,8 @@ SLOTS = SlotTable((
     Slot("b", "/dev/mmcblk0p3", "3", ("stable", "copy2")),
 ))
 
-# The altbootcmd given at the top of etc/boot.cmd, and a bootcmd whose bootargs are what boot() writes
-# to proc/cmdline. No backslashes or empty values (U-Boot's env import would mangle them).
+# The altbootcmd given at the top of etc/boot.cmd, and a bootcmd whose bootargs are what
+# boot() writes to proc/cmdline. No backslashes or empty values (U-Boot's env import would mangle them).
 ALTBOOTCMD = (
     'if test "${rootpart}" = "2"; then setenv rootpart 3; else setenv rootpart 2; fi; '
     "setenv upgrade_available 0; setenv bootcount 0; saveenv; run bootcmd"
