@@ -471,8 +471,12 @@ def test_cms_signature_given_to_the_rsa_verifier_is_refused_and_vice_versa(tmp_p
 
 def test_rsa_verifier_needs_an_rsa_public_key(tmp_path: Path) -> None:
     pki = make_pki(tmp_path, key="ec256", name="ec")
-    with pytest.raises(SignatureError, match="not a PEM public key"):
+    with pytest.raises(SignatureError, match="holds certificates, not a public key"):
         RsaVerifier.from_file(str(pki.signer_cert))
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_bytes(b"not pem at all\n")
+    with pytest.raises(SignatureError, match="not a PEM public key"):
+        RsaVerifier.from_file(str(garbage))
     ec_pub = tmp_path / "ec.pub.pem"
     ec_pub.write_bytes(pki.signer.cert.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
     with pytest.raises(SignatureError, match="need an RSA public key"):
