@@ -99,26 +99,31 @@ def _add_install(commands: Any) -> None:
     p = commands.add_parser("install", help="install a .swu bundle from a file ('-' for stdin)")
     p.add_argument("bundle", metavar="BUNDLE")
     _add_bundle_trust_options(p)
-    p.add_argument("-e", "--select", metavar="SET,MODE", help="software set and mode, e.g. stable,copy2")
-    p.add_argument("-H", "--hwrevision", metavar="BOARD:REV", help="hardware identity (default: /etc/hwrevision)")
+    _add_planning_options(p)
     p.add_argument("-n", "--dry-run", action="store_true", help="verify everything, write nothing")
-    p.add_argument("--device-dir", metavar="DIR", help="directory standing for /dev (tests, simulators)")
-    p.add_argument("--no-hw-check", action="store_true", help="skip the hardware-compatibility check")
     p.add_argument("--no-switch", action="store_true",
                    help="write the inactive slot but do not arm it for the next boot")
+    p.set_defaults(run=_cmd_install)
+
+
+def _add_planning_options(p: argparse.ArgumentParser) -> None:
+    """What decides whether a bundle installs here: `install` and `info` take the same."""
+    p.add_argument("-e", "--select", metavar="SET,MODE", help="software set and mode, e.g. stable,copy2")
+    p.add_argument("-H", "--hwrevision", metavar="BOARD:REV", help="hardware identity (default: /etc/hwrevision)")
+    p.add_argument("--device-dir", metavar="DIR", help="directory standing for /dev (tests, simulators)")
+    p.add_argument("--no-hw-check", action="store_true", help="skip the hardware-compatibility check")
     p.add_argument("-K", "--key-aes", metavar="FILE",
                    help="AES key file for encrypted images: '<hex key> <hex iv>' (or key=/iv= lines)")
     p.add_argument("-N", "--min-version", metavar="V", help="refuse a bundle whose version is lower than V")
     p.add_argument("--max-version", metavar="V", help="refuse a bundle whose version is higher than V")
     p.add_argument("-R", "--no-reinstall", metavar="V", help="refuse a bundle whose version string is exactly V")
-    p.set_defaults(run=_cmd_install)
 
 
 def _add_info(commands: Any) -> None:
-    p = commands.add_parser("info", help="show what a bundle contains and whether it verifies")
+    p = commands.add_parser("info", help="show what a bundle contains and whether `install` would take it here")
     p.add_argument("bundle", metavar="BUNDLE")
     _add_bundle_trust_options(p)
-    p.add_argument("-H", "--hwrevision", metavar="BOARD:REV", help="show the sections for this board")
+    _add_planning_options(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(run=_cmd_info)
 
@@ -254,7 +259,7 @@ def _cmd_install(args: argparse.Namespace) -> int:
     elif done.target is not None and not result.dry_run:
         print(f"slot {done.target.name} not armed (--no-switch)")
     elif result.bootenv and not result.dry_run:
-        print(f"note: bootenv ({len(result.bootenv)} variables) not applied: no slots configured", file=sys.stderr)
+        print(f"bootenv: {', '.join(v.name for v in result.bootenv)} applied in one env write")
     return 0
 
 
@@ -380,6 +385,7 @@ def _cmd_mark_bad(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
+    from otad import update
     from otad.install.options import info_verifier
     from otad.swu.info import inspect_bundle
 
@@ -388,7 +394,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
     board = cfg.system.hardware.split(":")[0] if cfg.system.hardware else None
     source, _size = _open_bundle(args.bundle)
     with source:
-        info = inspect_bundle(source, name=args.bundle, verifier=verifier, board=board)
+        info = inspect_bundle(source, name=args.bundle, verifier=verifier, board=board,
+                              plan=lambda description: update.plan(cfg, description, name=args.bundle))
     if unchecked:
         print(f"note: {unchecked}", file=sys.stderr)
     if args.json:
@@ -397,7 +404,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         print(json.dumps(info.to_dict(), indent=2, default=str))
     else:
         _print_info(info)
-    return 0 if info.ok else 1
+    return info.exit_code
 
 
 def _env(args: argparse.Namespace) -> Any:
@@ -455,6 +462,10 @@ def _print_info(info: Any) -> None:
             print(f"  bootenv {name}={value}")
     for problem in info.problems:
         print(f"problem: {problem}")
+    if info.refused:
+        print(f"would be refused: {info.refused}")
+    else:
+        print("would fail while writing: see the problems above" if info.problems else "would install: yes")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -37,6 +37,12 @@ from __future__ import annotations
 
 from typing import Optional
 
+# Exit statuses by the step an error happened in (README "Exit status"). A family with its own
+# status (ConfigError 2, verification 4) keeps it whatever the step.
+REFUSED = 3  # the bundle was refused before anything was written
+VERIFICATION = 4  # signature or image hash
+WRITE_FAILED = 5  # the install failed while writing (target, handler, script, env write)
+
 
 class OtadError(Exception):
     """Base of every error otad reports to a user.
@@ -54,6 +60,17 @@ class OtadError(Exception):
 
     def __str__(self) -> str:
         return f"{self.where}: {self.what}" if self.where else self.what
+
+    def at_stage(self, status: int) -> "OtadError":
+        """Return this error with the exit status of the step it ended (REFUSED, WRITE_FAILED),
+        unless it has a status of its own already; the first step to set one wins."""
+        if self.exit_code == 1:
+            self.exit_code = status
+        return self
+
+    def within_once(self, context: str) -> "OtadError":
+        """`within(context)`, unless `where` starts with `context` already."""
+        return self if self.where is not None and self.where.startswith(context) else self.within(context)
 
     def within(self, context: str) -> "OtadError":
         """Return this error with `context` prepended to `where` (context grows as it climbs)."""
@@ -89,6 +106,8 @@ class ManifestError(BundleError):
 class SignatureError(BundleError):
     """The signature is missing, malformed, does not match or does not chain to a trusted key."""
 
+    exit_code = VERIFICATION
+
 
 class CompatibilityError(BundleError):
     """The bundle is valid but not for this device: hardware, selection or version policy."""
@@ -104,6 +123,8 @@ class ImageError(BundleError):
 
 class ImageHashMismatch(ImageError):
     """The sha256 over the stored bytes differs from sw-description."""
+
+    exit_code = VERIFICATION
 
 
 class DecompressError(ImageError):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Dict, Optional, Tuple, Union
 
 from otad.boot.bootchooser import Bootchooser
@@ -18,18 +19,20 @@ from otad.boot.health import HealthResult, run_checks
 from otad.boot.mark import (ConfirmOutcome, MarkOutcome, SlotStatusReport, arm_after_install, check_can_install,
                             confirm, mark_bad, status)
 from otad.boot.slots import BootedSlot, Slot, booted_slot
-from otad.boot.ubootenv import load_fw_env_config
+from otad.boot.ubootenv import UBootEnv, load_fw_env_config
 from otad.boot.watchdog import DeviceWatchdog, NullWatchdog
 from otad.config import Config
-from otad.errors import ConfigError, InstallError, OtadError, SlotError
+from otad.errors import REFUSED, WRITE_FAILED, ConfigError, EnvError, InstallError, OtadError, SlotError
 from otad.install.handlers.raw import resolve_device
 from otad.install.installer import InstallResult, Resuming, install_bundle
+from otad.install.plan import InstallPlan, InstallRequest, plan_install
 from otad.install.options import make_request, status_file
 from otad.install.pipeline import Reader
 from otad.install.resume import discard_journal
-from otad.install.status import TargetStatusStore
+from otad.install.status import FAILED, TargetStatusStore
 from otad.progress import ProgressListener, ignore
 from otad.state import State, StateStore
+from otad.swu.manifest import SwDescription
 
 log = logging.getLogger(__name__)
 
@@ -65,44 +68,142 @@ def _targets(cfg: Config) -> TargetStatusStore:
     return TargetStatusStore(status_file(cfg))
 
 
+@dataclass(frozen=True)
+class _Setup:
+    """What an install on this device decides before the bundle is read: the request (with the
+    checks its plan must pass) and, on an A/B device, the slots and the env that switches them."""
+
+    request: InstallRequest
+    target: Optional[Slot] = None
+    booted: Optional[Slot] = None
+    chooser: Optional[Bootchooser] = None
+
+
+def _setup(cfg: Config, *, dry_run: bool, selection: Optional[Tuple[str, str]]) -> _Setup:
+    """Everything before the bundle: an error here refuses it with nothing written."""
+    try:
+        if not cfg.ab_enabled:
+            request = make_request(cfg, dry_run=dry_run, selection=selection)
+            return _Setup(replace(request, checks=(partial(_plain_bootenv_fits, cfg),)))
+        booted = detect_booted(cfg)
+        target = cfg.slot_table().other(booted.slot)
+        chooser = Bootchooser.from_config(cfg)
+        check_can_install(StateStore(cfg.system.state_dir), target, chooser)
+        chosen = _slot_selection(cfg, target, selection)
+        env_files = tuple(c.device for c in chooser.env.layout.copies)
+        running = resolve_device(booted.slot.device, cfg.system.device_dir)
+        checks = (partial(_writes_slot, target, cfg.system.device_dir), partial(_bootenv_agrees, chooser, target))
+        request = replace(make_request(cfg, dry_run=dry_run, selection=chosen), protected_paths=(running,) + env_files,
+                          checks=checks)
+        log.info("booted slot %s (%s); installing %s into slot %s", booted.slot.name, booted.evidence,
+                 ",".join(chosen), target.name)
+        return _Setup(request, target, booted.slot, chooser)
+    except OtadError as exc:
+        raise exc.at_stage(REFUSED)
+
+
+def _slot_selection(cfg: Config, target: Slot, given: Optional[Tuple[str, str]]) -> Tuple[str, str]:
+    """The section for `target`: its own selection; -e (or install.selection) may only repeat it,
+    or name one for a slot that has none."""
+    asked = given or cfg.install.selection_pair
+    if asked is None and target.selection is None:
+        raise ConfigError(f"slot {target.name!r} has no selection and none was given with -e", cfg.source)
+    if asked is not None and target.selection is not None and asked != target.selection:
+        owner = next((s.name for s in cfg.slot_table().slots if s.selection == asked), None)
+        whose = f"slot {owner}'s selection" if owner else "no slot's selection"
+        raise ConfigError(f"-e {','.join(asked)} (install.selection) is {whose}, but otad installs into the "
+                          f"inactive slot {target.name}, whose selection is {','.join(target.selection)}; "
+                          "leave -e out or give that one", cfg.source)
+    chosen = asked or target.selection
+    assert chosen is not None
+    return chosen
+
+
+def _writes_slot(target: Slot, device_dir: str, plan: InstallPlan) -> None:
+    """An A/B section that never writes the target slot would arm an untouched slot."""
+    wanted = os.path.realpath(resolve_device(target.device, device_dir))
+    if wanted not in {os.path.realpath(p) for p in plan.target_paths()}:
+        raise InstallError(f"the selected section installs nothing into slot {target.name} ({target.device}); "
+                           "not switching to it")
+
+
+def _bootenv_agrees(chooser: Bootchooser, target: Slot, plan: InstallPlan) -> None:
+    """The bundle's bootenv goes into the write that arms `target`: it must agree with the trial."""
+    chooser.env.check_update(chooser.bundle_changes(plan.manifest.bootenv_changes(), target))
+
+
+def _plain_bootenv_fits(cfg: Config, plan: InstallPlan) -> None:
+    """Without slots the bootenv is applied after the images, as `swupdate -i` does: refuse now
+    if that write could not happen."""
+    changes = plan.manifest.bootenv_changes()
+    if not changes:
+        return
+    try:
+        _plain_env(cfg).check_update(changes)
+    except OtadError as exc:
+        raise EnvError(f"the bundle sets boot env variables ({', '.join(changes)}) and no U-Boot env is usable "
+                       f"here: {exc}", where="bootenv") from exc
+
+
+def _plain_env(cfg: Config) -> UBootEnv:
+    boot = cfg.bootloader
+    return UBootEnv(load_fw_env_config(boot.fw_env_config), lock_path=boot.lock_file)
+
+
+def plan(cfg: Config, description: SwDescription, *, name: str) -> InstallPlan:
+    """What `install` would decide on this device about the verified sw-description of bundle
+    `name`, writing nothing (`otad info`): the same setup, plan and checks, and an OtadError
+    worded as `install`'s refusal would be."""
+    request = _setup(cfg, dry_run=False, selection=None).request
+    try:
+        return plan_install(description.select, request)
+    except OtadError as exc:
+        raise exc.within_once(name)
+
+
 def install(cfg: Config, source: Reader, *, name: str, total_bytes: Optional[int] = None,
             progress: ProgressListener = ignore, dry_run: bool = False, no_switch: bool = False,
             selection: Optional[Tuple[str, str]] = None, action_id: Optional[str] = None,
             resuming: Resuming = Resuming()) -> SlotInstallResult:
-    """Install a bundle. With slots configured: into the inactive slot, then arm the trial
-    (unless `no_switch` or `dry_run`). Without slots: the selected section, as SWUpdate -i does.
+    """Install a bundle. With slots configured: into the inactive slot, then arm the trial with
+    the bundle's bootenv folded in (unless `no_switch` or `dry_run`). Without slots: the selected
+    section, then its bootenv in one env write, as `swupdate -i -B uboot` does.
     `resuming` goes on from a saved resume point and/or saves new ones (the daemon's)."""
     targets = TargetStatusStore(None if dry_run else status_file(cfg))
     if resuming.point is None and not dry_run:
         discard_journal(cfg.system.state_dir)  # this install overwrites what a saved point relies on
-    if not cfg.ab_enabled:
-        request = make_request(cfg, dry_run=dry_run, selection=selection)
-        result = install_bundle(source, request, name=name, total_bytes=total_bytes, progress=progress,
-                                status=targets, resuming=resuming)
+    setup = _setup(cfg, dry_run=dry_run, selection=selection)
+    result = install_bundle(source, setup.request, name=name, total_bytes=total_bytes, progress=progress,
+                            status=targets, resuming=resuming)
+    if setup.target is None or setup.booted is None or setup.chooser is None:
+        if not dry_run:
+            _apply_plain_bootenv(cfg, result, targets)
         return SlotInstallResult(result, None, None, None)
-    booted = detect_booted(cfg)
-    target = cfg.slot_table().other(booted.slot)
-    store = StateStore(cfg.system.state_dir)
-    chooser = Bootchooser.from_config(cfg)
-    check_can_install(store, target, chooser)
-    chosen = selection or target.selection
-    if chosen is None:
-        raise ConfigError(f"slot {target.name!r} has no selection and none was given with -e", cfg.source)
-    env_files = tuple(c.device for c in load_fw_env_config(cfg.bootloader.fw_env_config).copies)
-    running = resolve_device(booted.slot.device, cfg.system.device_dir)
-    request = replace(make_request(cfg, dry_run=dry_run, selection=chosen), protected_paths=(running,) + env_files)
-    log.info("booted slot %s (%s); installing %s into slot %s", booted.slot.name, booted.evidence,
-             ",".join(chosen), target.name)
-    result = install_bundle(source, request, name=name, total_bytes=total_bytes, progress=progress, status=targets,
-                            resuming=resuming)
-    _check_wrote_target(result, target, cfg)
     if dry_run or no_switch:
-        return SlotInstallResult(result, target, booted.slot, None)
-    bootenv: Dict[str, Optional[str]] = {v.name: (v.value or None) for v in result.bootenv}
-    state = arm_after_install(store, chooser, target, booted.slot, result.manifest.version, bootenv,
-                              action_id=action_id)
-    log.info("slot %s armed for a trial boot of version %s", target.name, result.manifest.version)
-    return SlotInstallResult(result, target, booted.slot, state)
+        return SlotInstallResult(result, setup.target, setup.booted, None)
+    try:
+        state = arm_after_install(StateStore(cfg.system.state_dir), setup.chooser, setup.target, setup.booted,
+                                  result.manifest.version, result.manifest.bootenv_changes(), action_id=action_id)
+    except OtadError as exc:
+        raise exc.at_stage(WRITE_FAILED)
+    log.info("slot %s armed for a trial boot of version %s", setup.target.name, result.manifest.version)
+    return SlotInstallResult(result, setup.target, setup.booted, state)
+
+
+def _apply_plain_bootenv(cfg: Config, result: InstallResult, targets: TargetStatusStore) -> None:
+    """The bundle's bootenv in one verified write after the images. If it fails the install did
+    not do what the bundle asked: its targets are marked failed."""
+    changes = result.manifest.bootenv_changes()
+    if not changes:
+        return
+    try:
+        _plain_env(cfg).update(changes)
+    except OtadError as exc:
+        for path in result.targets:
+            targets.mark(path, FAILED, version=result.manifest.version, reason=f"bootenv not applied: {exc}")
+        raise exc.within("bootenv").at_stage(WRITE_FAILED)
+    log.info("bootenv applied: %s", ", ".join(f"{k}={v}" if v is not None else f"{k} deleted"
+                                              for k, v in changes.items()))
 
 
 def arm(cfg: Config, target_name: str, version: str, bootenv: Dict[str, Optional[str]], *,
@@ -130,15 +231,6 @@ def running_version(cfg: Config) -> Optional[str]:
         return None
     record = _targets(cfg).get(resolve_device(booted.slot.device, cfg.system.device_dir))
     return record.version if record is not None and record.state == "installed" else None
-
-
-def _check_wrote_target(result: InstallResult, target: Slot, cfg: Config) -> None:
-    """An A/B bundle section that never writes the target slot would arm an untouched slot."""
-    wanted = os.path.realpath(resolve_device(target.device, cfg.system.device_dir))
-    written = {os.path.realpath(p) for p in result.targets}
-    if wanted not in written and not result.dry_run:
-        raise InstallError(f"the selected section installs nothing into slot {target.name} ({target.device}); "
-                           "not switching to it")
 
 
 def open_watchdog(cfg: Config) -> Union[DeviceWatchdog, NullWatchdog]:

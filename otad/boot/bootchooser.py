@@ -49,6 +49,14 @@ def env_ulong(value: Optional[str]) -> int:
     return result
 
 
+def _plain_number(value: Optional[str]) -> bool:
+    """A number written as U-Boot writes one (decimal, or 0x hex), not text env_ulong reads part of."""
+    if not value:
+        return False
+    digits, base = (value[2:], 16) if value[:2].lower() == "0x" else (value, 10)
+    return bool(digits) and all(c in string.hexdigits and int(c, 16) < base for c in digits)
+
+
 @dataclass(frozen=True)
 class BootEnv:
     """What the env says about the A/B switch, from one read. `slot` is None when the slot
@@ -90,7 +98,7 @@ class Bootchooser:
 
     @property
     def protected(self) -> Tuple[str, ...]:
-        """Variables only otad (and U-Boot) may set: a bundle's bootenv must not."""
+        """The trial variables: only otad (and U-Boot) set them; a bundle's bootenv may only agree."""
         return (self.slot_variable, UPGRADE_AVAILABLE, BOOTCOUNT, PREV)
 
     # -- reading
@@ -120,26 +128,56 @@ class Bootchooser:
 
     # -- writing
 
-    def check_extra(self, extra: Mapping[str, Optional[str]]) -> Dict[str, Optional[str]]:
-        """A bundle's bootenv pairs ("" deletes), refused if they touch the trial variables."""
-        checked: Dict[str, Optional[str]] = {}
-        for name, value in extra.items():
-            if name in self.protected:
-                raise EnvError(f"bootenv variable {name!r}: refusing to set it from a bundle; "
-                               f"{', '.join(self.protected)} are otad's trial variables", where="bootenv")
-            if name == BOOTLIMIT and not (value and value.isdigit() and 1 <= int(value) <= MAX_BOOTLIMIT):
-                raise EnvError(f"bootenv variable 'bootlimit': expected 1..{MAX_BOOTLIMIT} (0 or unset would "
-                               f"turn off the fallback), got {value!r}", where="bootenv")
-            checked[name] = value if value else None
-        return checked
+    def bundle_changes(self, bootenv: Mapping[str, Optional[str]], target: Slot) -> Dict[str, Optional[str]]:
+        """A bundle's bootenv pairs ("" deletes) as the extra changes of the write that arms `target`.
+
+        The usual SWUpdate A/B bundle switches slots itself (`rootpart = 2; upgrade_available = 1`).
+        Trial variables are accepted when they say what the arming write says anyway (the slot
+        variable names `target`, upgrade_available is on, bootcount is 0) and are then left to that
+        write; otherwise the bundle is refused, as it is for `otad_prev` and a bootlimit that turns
+        off the fallback. Returns the other pairs, None for a deletion.
+        """
+        self._known(target)
+        changes: Dict[str, Optional[str]] = {}
+        for name, value in bootenv.items():
+            value = value or None
+            problem = self._disagreement(name, value, target)
+            if problem:
+                raise EnvError(f"{name} = {value or ''!r}: {problem}", where="bootenv")
+            if name not in self.protected:
+                changes[name] = value
+        return changes
+
+    def _disagreement(self, name: str, value: Optional[str], target: Slot) -> Optional[str]:
+        """Why `name = value` from a bundle cannot go into the write that arms `target`, if it cannot."""
+        arming = f"otad arms a trial of slot {target.name} ({self.slot_variable}={target.boot_value})"
+        if name == self.slot_variable:
+            if value == target.boot_value:
+                return None
+            slot = self.table.by_boot_value(value) if value is not None else None
+            said = ("deletes it" if value is None else f"boots slot {slot.name}" if slot is not None
+                    else "names no configured slot")
+            return f"the bundle {said}, but {arming}"
+        if name == UPGRADE_AVAILABLE and not _plain_number(value):
+            return f"expected a number U-Boot reads as non-zero; {arming} with {UPGRADE_AVAILABLE}=1"
+        if name == UPGRADE_AVAILABLE and env_ulong(value) == 0:
+            return f"0 turns the bootcount off, but {arming} with {UPGRADE_AVAILABLE}=1"
+        if name == BOOTCOUNT and value is not None and not (_plain_number(value) and env_ulong(value) == 0):
+            return f"expected 0 (or unset): {arming} with {BOOTCOUNT}=0"
+        if name == PREV:
+            return "refusing to set it from a bundle: it is otad's own record of the slot a trial came from"
+        if name == BOOTLIMIT and not (value and value.isdigit() and 1 <= int(value) <= MAX_BOOTLIMIT):
+            return f"expected 1..{MAX_BOOTLIMIT} (0 or unset would turn off the fallback)"
+        return None
 
     def arm_trial(self, target: Slot, previous: Slot, extra: Mapping[str, Optional[str]] = _NO_EXTRA) -> None:
-        """Boot `target` next with the bootcount armed (§6 row 2), `extra` (bootenv) in the same write."""
+        """Boot `target` next with the bootcount armed (§6 row 2), `extra` (a bundle's bootenv, see
+        `bundle_changes`) in the same write."""
         self._known(target)
         self._known(previous)
         if target == previous:
             raise SlotError(f"cannot arm a trial of slot {target.name}: it is also the previous slot")
-        changes: Dict[str, Optional[str]] = dict(self.check_extra(extra))
+        changes: Dict[str, Optional[str]] = self.bundle_changes(extra, target)
         current = self.read()
         if BOOTLIMIT not in changes and current.bootlimit == 0:
             # Without a bootlimit U-Boot never falls back: a bad slot would be tried forever.

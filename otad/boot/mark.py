@@ -295,7 +295,7 @@ def arm_after_install(store: StateStore, chooser: Bootchooser, target: Slot, pre
     if target == previous:
         raise SlotError(f"cannot arm slot {target.name}: it is the running (previous) slot")
     with store.lock():
-        extra = chooser.check_extra(bootenv)
+        extra = chooser.bundle_changes(bootenv, target)
         state = store.load()
         _check_not_fallback(state, target)
         if not state.trial and chooser.read().prev_value is not None:

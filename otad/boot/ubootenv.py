@@ -648,6 +648,18 @@ class UBootEnv:
         log.info("env: wrote copy %d (%s)", target, ", ".join(sorted(wanted)) or "default env")
         return snapshot
 
+    def check_update(self, changes: Mapping[str, Optional[str]]) -> None:
+        """Raise what `update(changes)` would raise before its write, writing nothing: a bad name
+        or value, no valid copy (EnvCorrupt), a copy otad may not write, a result too big."""
+        wanted = {name: _check_change(name, value) for name, value in changes.items()}
+        current = self.read()
+        target, flags = self._target(current)
+        device = self.layout.copies[target].device
+        if os.path.exists(device) and not os.access(device, os.W_OK):
+            raise EnvError("not writable", where=self.layout.copies[target].describe())
+        build_image(_apply(dict(current.variables), wanted), self.layout.size, redundant=self.layout.redundant,
+                    flags=flags)
+
     # -- steps
 
     def _current(self, allow_default: Optional[Mapping[str, str]]) -> Optional[EnvSnapshot]:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Optional, Tuple
 
 from otad.config import Config
 from otad.errors import ConfigError
-from otad.install.installer import InstallRequest
+from otad.install.plan import InstallRequest
 from otad.install.versionpolicy import VersionPolicy
 from otad.swu.crypto import AesKey, load_key_file
 from otad.swu.manifest import HardwareRevision

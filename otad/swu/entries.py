@@ -15,6 +15,8 @@ from typing import Any, FrozenSet, Mapping, NoReturn, Optional
 from otad.errors import ManifestError
 from otad.swu.models import BootenvVar, File, Image, Script, show
 
+MAX_BOOTENV_NAME = 255  # bytes SWUpdate 2022.12 keeps of a bootenv name (struct sw_version.name)
+MAX_BOOTENV_VALUE = 256  # ... and of a value (measured with Debian's swupdate: longer ones are cut)
 _OFFSET = re.compile(r"(?P<number>0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)(?P<unit>[KkMG](?:iB|i)?)?")
 _UNITS = {"K": 1024, "k": 1024, "M": 1024**2, "G": 1024**3}
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
@@ -116,11 +118,24 @@ class EntryReader:
         return MappingProxyType({key: _freeze(v) for key, v in self.values.items() if key not in known})
 
     def bootenv_var(self) -> BootenvVar:
+        """SWUpdate 2022.12 hands each pair to libubootenv as a `name=value` line: a line break
+        would start another pair, a name starting with '#' is skipped as a comment, and its
+        parser keeps 255 bytes of a name (a longer one runs into the value) and 256 of a value.
+        What it would store differently from what is written is refused."""
         name = self.text("name")
         value = self.text("value") or ""
-        if not name or "=" in name or any(ord(c) <= 0x20 or c == "\x7f" for c in name):
-            self.fail("name", "a variable name (no '=', spaces or control characters)", name)
+        if (not name or "=" in name or name.startswith("#") or any(ord(c) <= 0x20 or c == "\x7f" for c in name)
+                or len(_utf8(name)) > MAX_BOOTENV_NAME):
+            self.fail("name", f"a variable name of at most {MAX_BOOTENV_NAME} bytes (no '=', spaces or control "
+                              "characters, not starting with '#')", name)
+        if "\n" in value or "\r" in value or len(_utf8(value)) > MAX_BOOTENV_VALUE:
+            self.fail("value", f"one line of at most {MAX_BOOTENV_VALUE} bytes (SWUpdate would cut it or read "
+                               "a line break as the start of another variable)", value)
         return BootenvVar(name, value)
+
+
+def _utf8(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
 
 
 def _offset_number(text: str) -> int:

@@ -3,19 +3,23 @@
 Reads the whole bundle once (bounded memory), checks the signature if a verifier is given,
 hashes every member as stored and matches the hashes against every selection's entries.
 Unlike an install, a failed check is reported in the result instead of stopping the read.
+The verdict comes from the caller's `plan` (the install's own planning, `update.plan`), run on
+the verified sw-description: a refusal there is the one `install` would give.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from otad.errors import BundleFormatError, CompatibilityError, OtadError
+from otad.errors import REFUSED, VERIFICATION, BundleError, BundleFormatError, OtadError
 from otad.swu.bundle import Bundle
 from otad.swu.cpio import SupportsRead
 from otad.swu.manifest import Entry, File, Image, Manifest, SwDescription, parse
 from otad.swu.signature import SignerInfo, Verifier
+
+PlanFn = Callable[[SwDescription], object]  # raises the OtadError `install` would refuse with
 
 
 @dataclass(frozen=True)
@@ -67,10 +71,12 @@ class BundleInfo:
     selections: Tuple[SelectionInfo, ...]
     members: Tuple[MemberInfo, ...]
     problems: Tuple[str, ...] = field(default=())
+    refused: Optional[str] = None  # why `install` would refuse the bundle before writing anything
+    exit_code: int = 0  # `install`'s exit status for that refusal; else 4 for a problem, else 0
 
     @property
     def ok(self) -> bool:
-        return not self.problems
+        return not self.problems and self.refused is None
 
     def to_dict(self) -> Dict[str, Any]:
         data = asdict(self)
@@ -79,11 +85,17 @@ class BundleInfo:
 
 
 def inspect_bundle(source: SupportsRead, *, name: str, verifier: Optional[Verifier],
-                   board: Optional[str] = None) -> BundleInfo:
+                   board: Optional[str] = None, plan: Optional[PlanFn] = None) -> BundleInfo:
+    """What the bundle holds and, given `plan`, whether `install` would take it on this device."""
     bundle = Bundle(source, name=name)
-    head = bundle.read_head()
+    try:
+        head = bundle.read_head()
+        description = parse(head.raw, source="sw-description")
+    except OtadError as exc:
+        raise exc.at_stage(REFUSED)
     problems: List[str] = []
     signer: Optional[SignerInfo] = None
+    refusal: Optional[OtadError] = None
     if verifier is None:
         signature = "not checked"
     elif head.signature is None:
@@ -94,14 +106,22 @@ def inspect_bundle(source: SupportsRead, *, name: str, verifier: Optional[Verifi
             signature = "verified"
         except OtadError as exc:
             signature = f"FAILED: {exc.what}"
+            refusal = exc.within_once(name)
     if signature.startswith("FAILED"):
         problems.append(f"signature {signature}")
-    description = parse(head.raw, source="sw-description")
+    if plan is not None and refusal is None:
+        try:
+            plan(description)
+        except OtadError as exc:
+            refusal = exc
     members = _hash_members(bundle, problems)
     manifests = _manifests(description, board, problems)
     selections = tuple(_selection_info(m, members, problems) for m in manifests)
     version, text = (manifests[0].version, manifests[0].description) if manifests else ("", "")
-    return BundleInfo(name, version, text, signature, signer, selections, tuple(members.values()), tuple(problems))
+    refused = None if refusal is None else str(refusal)
+    exit_code = refusal.at_stage(REFUSED).exit_code if refusal is not None else VERIFICATION if problems else 0
+    return BundleInfo(name, version, text, signature, signer, selections, tuple(members.values()), tuple(problems),
+                      refused, exit_code)
 
 
 def _hash_members(bundle: Bundle, problems: List[str]) -> Dict[str, MemberInfo]:
@@ -123,7 +143,7 @@ def _manifests(description: SwDescription, board: Optional[str], problems: List[
     for selection in wanted:
         try:
             manifests.append(description.select(board, selection))
-        except CompatibilityError as exc:
+        except BundleError as exc:
             problems.append(str(exc))
     return manifests
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 from otad.errors import CompatibilityError, ConfigError
 from otad.swu.posixregex import compile_ere
@@ -144,6 +144,10 @@ class Manifest:
     def entries(self) -> Tuple[Entry, ...]:
         """Every entry that references a cpio member."""
         return (*self.images, *self.files, *self.scripts)
+
+    def bootenv_changes(self) -> Dict[str, Optional[str]]:
+        """`bootenv` as changes to the env: name → value, None where an empty value deletes it."""
+        return {var.name: var.value or None for var in self.bootenv}
 
     def is_hardware_compatible(self, revision: str) -> bool:
         """True when `revision` equals an element or matches one written `#RE:<POSIX ERE>`.

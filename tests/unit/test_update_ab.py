@@ -14,6 +14,7 @@ import pytest
 
 from otad.boot.ubootenv import UBootEnv, build_image, load_fw_env_config
 from otad.sim.uboot import UBootEmulator
+from otad.errors import REFUSED, VERIFICATION
 from tests.bundles import ImageSpec, sha256, signed_members, write_bundle
 from tests.conftest import SLOT_BYTES, run_cli
 
@@ -150,7 +151,7 @@ def test_a_section_targeting_the_running_slot_is_refused_before_writing(tmp_path
     before = (ab.root / "boot" / "uboot.env").read_bytes()
     bundle = ab_bundle(tmp_path, pki, copy2_device="/dev/mmcblk0p2")
     rc, _, err = ab.otad(capsys, "install", bundle)
-    assert rc == 1 and "in use" in err
+    assert rc == REFUSED and "in use" in err
     assert ab.slot("mmcblk0p2") == b"\xaa" * SLOT_BYTES and (ab.root / "boot" / "uboot.env").read_bytes() == before
 
 
@@ -161,7 +162,7 @@ def test_a_failed_install_never_touches_the_env(tmp_path, pki, ab, capsys) -> No
     blob[blob.index(GOOD[:18]) + 100] ^= 1  # image bytes no longer match the signed sha256
     bundle.write_bytes(bytes(blob))
     rc, _, err = ab.otad(capsys, "install", bundle)
-    assert rc == 1 and "sha256 mismatch" in err
+    assert rc == VERIFICATION and "sha256 mismatch" in err
     assert (ab.root / "boot" / "uboot.env").read_bytes() == before
     rc, out, _ = ab.otad(capsys, "status")
     assert "slot b /dev/mmcblk0p3: bad" in out
@@ -170,14 +171,14 @@ def test_a_failed_install_never_touches_the_env(tmp_path, pki, ab, capsys) -> No
 def test_a_bundle_bootenv_may_not_touch_the_trial_variables(tmp_path, pki, ab, capsys) -> None:
     bundle = ab_bundle(tmp_path, pki, bootenv='bootenv = ( { name = "bootcount"; value = "9"; } );')
     rc, _, err = ab.otad(capsys, "install", bundle)
-    assert rc == 1 and "bootcount" in err
+    assert rc == REFUSED and "bootcount" in err
     assert ab.env()["rootpart"] == "2" and ab.env()["upgrade_available"] == "0"
 
 
 def test_unknown_booted_slot_is_a_clear_error(tmp_path, pki, ab, capsys) -> None:
     (ab.root / "cmdline").write_text("console=ttyS0 root=/dev/sda1\n")
     rc, _, err = ab.otad(capsys, "install", ab_bundle(tmp_path, pki))
-    assert rc == 1 and "cannot tell which slot is booted" in err and "/dev/sda1" in err
+    assert rc == REFUSED and "cannot tell which slot is booted" in err and "/dev/sda1" in err
     assert ab.slot("mmcblk0p3") == b"\xaa" * SLOT_BYTES
 
 

@@ -51,7 +51,7 @@ class FileHandler(Protocol):
 
 
 # `images` entries. ext4: a raw write plus superblock check and optional resize2fs; a `raw`
-# entry with properties.resize = "true" is installed by it too (installer.plan_entries).
+# entry with properties.resize = "true" is installed by it too (plan.plan_entries).
 HANDLERS: Dict[str, Type[RawHandler]] = {
     "raw": RawHandler,
     "ext4": Ext4Handler,

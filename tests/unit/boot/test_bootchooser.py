@@ -142,20 +142,53 @@ def test_arm_trial_applies_bundle_bootenv_in_the_same_write(tmp_path: Path) -> N
     assert "old" not in got and got["bootlimit"] == "5" and got["rootpart"] == "3"
 
 
-@pytest.mark.parametrize("name", ["rootpart", "upgrade_available", "bootcount", "otad_prev"])
-def test_bundle_bootenv_may_not_set_trial_variables(tmp_path: Path, name: str) -> None:
+AGREEING = [  # a SWUpdate A/B bundle's own switch to slot b: the same as otad's arming write
+    {"rootpart": "3", "upgrade_available": "1"},
+    {"rootpart": "3", "upgrade_available": "1", "bootcount": "0"},
+    {"upgrade_available": "0x1", "bootcount": ""},  # U-Boot reads hex; unset bootcount counts as 0
+    {"upgrade_available": "2", "bootcount": "00"},
+]
+
+
+@pytest.mark.parametrize("bootenv", AGREEING)
+def test_bundle_bootenv_that_switches_to_the_target_is_folded_into_the_arming_write(tmp_path: Path,
+                                                                                     bootenv) -> None:
+    chooser, env, _ = make(tmp_path)
+    chooser.arm_trial(B, A, {**bootenv, "kernel": "zImage-6.1"})
+    assert env.calls == [{"kernel": "zImage-6.1", "rootpart": "3", "upgrade_available": "1", "bootcount": "0",
+                          "otad_prev": "2"}]
+
+
+DISAGREEING = [  # (variable, value, what the refusal says)
+    ("rootpart", "2", "the bundle boots slot a, but otad arms a trial of slot b (rootpart=3)"),
+    ("rootpart", "7", "the bundle names no configured slot, but otad arms a trial of slot b"),
+    ("rootpart", "", "the bundle deletes it, but otad arms a trial of slot b"),
+    ("upgrade_available", "0", "0 turns the bootcount off"),
+    ("upgrade_available", "", "expected a number U-Boot reads as non-zero"),
+    ("upgrade_available", "yes", "expected a number U-Boot reads as non-zero"),
+    ("bootcount", "1", "expected 0 (or unset)"),
+    ("bootcount", "0abc", "expected 0 (or unset)"),
+    ("otad_prev", "2", "it is otad's own record of the slot a trial came from"),
+]
+
+
+@pytest.mark.parametrize("name, value, fragment", DISAGREEING)
+def test_bundle_bootenv_that_disagrees_with_the_trial_is_refused(tmp_path: Path, name: str, value: str,
+                                                                  fragment: str) -> None:
     chooser, env, path = make(tmp_path)
     before = stamp(path)
-    with pytest.raises(EnvError, match=f"bootenv variable '{name}': refusing to set it from a bundle") as info:
-        chooser.arm_trial(B, A, {name: "1"})
-    assert info.value.where == "bootenv"
+    with pytest.raises(EnvError, match=f"^bootenv: {name} = {value!r}: ") as info:
+        chooser.bundle_changes({name: value}, B)
+    assert fragment in info.value.what
+    with pytest.raises(EnvError):
+        chooser.arm_trial(B, A, {name: value})
     assert env.calls == [] and stamp(path) == before
 
 
 @pytest.mark.parametrize("value", ["", "0", "100", "three"])
 def test_bundle_bootenv_may_not_turn_off_the_fallback(tmp_path: Path, value: str) -> None:
     chooser, env, _ = make(tmp_path)
-    with pytest.raises(EnvError, match="bootenv variable 'bootlimit': expected 1..99"):
+    with pytest.raises(EnvError, match=f"bootenv: bootlimit = {value!r}: expected 1..99"):
         chooser.arm_trial(B, A, {"bootlimit": value})
     assert env.calls == []
 
@@ -170,8 +203,9 @@ def test_bundle_bootenv_with_a_backslash_is_refused_before_writing(tmp_path: Pat
 
 def test_slot_variable_named_in_config_is_protected_too(tmp_path: Path) -> None:
     chooser, _, _ = make(tmp_path, {"mmcpart": "2"}, slot_variable="mmcpart")
-    with pytest.raises(EnvError, match="'mmcpart'"):
-        chooser.arm_trial(B, A, {"mmcpart": "3"})
+    with pytest.raises(EnvError, match="mmcpart = '2': the bundle boots slot a"):
+        chooser.arm_trial(B, A, {"mmcpart": "2"})
+    assert chooser.bundle_changes({"mmcpart": "3", "rootpart": "2"}, B) == {"rootpart": "2"}
 
 
 def test_arm_trial_refuses_same_or_foreign_slot(tmp_path: Path) -> None:

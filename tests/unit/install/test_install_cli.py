@@ -15,6 +15,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import pytest
 
+from otad.errors import REFUSED, VERIFICATION, WRITE_FAILED
 from tests.bundles import CRC, NEWC, ImageSpec, description, gz, sha256, signed_members, write_bundle, zst
 from tests.conftest import SLOT_BYTES, Device, run_cli
 from tests.pki import Pki, cms_sign, make_pki
@@ -96,13 +97,13 @@ def test_dry_run_verifies_everything_and_writes_nothing(tmp_path, device, pki, c
 def test_dry_run_still_catches_a_hash_mismatch(tmp_path, device, pki, capsys) -> None:
     image = ImageSpec("rootfs.img", IMAGE, SLOT_B, sha256="0" * 64)
     rc, _, err = install(device, pki, build(tmp_path, pki, [image]), capsys, "-n")
-    assert rc == 1 and "sha256 mismatch" in err and device.untouched()
+    assert rc == VERIFICATION and "sha256 mismatch" in err and device.untouched()
 
 
 def test_unsigned_bundle_needs_the_explicit_insecure_flag(tmp_path, device, pki, capsys) -> None:
     bundle = build(tmp_path, None)
     rc, _, err = install(device, pki, bundle, capsys)
-    assert rc == 1 and "bundle is not signed" in err and device.untouched()
+    assert rc == VERIFICATION and "bundle is not signed" in err and device.untouched()
     rc, _, err = install(device, pki, bundle, capsys, "--insecure-allow-unsigned")
     assert rc == 0, err
     assert "signature NOT checked" in err
@@ -146,7 +147,7 @@ def _other_pki(tmp_path: Path) -> Pki:
 
 
 BAD_BEFORE_WRITING = {
-    # case: (bundle factory, expected message fragment)
+    # case: (bundle factory, expected message fragment); exit status REFUSED, signature cases VERIFICATION
     "wrong magic": (lambda t, p: _raw_bundle(t, b"070707" + b"0" * 200), "magic"),
     "tar instead of cpio": (lambda t, p: _raw_bundle(t, b"rootfs.img" + b"\0" * 500), "magic"),
     "truncated header": (lambda t, p: _raw_bundle(t, build(t, p).read_bytes()[:60]), "truncated"),
@@ -180,11 +181,14 @@ BAD_BEFORE_WRITING = {
 }
 
 
+SIGNATURE_CASES = {"missing signature", "signature over other bytes", "modified signature", "untrusted signer"}
+
+
 @pytest.mark.parametrize("case", sorted(BAD_BEFORE_WRITING))
 def test_bad_bundle_is_refused_before_anything_is_written(tmp_path, device, pki, capsys, case) -> None:
     factory, fragment = BAD_BEFORE_WRITING[case]
     rc, out, err = install(device, pki, factory(tmp_path, pki), capsys)
-    assert rc == 1
+    assert rc == (VERIFICATION if case in SIGNATURE_CASES else REFUSED)
     [line] = error_lines(err)
     assert fragment in line
     assert device.untouched() and device.untouched("mmcblk0p2")
@@ -193,7 +197,7 @@ def test_bad_bundle_is_refused_before_anything_is_written(tmp_path, device, pki,
 
 def test_unknown_selection_is_refused_naming_it(tmp_path, device, pki, capsys) -> None:
     rc, _, err = install(device, pki, build(tmp_path, pki), capsys, "-e", "stable,copy9")
-    assert rc == 1 and "copy9" in err and device.untouched()
+    assert rc == REFUSED and "copy9" in err and device.untouched()
 
 
 BAD_WHILE_STREAMING = {
@@ -217,7 +221,7 @@ BAD_WHILE_STREAMING = {
 def test_bad_image_fails_the_install_and_marks_the_target_failed(tmp_path, device, pki, capsys, case) -> None:
     factory, fragment = BAD_WHILE_STREAMING[case]
     rc, _, err = install(device, pki, factory(tmp_path, pki), capsys)
-    assert rc == 1
+    assert rc == (VERIFICATION if fragment == "sha256 mismatch" else WRITE_FAILED)
     [line] = error_lines(err)
     assert fragment in line
     assert re.search(r"'(r\.img|r\.zst|big\.img|bomb\.gz|\.\./\.\./etc/passwd)'", line)  # names the culprit
@@ -229,20 +233,20 @@ def test_crc_mismatch_in_crc_format_is_refused(tmp_path, device, pki, capsys) ->
     blob = bytearray(build(tmp_path, pki, fmt=CRC).read_bytes())
     blob[blob.rindex(b"TRAILER!!!") - 200] ^= 0xFF  # a data byte of the last image
     rc, _, err = install(device, pki, _raw_bundle(tmp_path, bytes(blob)), capsys)
-    assert rc == 1 and "checksum" in err.lower()
+    assert rc == WRITE_FAILED and "checksum" in err.lower()
 
 
 def test_missing_image_fails_after_the_trailer(tmp_path, device, pki, capsys) -> None:
     bundle = build(tmp_path, pki, tamper=lambda m: m[:2])
     rc, _, err = install(device, pki, bundle, capsys)
-    assert rc == 1 and "rootfs.img.zst" in err and "missing" in err
+    assert rc == REFUSED and "rootfs.img.zst" in err and "missing" in err  # nothing was written
     assert device.untouched()
 
 
 def test_truncated_image_data_fails_naming_the_member(tmp_path, device, pki, capsys) -> None:
     blob = build(tmp_path, pki).read_bytes()
     rc, _, err = install(device, pki, _raw_bundle(tmp_path, blob[:len(blob) // 2]), capsys)
-    assert rc == 1 and "truncated" in err and "rootfs.img.zst" in err
+    assert rc == WRITE_FAILED and "truncated" in err and "rootfs.img.zst" in err
     assert record(device)["state"] == "failed"
 
 
@@ -254,7 +258,7 @@ def test_debug_flag_adds_the_traceback(tmp_path, device, pki, capsys) -> None:
 def test_forced_signer_name_must_match(tmp_path, device, pki, capsys) -> None:
     bundle = build(tmp_path, pki)
     rc, _, err = install(device, pki, bundle, capsys, "--forced-signer-name", "someone else")
-    assert rc == 1 and "someone else" in err and device.untouched()
+    assert rc == VERIFICATION and "someone else" in err and device.untouched()
     rc, _, err = install(device, pki, bundle, capsys, "--forced-signer-name", "otad test signer")
     assert rc == 0, err
 
@@ -271,7 +275,7 @@ def test_intermediate_only_carried_in_the_cms_is_not_trusted(tmp_path, device, c
                                                                            (work / "sig").read_bytes()),
                                                ("r.img", b"x" * 10)])
     rc, _, err = install(device, chain, bundle, capsys)
-    assert rc == 1 and "trusted" in err and device.untouched()
+    assert rc == VERIFICATION and "trusted" in err and device.untouched()
 
 
 def test_install_pets_the_watchdog_and_stops_it_cleanly(tmp_path, device, pki, capsys, monkeypatch) -> None:

@@ -15,6 +15,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import pytest
 
+from otad.errors import REFUSED, VERIFICATION, WRITE_FAILED
 from tests.bundles import (ImageSpec, description, gz, openssl_aes, sha256, signed_members, swugenerator_bundle,
                            write_bundle, zst)
 from tests.conftest import Device, run_cli
@@ -125,7 +126,7 @@ def test_swugenerator_encrypted_bundle_installs_with_its_own_key_file(tmp_path, 
 def test_encrypted_image_without_a_key_is_refused_before_writing(tmp_path, device, pki, capsys) -> None:
     bundle = build(tmp_path, pki, [encrypted_image(openssl_aes(IMAGE, KEY, IV))])
     rc, _, err = install(device, pki, bundle, capsys)
-    assert rc == 1
+    assert rc == REFUSED
     line = error_line(err)
     assert "'rootfs.img.enc'" in line and "no AES key is configured (install.aes_key_file or -K FILE)" in line
     assert refused_before_writing(device)
@@ -134,7 +135,7 @@ def test_encrypted_image_without_a_key_is_refused_before_writing(tmp_path, devic
 def test_no_ivt_and_a_key_file_without_iv_is_refused_before_writing(tmp_path, device, pki, capsys) -> None:
     bundle = build(tmp_path, pki, [encrypted_image(openssl_aes(IMAGE, KEY, IV))])
     rc, _, err = install(device, pki, bundle, capsys, "-K", key_file(tmp_path, f"key={KEY}\n"))
-    assert rc == 1 and "encrypted without an ivt" in error_line(err) and refused_before_writing(device)
+    assert rc == REFUSED and "encrypted without an ivt" in error_line(err) and refused_before_writing(device)
 
 
 @pytest.mark.parametrize("text,where,fragment", [
@@ -156,7 +157,7 @@ def test_wrong_key_fails_and_marks_the_target_failed(tmp_path, device, pki, caps
     bundle = build(tmp_path, pki, [encrypted_image(openssl_aes(IMAGE, KEY, IV))])
     wrong = key_file(tmp_path, f"{bytes(range(1, 33)).hex()} {IV}")
     rc, _, err = install(device, pki, bundle, capsys, "-K", wrong)
-    assert rc == 1
+    assert rc == WRITE_FAILED
     line = error_line(err)
     assert "'rootfs.img.enc'" in line and "bad PKCS#7 padding" in line and "wrong AES key or IV" in line
     assert record(device)["state"] == "failed" and "wrong AES key" in record(device)["reason"]
@@ -165,7 +166,7 @@ def test_wrong_key_fails_and_marks_the_target_failed(tmp_path, device, pki, caps
 def test_wrong_key_on_a_compressed_image_fails_before_writing_anything(tmp_path, device, pki, capsys) -> None:
     bundle = build(tmp_path, pki, [encrypted_image(openssl_aes(zst(IMAGE), KEY, IV), "zstd")])
     rc, _, err = install(device, pki, bundle, capsys, "-K", key_file(tmp_path, f"{bytes(range(1, 33)).hex()} {IV}"))
-    assert rc == 1 and "not a zstd stream" in error_line(err)
+    assert rc == WRITE_FAILED and "not a zstd stream" in error_line(err)
     assert device.untouched() and record(device)["state"] == "failed"
 
 
@@ -173,7 +174,7 @@ def test_truncated_ciphertext_is_refused(tmp_path, device, pki, capsys) -> None:
     stored = openssl_aes(IMAGE, KEY, IV)[:-5]  # signed as is: the hash matches, the blocks do not
     rc, _, err = install(device, pki, build(tmp_path, pki, [encrypted_image(stored)]), capsys,
                          "-K", key_file(tmp_path))
-    assert rc == 1
+    assert rc == WRITE_FAILED
     assert f"ciphertext is {len(stored)} bytes, not a multiple of the 16-byte AES block" in error_line(err)
     assert record(device)["state"] == "failed"
 
@@ -182,7 +183,7 @@ def test_bad_padding_is_refused(tmp_path, device, pki, capsys) -> None:
     stored = openssl_aes(IMAGE + bytes(16 - len(IMAGE) % 16 or 16), KEY, IV, pad=False)  # ends in 0x00
     rc, _, err = install(device, pki, build(tmp_path, pki, [encrypted_image(stored)]), capsys,
                          "-K", key_file(tmp_path))
-    assert rc == 1 and "bad PKCS#7 padding" in error_line(err) and record(device)["state"] == "failed"
+    assert rc == WRITE_FAILED and "bad PKCS#7 padding" in error_line(err) and record(device)["state"] == "failed"
 
 
 def test_ciphertext_modified_after_signing_is_a_hash_mismatch_not_a_padding_error(tmp_path, device, pki,
@@ -196,7 +197,7 @@ def test_ciphertext_modified_after_signing_is_a_hash_mismatch_not_a_padding_erro
     rc, _, err = install(device, pki, build(tmp_path, pki, [encrypted_image(stored)], tamper=tamper), capsys,
                          "-K", key_file(tmp_path))
     line = error_line(err)
-    assert rc == 1 and "sha256 mismatch" in line and "padding" not in line
+    assert rc == VERIFICATION and "sha256 mismatch" in line and "padding" not in line
     assert record(device)["state"] == "failed"
 
 
@@ -204,7 +205,7 @@ def test_one_member_for_two_entries_must_agree_on_encryption(tmp_path, device, p
     stored = openssl_aes(IMAGE, KEY, IV)
     images = [encrypted_image(stored), ImageSpec("rootfs.img.enc", stored, "/dev/mmcblk0p2")]
     rc, _, err = install(device, pki, build(tmp_path, pki, images), capsys, "-K", key_file(tmp_path))
-    assert rc == 1 and "disagree on sha256, compression or encryption" in error_line(err)
+    assert rc == REFUSED and "disagree on sha256, compression or encryption" in error_line(err)
     assert refused_before_writing(device)
 
 
@@ -218,7 +219,7 @@ def test_encrypted_files_entry_is_decrypted_and_refused_without_a_key(tmp_path, 
                encrypted=True, ivt=IVT)
     b = bundle(tmp_path / "files.swu", pki, [art])
     rc, _, err = install(device, pki, b, capsys)
-    assert rc == 1 and "no AES key is configured" in error_line(err) and not (dest / "motd").exists()
+    assert rc == REFUSED and "no AES key is configured" in error_line(err) and not (dest / "motd").exists()
     rc, _, err = install(device, pki, b, capsys, "-K", key_file(tmp_path))
     assert rc == 0, err
     assert (dest / "motd").read_bytes() == motd

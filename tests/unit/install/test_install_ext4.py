@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from otad.install.handlers.ext4 import parse_superblock
+from otad.errors import REFUSED, WRITE_FAILED
 from tests.bundles import gz
 from tests.conftest import Device, run_cli
 from tests.pki import Pki
@@ -75,7 +76,7 @@ def test_ext4_image_larger_than_the_target_is_refused_before_writing(tmp_path, d
     """8 MiB filesystem, 4 MiB partition: the superblock says so before a byte is written."""
     art = image("rootfs.ext4", rootfs, "/dev/mmcblk0p3", type="ext4")
     rc, _, err = install(device, pki, bundle(tmp_path / "b.swu", pki, [art]), capsys)
-    assert rc == 1
+    assert rc == WRITE_FAILED
     line = one_error(err)
     assert "'rootfs.ext4'" in line and "ext4 filesystem of 8388608 bytes" in line and "does not fit" in line
     assert device.untouched()
@@ -87,28 +88,28 @@ def test_superblock_claiming_more_than_the_target_is_refused_even_if_the_bytes_f
     hold the bytes and a filesystem that ends past the partition."""
     art = image("rootfs.ext4", rootfs[:2 << 20], "/dev/mmcblk0p3", type="ext4")
     rc, _, err = install(device, pki, bundle(tmp_path / "b.swu", pki, [art]), capsys)
-    assert rc == 1 and "does not fit the target's 4194304 bytes" in one_error(err)
+    assert rc == WRITE_FAILED and "does not fit the target's 4194304 bytes" in one_error(err)
     assert device.untouched()
 
 
 def test_ext4_type_on_something_else_is_refused_before_writing(tmp_path, device, pki, capsys) -> None:
     art = image("rootfs.ext4", bytes(100_000), "/dev/mmcblk0p3", type="ext4")
     rc, _, err = install(device, pki, bundle(tmp_path / "b.swu", pki, [art]), capsys)
-    assert rc == 1 and "not an ext2/3/4 filesystem: no superblock magic 0xEF53" in one_error(err)
+    assert rc == WRITE_FAILED and "not an ext2/3/4 filesystem: no superblock magic 0xEF53" in one_error(err)
     assert device.untouched()
 
 
 def test_resize_needs_the_filesystem_at_offset_zero(tmp_path, device, pki, capsys, rootfs) -> None:
     art = image("rootfs.ext4", rootfs, "/dev/mmcblk0p3", type="ext4", offset="1M", properties={"resize": "true"})
     rc, _, err = install(device, pki, bundle(tmp_path / "b.swu", pki, [art]), capsys)
-    assert rc == 1 and "properties.resize" in one_error(err) and "offset" in one_error(err)
+    assert rc == REFUSED and "properties.resize" in one_error(err) and "offset" in one_error(err)
     assert device.untouched()
 
 
 def test_resize_property_must_be_a_boolean_word(tmp_path, device, pki, capsys, rootfs) -> None:
     art = image("rootfs.ext4", rootfs, "/dev/mmcblk0p3", type="ext4", properties={"resize": "please"})
     rc, _, err = install(device, pki, bundle(tmp_path / "b.swu", pki, [art]), capsys)
-    assert rc == 1 and "properties.resize: expected \"true\" or \"false\", got 'please'" in one_error(err)
+    assert rc == REFUSED and "properties.resize: expected \"true\" or \"false\", got 'please'" in one_error(err)
 
 
 def test_superblock_parser_reads_64bit_block_counts() -> None:

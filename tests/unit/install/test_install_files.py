@@ -15,6 +15,7 @@ from typing import List
 
 import pytest
 
+from otad.errors import REFUSED, VERIFICATION, WRITE_FAILED
 from tests.bundles import gz, zst
 from tests.conftest import Device, install, one_error, run_cli
 from tests.bundles import swugenerator_bundle
@@ -52,7 +53,7 @@ def test_rawfile_is_written_with_mode_0600(tmp_path, device, pki, capsys, dest) 
 def test_rawfile_without_create_destination_needs_the_directory(tmp_path, device, pki, capsys, dest) -> None:
     b = bundle(tmp_path / "b.swu", pki, [file("motd", b"x", str(dest / "etc/motd"))])
     rc, _, err = install(device, pki, b, capsys)
-    assert rc == 1 and "create-destination" in one_error(err) and "'motd'" in one_error(err)
+    assert rc == REFUSED and "create-destination" in one_error(err) and "'motd'" in one_error(err)
     assert not (dest / "etc").exists()
 
 
@@ -75,7 +76,7 @@ def test_rawfile_with_a_bad_hash_leaves_the_old_file(tmp_path, device, pki, caps
     art = file("conf", b"evil", str(dest / "conf"), properties=props)
     art.attrs["sha256"] = "ab" * 32
     rc, _, err = install(device, pki, bundle(tmp_path / "b.swu", pki, [art]), capsys)
-    assert rc == 1 and "sha256 mismatch" in one_error(err) and "'conf'" in one_error(err)
+    assert rc == VERIFICATION and "sha256 mismatch" in one_error(err) and "'conf'" in one_error(err)
     assert (dest / "conf").read_bytes() == b"old"
     assert sorted(p.name for p in dest.iterdir()) == ["conf"]
 
@@ -85,7 +86,7 @@ def test_rawfile_installed_directly_is_written_in_place(tmp_path, device, pki, c
     art = file("conf", b"streamed", str(dest / "conf"), **{"installed-directly": True})
     art.attrs["sha256"] = "ab" * 32
     rc, _, err = install(device, pki, bundle(tmp_path / "b.swu", pki, [art]), capsys)
-    assert rc == 1 and "sha256 mismatch" in err
+    assert rc == VERIFICATION and "sha256 mismatch" in err
     assert (dest / "conf").read_bytes() == b"streamed"
 
 
@@ -93,21 +94,21 @@ def test_rawfile_path_must_be_absolute_and_without_dotdot(tmp_path, device, pki,
     for path, fragment in (("etc/motd", "absolute"), (f"{dest}/../escape", "'..'")):
         b = bundle(tmp_path / f"b{len(path)}.swu", pki, [file("motd", b"x", path)])
         rc, _, err = install(device, pki, b, capsys)
-        assert rc == 1 and fragment in one_error(err)
+        assert rc == REFUSED and fragment in one_error(err)
     assert not (dest.parent / "escape").exists()
 
 
 def test_device_without_filesystem_is_refused(tmp_path, device, pki, capsys) -> None:
     b = bundle(tmp_path / "b.swu", pki, [file("motd", b"x", "/etc/motd", device="/dev/mmcblk0p3")])
     rc, _, err = install(device, pki, b, capsys)
-    assert rc == 1 and "device given without filesystem" in one_error(err)
+    assert rc == REFUSED and "device given without filesystem" in one_error(err)
     assert device.untouched()
 
 
 def test_unknown_files_type_is_refused_before_writing(tmp_path, device, pki, capsys, dest) -> None:
     b = bundle(tmp_path / "b.swu", pki, [file("x", b"x", str(dest / "x"), type="raw")])
     rc, _, err = install(device, pki, b, capsys)
-    assert rc == 1 and "no files handler for type 'raw'" in one_error(err)
+    assert rc == REFUSED and "no files handler for type 'raw'" in one_error(err)
     assert not (dest / "x").exists()
 
 
@@ -178,7 +179,7 @@ def test_archive_member_escaping_path_is_refused(tmp_path, device, pki, capsys, 
     extra = {"installed-directly": True} if streamed else {}
     b = bundle(tmp_path / "b.swu", pki, [file("app.tar", data, str(dest), type="archive", **extra)])
     rc, _, err = install(device, pki, b, capsys)
-    assert rc == 1
+    assert rc == WRITE_FAILED
     line = one_error(err)
     assert "'app.tar'" in line
     assert not (root / "opt" / "outside").exists() and not (root / "outside").exists()
@@ -198,7 +199,7 @@ def test_archive_symlinks_that_stay_under_path_are_installed(tmp_path, device, p
 def test_a_corrupt_tar_fails_naming_the_member(tmp_path, device, pki, capsys, dest) -> None:
     b = bundle(tmp_path / "b.swu", pki, [file("t.tar", b"not a tar at all" * 100, str(dest), type="archive")])
     rc, _, err = install(device, pki, b, capsys)
-    assert rc == 1 and "'t.tar'" in one_error(err) and "tar" in one_error(err)
+    assert rc == WRITE_FAILED and "'t.tar'" in one_error(err) and "tar" in one_error(err)
 
 
 # --- files inside an ext4 device ---------------------------------------------------------------
@@ -249,7 +250,7 @@ def test_archive_without_mount_is_refused_before_writing(tmp_path, device, pki, 
     b = bundle(tmp_path / "b.swu", pki, [file("t.tar", tar_bytes([("a", b"1")]), "/", type="archive",
                                               device="/dev/mmcblk0p3", filesystem="ext4")])
     rc, _, err = install(device, pki, b, capsys, extra_install='files_via = "debugfs";')
-    assert rc == 1 and "only rawfile entries to ext2/3/4" in one_error(err)
+    assert rc == REFUSED and "only rawfile entries to ext2/3/4" in one_error(err)
     assert device.slot_bytes() == before
 
 
@@ -259,7 +260,7 @@ def test_files_member_before_an_image_member_is_refused(tmp_path, device, pki, c
             image("rootfs.ext4", img, "/dev/mmcblk0p3")]
     rc, _, err = install(device, pki, bundle(tmp_path / "b.swu", pki, arts), capsys,
                          extra_install='files_via = "debugfs";')
-    assert rc == 1
+    assert rc == REFUSED
     assert "files entry 'issue' must come after image 'rootfs.ext4' in the archive" in one_error(err)
     assert device.untouched()
 
@@ -271,7 +272,7 @@ def test_files_into_the_running_slot_are_refused(tmp_path, pki, capsys) -> None:
     desc_arts = [file("x", b"x", "/etc/x", device="/dev/mmcblk0p2", filesystem="ext4")]
     b = bundle(tmp_path / "b.swu", pki, desc_arts, selection=("stable", "copy2"))
     rc, _, err = ab.otad(capsys, "install", b)
-    assert rc == 1 and "it is in use (the running slot)" in one_error(err)
+    assert rc == REFUSED and "it is in use (the running slot)" in one_error(err)
 
 
 def test_dry_run_writes_no_file(tmp_path, device, pki, capsys, dest) -> None:
@@ -286,7 +287,7 @@ def test_info_shows_files_with_type_and_path(tmp_path, pki, capsys, dest) -> Non
     arts = [file("motd", b"hello", "/etc/motd", device="/dev/mmcblk0p3", filesystem="ext4"),
             file("t.tar", tar_bytes([("a", b"1")]), "/opt", type="archive")]
     rc, out, err = run_cli(["info", bundle(tmp_path / "b.swu", pki, arts), "-k", pki.ca_pem], capsys)
-    assert rc == 0, out + err
+    assert rc == REFUSED and "would be refused: " in out and "hardware revision unknown" in out  # no -H here
     assert "file motd [rawfile] -> /etc/motd on /dev/mmcblk0p3 (ext4)" in out
     assert "file t.tar [archive] -> /opt " in out
 

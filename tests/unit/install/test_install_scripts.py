@@ -14,6 +14,7 @@ from typing import Callable, List
 
 import pytest
 
+from otad.errors import REFUSED, VERIFICATION, WRITE_FAILED
 from tests.conftest import install, one_error, run_cli
 from tests.pki import Pki
 from tests.unit.install.entries import Art, bundle, image, script
@@ -81,7 +82,7 @@ def test_pre_install_script_after_an_image_member_is_refused_before_writing(tmp_
     log = tmp_path / "m.log"
     arts = [image("rootfs.img", IMG, "/dev/mmcblk0p3"), script("pre.sh", marker(log, "pre"), "preinstall")]
     rc, _, err = install(device, pki, bundle(tmp_path / "b.swu", pki, arts), capsys)
-    assert rc == 1
+    assert rc == REFUSED
     assert "preinstall script 'pre.sh' must come before 'rootfs.img' in the archive" in one_error(err)
     assert device.untouched() and not log.exists()
 
@@ -91,7 +92,7 @@ def test_lua_scripts_are_refused_with_a_clear_message(tmp_path, device, pki, cap
         b = bundle(tmp_path / f"{name}.swu", pki, [script(name, "print('hi')", kind),
                                                    image("rootfs.img", IMG, "/dev/mmcblk0p3")])
         rc, _, err = install(device, pki, b, capsys)
-        assert rc == 1
+        assert rc == REFUSED
         line = one_error(err)
         assert f"script '{name}'" in line and "Lua scripts are not supported: otad runs no Lua" in line
         assert device.untouched()
@@ -100,7 +101,7 @@ def test_lua_scripts_are_refused_with_a_clear_message(tmp_path, device, pki, cap
 def test_an_oversized_script_is_refused(tmp_path, device, pki, capsys) -> None:
     b = bundle(tmp_path / "b.swu", pki, [script("big.sh", b"#" * ((1 << 20) + 1), "postinstall")])
     rc, _, err = install(device, pki, b, capsys)
-    assert rc == 1 and "'big.sh'" in one_error(err) and "exceeds" in one_error(err)
+    assert rc == REFUSED and "'big.sh'" in one_error(err) and "exceeds" in one_error(err)
     assert not list((device.state / "tmp").iterdir())
 
 
@@ -110,7 +111,7 @@ def test_a_script_whose_hash_does_not_match_never_runs(tmp_path, device, pki, ca
     art.attrs["sha256"] = "ab" * 32
     rc, _, err = install(device, pki, bundle(tmp_path / "b.swu", pki, [art, image("rootfs.img", IMG,
                                                                                    "/dev/mmcblk0p3")]), capsys)
-    assert rc == 1 and "sha256 mismatch" in one_error(err) and "'pre.sh'" in one_error(err)
+    assert rc == VERIFICATION and "sha256 mismatch" in one_error(err) and "'pre.sh'" in one_error(err)
     assert not log.exists() and device.untouched()
 
 
@@ -144,7 +145,7 @@ def test_a_failing_script_fails_the_install_and_leaves_the_env(tmp_path, pki, ca
     b = ab_script_bundle(tmp_path, pki, [script("s.sh", marker(log, phase, "echo broken >&2; exit 3\n"), phase)],
                          ["s.sh", "rootfs.img"])
     rc, _, err = ab.otad(capsys, "install", b)
-    assert rc == 1
+    assert rc == WRITE_FAILED
     line = one_error(err)
     assert "script 's.sh'" in line and "exited with 3" in line and "broken" in line
     assert (ab.root / "boot" / "uboot.env").read_bytes() == env_before
@@ -165,7 +166,7 @@ def test_a_hanging_script_is_killed_with_its_children_and_fails_the_install(tmp_
     b = ab_script_bundle(tmp_path, pki, [script("hang.sh", body, "postinstall")], ["rootfs.img", "hang.sh"])
     started = time.monotonic()
     rc, _, err = ab.otad(capsys, "install", b)
-    assert rc == 1 and time.monotonic() - started < 30
+    assert rc == WRITE_FAILED and time.monotonic() - started < 30
     line = one_error(err)
     assert "script 'hang.sh'" in line and "did not finish within 1.5 s" in line
     assert (ab.root / "boot" / "uboot.env").read_bytes() == env_before

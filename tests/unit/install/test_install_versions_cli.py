@@ -9,6 +9,7 @@ from typing import Optional, Sequence, Tuple
 
 import pytest
 
+from otad.errors import REFUSED
 from tests.bundles import CRC, NEWC, ImageSpec, description, signed_members, write_bundle
 from tests.conftest import Device, run_cli
 from tests.pki import Pki
@@ -68,7 +69,7 @@ def untouched(device: Device) -> bool:
 def test_bundle_version_policy_refuses_before_writing(tmp_path, device, pki, capsys, args, install_extra,
                                                       fragment) -> None:
     rc, _, err = install(device, pki, build(tmp_path, pki, [boot()]), capsys, *args, install_extra=install_extra)
-    assert rc == 1 and fragment in error_line(err) and untouched(device)
+    assert rc == REFUSED and fragment in error_line(err) and untouched(device)
 
 
 @pytest.mark.parametrize("args", [["-N", "1.0.0"], ["--max-version", "1.0.0"], ["-R", "1.0"], ["-N", "0.9.9"]])
@@ -118,7 +119,7 @@ def test_component_missing_from_sw_versions_or_no_file_is_installed(tmp_path, de
 
 def test_every_image_skipped_is_nothing_to_install(tmp_path, device, pki, capsys) -> None:
     rc, _, err = install(device, pki, build(tmp_path, pki, [rootfs("1.0")]), capsys, sw_versions="rootfs 2.0\n")
-    assert rc == 1
+    assert rc == REFUSED
     assert "nothing to install: every entry is skipped by its version rule (rootfs 1.0 is not higher than the " \
            "installed 2.0" in error_line(err)
     assert untouched(device)
@@ -130,7 +131,7 @@ def test_skipped_member_is_still_read_and_its_checksum_checked(tmp_path, device,
     raw[raw.index(ROOTFS[:1024]) + 100] ^= 0xFF  # after the header's sum was computed: a crc mismatch
     bundle.write_bytes(bytes(raw))
     rc, _, err = install(device, pki, bundle, capsys, sw_versions="rootfs 2.0\n")
-    assert rc == 1 and "'rootfs.img'" in error_line(err) and "checksum" in error_line(err).lower()
+    assert rc == REFUSED and "'rootfs.img'" in error_line(err) and "checksum" in error_line(err).lower()
     assert device.untouched()
 
 
