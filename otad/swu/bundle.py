@@ -97,18 +97,19 @@ class Bundle:
     def open_description(self, verifier: Optional[Verifier]) -> VerifiedDescription:
         """Read and verify sw-description. `verifier=None` accepts an unsigned bundle."""
         head = self.read_head()
-        signer = self._verify(head.raw, head.signature, verifier)
+        signer = self.verify(head, verifier)
         return VerifiedDescription(head.raw, parse(head.raw, source=SW_DESCRIPTION), signer, head.signature)
 
-    def _verify(self, raw: bytes, signature: Optional[bytes], verifier: Optional[Verifier]) -> Optional[SignerInfo]:
+    def verify(self, head: BundleHead, verifier: Optional[Verifier]) -> Optional[SignerInfo]:
+        """The signer of `head`, or SignatureError; `verifier=None` accepts an unsigned bundle."""
         if verifier is None:
             log.warning("%s: signature NOT checked: installing unsigned bundles was allowed explicitly", self.name)
             return None
-        if signature is None:
+        if head.signature is None:
             raise SignatureError(f"bundle is not signed: second member must be {SIGNATURE!r}; unsigned bundles "
                                  "need --insecure-allow-unsigned (allow_unsigned in otad.conf), development only",
                                  self.name)
-        signer = verifier.verify(raw, signature)
+        signer = verifier.verify(head.raw, head.signature)
         log.info("%s: signature good, signed by %s", self.name, signer.subject or signer.method)
         return signer
 

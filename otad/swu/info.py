@@ -96,13 +96,10 @@ def inspect_bundle(source: SupportsRead, *, name: str, verifier: Optional[Verifi
     problems: List[str] = []
     signer: Optional[SignerInfo] = None
     refusal: Optional[OtadError] = None
-    if verifier is None:
-        signature = "not checked"
-    elif head.signature is None:
-        signature = "FAILED: bundle is not signed"
-    else:
+    signature = "not checked"
+    if verifier is not None:
         try:
-            signer = verifier.verify(head.raw, head.signature)
+            signer = bundle.verify(head, verifier)  # what `install` checks, in the same words
             signature = "verified"
         except OtadError as exc:
             signature = f"FAILED: {exc.what}"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional
 
 import pytest
 
@@ -73,14 +73,16 @@ def ab(tmp_path, pki) -> AbDevice:
 
 
 def ab_bundle(tmp_path: Path, pki, image: bytes = GOOD, *, copy1_device: str = "/dev/mmcblk0p2",
-              copy2_device: str = "/dev/mmcblk0p3", bootenv: str = "", version: str = "2.0.0") -> Path:
+              copy2_device: str = "/dev/mmcblk0p3", bootenv: str = "", version: str = "2.0.0",
+              copy1_env: Optional[str] = None, copy2_env: Optional[str] = None) -> Path:
+    """`bootenv` goes into both sections unless `copy1_env` / `copy2_env` give a section its own."""
     digest = sha256(image)
     desc = (f'software = {{ version = "{version}"; hardware-compatibility = ["1.0"];\n'
             f'  stable = {{\n'
             f'    copy1 = {{ images = ( {{ filename = "rootfs.img"; device = "{copy1_device}"; sha256 = "{digest}"; }} );'
-            f' {bootenv} }};\n'
+            f' {bootenv if copy1_env is None else copy1_env} }};\n'
             f'    copy2 = {{ images = ( {{ filename = "rootfs.img"; device = "{copy2_device}"; sha256 = "{digest}"; }} );'
-            f' {bootenv} }};\n'
+            f' {bootenv if copy2_env is None else copy2_env} }};\n'
             f'  }};\n}};\n').encode()
     work = tmp_path / f"w{version}"
     work.mkdir()
@@ -173,6 +175,79 @@ def test_a_bundle_bootenv_may_not_touch_the_trial_variables(tmp_path, pki, ab, c
     rc, _, err = ab.otad(capsys, "install", bundle)
     assert rc == REFUSED and "bootcount" in err
     assert ab.env()["rootpart"] == "2" and ab.env()["upgrade_available"] == "0"
+    assert ab.slot("mmcblk0p3") == b"\xaa" * SLOT_BYTES  # refused while planning, not after the slot was written
+
+
+def swupdate_env(rootpart: str, upgrade_available: str = "1") -> str:
+    """The bootenv a usual SWUpdate A/B bundle carries in each copy: it switches slots itself."""
+    return (f'bootenv = ( {{ name = "rootpart"; value = "{rootpart}"; }}, '
+            f'{{ name = "upgrade_available"; value = "{upgrade_available}"; }}, {{ name = "note"; value = "v2"; }} );')
+
+
+def test_a_swupdate_ab_bundle_that_switches_slots_itself_is_folded_into_the_trial(tmp_path, pki, ab,
+                                                                                   capsys) -> None:
+    bundle = ab_bundle(tmp_path, pki, copy1_env=swupdate_env("2"), copy2_env=swupdate_env("3"))
+    rc, out, err = ab.otad(capsys, "install", bundle)
+    assert rc == 0, err
+    assert "into slot b" in out and "armed for a trial boot" in out
+    env = ab.env()
+    assert (env["rootpart"], env["upgrade_available"], env["bootcount"], env["otad_prev"], env["note"]) == \
+        ("3", "1", "0", "2", "v2")
+    assert ab.power_on() == "3"  # U-Boot boots the trial, counted
+    assert ab.otad(capsys, "confirm")[1].startswith("confirmed:")
+
+
+@pytest.mark.parametrize("copy2_env, fragment", [
+    (swupdate_env("2"), "rootpart = '2': the bundle boots slot a, but otad arms a trial of slot b (rootpart=3)"),
+    (swupdate_env("9"), "rootpart = '9': the bundle names no configured slot"),
+    (swupdate_env("3", "0"), "upgrade_available = '0': 0 turns the bootcount off"),
+    ('bootenv = ( { name = "otad_prev"; value = "3"; } );', "otad_prev = '3': refusing to set it from a bundle"),
+    ('bootenv = ( { name = "bootlimit"; value = "0"; } );', "bootlimit = '0': expected 1..99"),
+])
+def test_a_bundle_bootenv_that_disagrees_with_the_trial_is_refused_before_the_first_byte(
+        tmp_path, pki, ab, capsys, copy2_env, fragment) -> None:
+    before = (ab.root / "boot" / "uboot.env").read_bytes()
+    bundle = ab_bundle(tmp_path, pki, copy1_env="", copy2_env=copy2_env)
+    rc, _, err = ab.otad(capsys, "install", bundle)
+    assert rc == REFUSED and f"bootenv: {fragment}" in err, err
+    assert ab.slot("mmcblk0p3") == b"\xaa" * SLOT_BYTES and ab.slot("mmcblk0p2") == b"\xaa" * SLOT_BYTES
+    assert (ab.root / "boot" / "uboot.env").read_bytes() == before
+    assert not (ab.root / "state" / "targets.json").exists()
+
+
+def test_the_daemons_deferred_arm_folds_the_bundles_own_switch_too(tmp_path, pki, ab) -> None:
+    """The daemon installs with no_switch and arms later with the bootenv it kept (update.arm)."""
+    from otad import config, update
+
+    cfg = config.load(str(ab.config))
+    bundle = ab_bundle(tmp_path, pki, copy1_env=swupdate_env("2"), copy2_env=swupdate_env("3"))
+    with open(bundle, "rb") as f:
+        done = update.install(cfg, f, name="b.swu", no_switch=True)
+    assert ab.env()["rootpart"] == "2"
+    update.arm(cfg, "b", "2.0.0", done.install.manifest.bootenv_changes())
+    env = ab.env()
+    assert (env["rootpart"], env["upgrade_available"], env["bootcount"], env["note"]) == ("3", "1", "0", "v2")
+
+
+@pytest.mark.parametrize("flag", ["-e", "--select"])
+def test_select_naming_another_slots_section_is_refused_and_the_targets_is_honoured(tmp_path, pki, ab, capsys,
+                                                                                      flag) -> None:
+    bundle = ab_bundle(tmp_path, pki)
+    rc, _, err = ab.otad(capsys, "install", bundle, flag, "stable,copy1")
+    assert rc == 2
+    assert "-e stable,copy1 (install.selection) is slot a's selection, but otad installs into the inactive slot b, " \
+           "whose selection is stable,copy2" in err
+    assert ab.slot("mmcblk0p3") == b"\xaa" * SLOT_BYTES and ab.env()["rootpart"] == "2"
+    rc, out, err = ab.otad(capsys, "install", bundle, flag, "stable,copy2")
+    assert rc == 0 and "into slot b" in out, err
+
+
+def test_a_section_that_writes_nothing_into_the_target_slot_is_refused_before_writing(tmp_path, pki, ab,
+                                                                                        capsys) -> None:
+    (ab.root / "dev" / "mmcblk0p1").write_bytes(b"\xaa" * SLOT_BYTES)  # the boot partition
+    rc, _, err = ab.otad(capsys, "install", ab_bundle(tmp_path, pki, copy2_device="/dev/mmcblk0p1"))
+    assert rc == REFUSED and "installs nothing into slot b" in err
+    assert (ab.root / "dev" / "mmcblk0p1").read_bytes() == b"\xaa" * SLOT_BYTES  # was written before the refusal
 
 
 def test_unknown_booted_slot_is_a_clear_error(tmp_path, pki, ab, capsys) -> None:
