@@ -39,8 +39,9 @@ def swupdate(bundle: Path, pki: Pki, selection: Optional[str] = "stable,copy2",
     return run_swupdate(bundle, pki.ca_pem, [*extra, *(["-e", selection] if selection else [])])
 
 
-def run_swupdate(bundle: Path, ca: Path, args: Sequence[str]) -> Tuple[bool, str]:
+def run_swupdate(bundle: Path, ca: Path, args: Sequence[str], prefix: Sequence[str] = ()) -> Tuple[bool, str]:
     """`swupdate -i BUNDLE -k CA -H rpi0w:1.0 -v ARGS` with a private TMPDIR; (succeeded, log).
+    `prefix` runs it through another command (a private mount namespace, for -B uboot).
 
     swupdate 2022.12 races with itself under load: now and then it hangs, ends with its core
     saying "SWUpdate was successful" before (or while) installing without the client's verdict,
@@ -49,7 +50,7 @@ def run_swupdate(bundle: Path, ca: Path, args: Sequence[str]) -> Tuple[bool, str
     when the next run fails too. The verdict is the client's "SWUPDATE successful" (the exit
     code may be 1 after success) with no failure line anywhere in the log.
     """
-    cmd = ["swupdate", "-i", str(bundle), "-k", str(ca), "-H", "rpi0w:1.0", "-v", *map(str, args)]
+    cmd = [*prefix, "swupdate", "-i", str(bundle), "-k", str(ca), "-H", "rpi0w:1.0", "-v", *map(str, args)]
     scratch = bundle.parent / "swupdate-tmp" / "inner"  # a '../' member lands beside it, not in /
     scratch.mkdir(parents=True, exist_ok=True)
     log = ""
