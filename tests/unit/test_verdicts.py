@@ -21,7 +21,6 @@ from tests.conftest import Device
 from tests.pki import Pki, make_pki
 from tests.unit.install.entries import bundle as entries_bundle
 from tests.unit.install.entries import file as file_entry
-from tests.unit.install.entries import image as image_entry
 from tests.unit.install.entries import script as script_entry
 from tests.unit.install.test_install_bootenv import PlainDevice, env_bundle
 from tests.unit.test_update_ab import AbDevice, ab_bundle, swupdate_env
