@@ -139,10 +139,15 @@ def _plain_bootenv_fits(cfg: Config, plan: InstallPlan) -> None:
     if not changes:
         return
     try:
-        _plain_env(cfg).check_update(changes)
+        env = _plain_env(cfg)
+        env.read()
     except OtadError as exc:
         raise EnvError(f"the bundle sets boot env variables ({', '.join(changes)}) and no U-Boot env is usable "
                        f"here: {exc}", where="bootenv") from exc
+    try:
+        env.check_update(changes)
+    except OtadError as exc:
+        raise exc.within("bootenv")
 
 
 def _plain_env(cfg: Config) -> UBootEnv:
