@@ -141,8 +141,10 @@ def after_both(board: Board, bundle: Path, pki: Pki, tmp_path: Path) -> Tuple[Di
 
 
 SET_DELETE = ('bootenv: ( { name = "kernel"; value = "zImage-6.1"; }, { name = "drop_me"; value = ""; },'
-              ' { name = "fdtfile"; }, { name = "bootargs"; value = "console=serial0,115200 root=/dev/mmcblk0p3 quiet"; },'
-              ' { name = "quoted"; value = "say \\"hi\\" = ok; \'single\'"; }, { name = "unicode"; value = "grüße ✓"; },'
+              ' { name = "fdtfile"; },'
+              ' { name = "bootargs"; value = "console=serial0,115200 root=/dev/mmcblk0p3 quiet"; },'
+              ' { name = "quoted"; value = "say \\"hi\\" = ok; \'single\'"; },'
+              ' { name = "unicode"; value = "grüße ✓"; },'
               ' { name = "absent_and_empty"; value = ""; }, { name = "rootpart"; value = "3"; } );')
 
 CASES = {

@@ -102,8 +102,8 @@ CASES: Dict[str, Case] = {
                                       REFUSED, "no U-Boot env is usable here", prepare=no_fw_env_config),
     "bootenv, no valid env copy": Case("plain", lambda t, p: env_bundle(t, p, '{ name = "k"; value = "v"; }'),
                                        REFUSED, "no U-Boot env is usable here", prepare=corrupt_env),
-    "bootenv value with a line break": Case("plain", lambda t, p: env_bundle(t, p, '{ name = "k"; value = "a\\nb=c"; }'),
-                                            REFUSED, "value: expected one line"),
+    "bootenv value with a line break": Case("plain", lambda t, p: env_bundle(
+        t, p, '{ name = "k"; value = "a\\nb=c"; }'), REFUSED, "value: expected one line"),
     "A/B: an image into the running slot": Case("ab", lambda t, p: ab_bundle(t, p, copy2_device="/dev/mmcblk0p2"),
                                                 REFUSED, "it is in use"),
     "A/B: nothing into the target slot": Case("ab", lambda t, p: ab_bundle(t, p, copy2_device="/dev/mmcblk0p1"),

@@ -133,7 +133,8 @@ def test_bootenv_with_no_valid_env_copy_is_refused_before_the_first_byte(tmp_pat
 
 def test_bootenv_that_does_not_fit_the_env_is_refused_before_the_first_byte(tmp_path, pki, plain, capsys) -> None:
     many = ", ".join(f'{{ name = "v{i}"; value = "{"x" * 200}"; }}' for i in range(50))  # ~10 KiB > 8 KiB env
-    refused_before_writing(plain, capsys, env_bundle(tmp_path, pki, many), "bootenv: environment too large: 54 variables")
+    refused_before_writing(plain, capsys, env_bundle(tmp_path, pki, many),
+                           "bootenv: environment too large: 54 variables")
 
 
 @pytest.mark.parametrize("bootenv, fragment", [
