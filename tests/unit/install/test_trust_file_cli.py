@@ -43,7 +43,7 @@ def install(device: Device, pki: Pki, path: Path, capsys, *args: str):
 
 def test_the_unsigned_refusal_names_the_flag_that_allows_it(tmp_path, device, pki, capsys) -> None:
     rc, _, err = install(device, pki, bundle(tmp_path, None), capsys)
-    assert rc == 1 and "bundle is not signed" in one_error(err) and "--insecure-allow-unsigned" in one_error(err)
+    assert rc == 4 and "bundle is not signed" in one_error(err) and "--insecure-allow-unsigned" in one_error(err)
     assert device.untouched()
 
 
@@ -63,9 +63,11 @@ def test_key_with_insecure_allow_unsigned_is_not_a_missing_trust_file(tmp_path, 
 
 
 def test_info_without_a_trust_file_still_says_it_is_missing(tmp_path, device, pki, capsys) -> None:
-    rc, _, err = run_cli(["--config", device.config(pki), "info", bundle(tmp_path, pki), "-k",
-                          tmp_path / "missing.pem"], capsys)
-    assert rc == 0 and f"trust file {tmp_path / 'missing.pem'} not found (use -k)" in err
+    rc, out, err = run_cli(["--config", device.config(pki), "info", bundle(tmp_path, pki), "-k",
+                            tmp_path / "missing.pem"], capsys)
+    # install refuses without a trust file, so info's verdict says so too (exit 4)
+    assert rc == 4 and f"trust file {tmp_path / 'missing.pem'} not found (use -k)" in err
+    assert "would be refused" in out + err
 
 
 @pytest.mark.parametrize("method", ["cms", "rsa"])
@@ -74,7 +76,7 @@ def test_a_private_key_as_trust_file_is_refused_before_anything_is_written(tmp_p
     rc, _, err = install(device, pki, bundle(tmp_path, pki), capsys, "-k", str(pki.signer_key),
                          "--signature", method)
     line = one_error(err)
-    assert rc == 1 and f"{pki.signer_key}: holds a private key" in line and "build host" in line
+    assert rc == 4 and f"{pki.signer_key}: holds a private key" in line and "build host" in line
     assert device.untouched()
 
 
@@ -82,7 +84,7 @@ def test_a_bare_public_key_with_cms_says_to_use_signature_rsa(tmp_path, device, 
     keys = rsa_keypair(tmp_path / "raw")
     signed = rsa_bundle(tmp_path, keys.key)
     rc, _, err = install(device, pki, signed, capsys, "-k", str(keys.pub))
-    assert rc == 1 and "use --signature rsa" in one_error(err)
+    assert rc == 4 and "use --signature rsa" in one_error(err)
     assert device.untouched()
     rc, _, err = install(device, pki, signed, capsys, "-k", str(keys.pub), "--signature", "rsa")
     assert rc == 0, err
@@ -91,5 +93,5 @@ def test_a_bare_public_key_with_cms_says_to_use_signature_rsa(tmp_path, device, 
 
 def test_certificates_with_signature_rsa_say_to_use_cms(tmp_path, device, pki, capsys) -> None:
     rc, _, err = install(device, pki, bundle(tmp_path, pki), capsys, "--signature", "rsa")
-    assert rc == 1 and "--signature cms" in one_error(err)
+    assert rc == 4 and "--signature cms" in one_error(err)
     assert device.untouched()
