@@ -1,9 +1,10 @@
 """The command line: parse arguments, call the module that does the work, print the result.
 
 No logic lives here beyond turning flags into config overrides and results into text. An
-OtadError becomes one line on stderr and exit status 1 (2 for configuration and usage
-errors); a traceback is printed only with --debug. Modules are imported lazily so that
-`otad --help` stays fast on a Pi Zero.
+OtadError becomes one line on stderr and its exit status (README: 1, 2 for configuration and
+usage errors, 75 busy); SIGINT, SIGTERM and SIGHUP one line and 130. A traceback is printed
+only with --debug. Commands that write hold the writer lock (otad.lock) around their work.
+Modules are imported lazily so that `otad --help` stays fast on a Pi Zero.
 """
 
 from __future__ import annotations
@@ -242,11 +243,13 @@ def _cmd_install(args: argparse.Namespace) -> int:
     from otad.progress import fan_out
 
     cfg = _load_config(args)
-    source, size = _open_bundle(args.bundle)
-    with source, update.open_watchdog(cfg) as watchdog:
-        progress = fan_out([ProgressDisplay(), ProgressPetter(watchdog)])
-        done = update.install(cfg, source, name=args.bundle, total_bytes=size, progress=progress,
-                              dry_run=args.dry_run, no_switch=args.no_switch)
+    # A dry run writes nothing, so it neither takes the lock nor waits for it.
+    with _writer(cfg, "installing", needed=not args.dry_run) as writer:
+        source, size = _open_bundle(args.bundle)
+        with source, update.open_watchdog(cfg) as watchdog:
+            progress = fan_out([ProgressDisplay(), ProgressPetter(watchdog)])
+            done = update.install(cfg, source, name=args.bundle, writer=writer, total_bytes=size, progress=progress,
+                                  dry_run=args.dry_run, no_switch=args.no_switch)
     result = done.install
     verb = "verified (dry run, nothing written)" if result.dry_run else "installed"
     for image in result.images:
@@ -261,6 +264,17 @@ def _cmd_install(args: argparse.Namespace) -> int:
     elif result.bootenv and not result.dry_run:
         print(f"bootenv: {', '.join(v.name for v in result.bootenv)} applied in one env write")
     return 0
+
+
+def _writer(cfg: Any, activity: str, *, needed: bool = True, create: bool = True) -> Any:
+    """The writer lock held for a command's work (BusyError at once if another otad holds it)."""
+    import contextlib
+
+    from otad.lock import WriterLock
+
+    if not needed:
+        return contextlib.nullcontext()
+    return WriterLock(cfg.system.state_dir).acquire(activity, create=create)
 
 
 def _reboot(cfg: Any, needed: bool, no_reboot: bool) -> None:
@@ -282,11 +296,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     if args.syslog:
         add_syslog()
-    import signal
-
-    # `stop` from the init script: leave through the normal exits (state stays consistent,
-    # the watchdog gets its magic close) instead of dying mid-write.
-    signal.signal(signal.SIGTERM, lambda _sig, _frame: sys.exit(0))
     return Agent(_load_config(args), AgentOptions(once=args.once, reboot=not args.no_reboot)).run()
 
 
@@ -322,14 +331,17 @@ def _cmd_status(args: argparse.Namespace) -> int:
     for slot in report.slots:
         version = f" version {slot.installed_version}" if slot.installed_version else ""
         marks = "".join(m for m, on in ((" [booted]", slot.booted), (" [next]", slot.next_boot)) if on)
-        note = f"  ({slot.note})" if slot.note else ""
-        print(f"slot {slot.name} {slot.device}: {slot.state}{version}{marks}{note}")
+        note = f" ({slot.note})" if slot.note else ""
+        print(f"slot {slot.name} {slot.device}: {slot.state}{note}{version}{marks}")
     if report.pending_trial:
         print("trial:   " + ", ".join(f"{k}={v}" for k, v in report.pending_trial.items() if v is not None))
     if report.last_result:
         r = report.last_result
         print(f"last:    {r.outcome.value} slot {r.slot} version {r.version or '-'}" + (f": {r.reason}" if r.reason else ""))
     print("env:     " + " ".join(f"{k}={v if v is not None else '-'}" for k, v in report.env.items()))
+    if report.writer is not None:
+        done = f", {report.writer.percent} %" if report.writer.percent is not None else ""
+        print(f"writer:  {report.writer.describe()}{done}")
     if daemon is None:
         print("daemon:  not started" if daemon_problem is None else "daemon:  unknown")
     else:
@@ -363,7 +375,8 @@ def _cmd_confirm(args: argparse.Namespace) -> int:
     from otad import update
 
     cfg = _load_config(args)
-    outcome = update.confirm_boot(cfg)
+    with _writer(cfg, "confirming the boot") as writer:
+        outcome = update.confirm_boot(cfg, writer=writer)
     if args.json:
         import json
 
@@ -378,7 +391,8 @@ def _cmd_mark_bad(args: argparse.Namespace) -> int:
     from otad import update
 
     cfg = _load_config(args)
-    outcome = update.mark_bad_now(cfg, args.slot)
+    with _writer(cfg, "marking a slot bad") as writer:
+        outcome = update.mark_bad_now(cfg, args.slot, writer=writer)
     print(outcome.message)
     _reboot(cfg, outcome.reboot, args.no_reboot)
     return 0
@@ -407,10 +421,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return info.exit_code
 
 
-def _env(args: argparse.Namespace) -> Any:
+def _env(args: argparse.Namespace, cfg: Any = None) -> Any:
     from otad.boot.envcmd import open_env
 
-    cfg = _load_config(args)
+    cfg = cfg or _load_config(args)
     return open_env(args.config_env or cfg.bootloader.fw_env_config, cfg.bootloader.lock_file)
 
 
@@ -428,7 +442,9 @@ def _cmd_env_set(args: argparse.Namespace) -> int:
 
     changes = requested_changes(args.assignments, args.script)
     default = read_default_env(args.defenv) if args.defenv else None
-    set_variables(_env(args), changes, default)
+    cfg = _load_config(args)
+    with _writer(cfg, "setting U-Boot env variables", create=False):
+        set_variables(_env(args, cfg), changes, default)
     return 0
 
 
@@ -474,9 +490,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from otad.console import report_errors, setup_logging
 
     setup_logging(args.verbose + (1 if args.debug else 0), args.quiet)
+    from otad.signals import handled
+
     run: Callable[[argparse.Namespace], int] = args.run
     try:
-        return report_errors("otad", args.debug, lambda: run(args))
+        with handled():
+            return report_errors("otad", args.debug, lambda: run(args))
     except BrokenPipeError:
         # the reader of our output went away (`otad status | head`): not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

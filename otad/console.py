@@ -21,8 +21,9 @@ def setup_logging(verbose: int, quiet: bool) -> None:
 
 def report_errors(prog: str, debug: bool, call: Callable[[], int]) -> int:
     """Run a command's body; an OtadError becomes one `prog: error: ...` line and its exit code
-    (with the traceback only under --debug), Ctrl-C exit 130. The one top-level handler."""
-    from otad.errors import OtadError
+    (with the traceback only under --debug); a stop request (Ctrl-C, SIGTERM, SIGHUP) one
+    `prog: terminated while ...` line and 130. The one top-level handler."""
+    from otad.errors import Interrupted, OtadError
 
     try:
         return call()
@@ -33,6 +34,9 @@ def report_errors(prog: str, debug: bool, call: Callable[[], int]) -> int:
             traceback.print_exc()
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except Interrupted as stop:
+        print(f"{prog}: {stop}", file=sys.stderr)
+        return stop.exit_code
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130

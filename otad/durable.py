@@ -25,12 +25,14 @@ def fsync_dir(directory: PathLike) -> None:
         os.close(fd)
 
 
-def atomic_write(path: PathLike, data: bytes, mode: Optional[int] = None) -> None:
+def atomic_write(path: PathLike, data: bytes, mode: Optional[int] = None, *, sync: bool = True) -> None:
     """Replace `path` with `data`: temp file, fsync, rename, fsync dir.
 
     `mode` defaults to the mode of the file being replaced (0644 for a new one), so a
     replaced file keeps its permissions. On any error the temp file is removed and the
-    old file is untouched.
+    old file is untouched. `sync=False` skips both fsyncs: readers still see the old or the
+    new file, never half of it, but a power cut may lose it (for files that mean nothing
+    after a reboot, rewritten often).
     """
     path = os.fspath(path)
     directory = os.path.dirname(path) or "."
@@ -46,7 +48,8 @@ def atomic_write(path: PathLike, data: bytes, mode: Optional[int] = None) -> Non
             f.write(data)
             f.flush()
             os.fchmod(f.fileno(), mode)
-            os.fsync(f.fileno())
+            if sync:
+                os.fsync(f.fileno())
         crashpoint.reached("durable.temp_synced")
         os.replace(tmp, path)
     except BaseException:
@@ -56,5 +59,6 @@ def atomic_write(path: PathLike, data: bytes, mode: Optional[int] = None) -> Non
             pass
         raise
     crashpoint.reached("durable.renamed")
-    fsync_dir(directory)
+    if sync:
+        fsync_dir(directory)
     crashpoint.reached("durable.dir_synced")

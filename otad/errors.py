@@ -23,6 +23,7 @@ edge with ``raise ... from exc``.
      │    └── EnvCorrupt          no copy with a good CRC
      ├── SlotError                A/B slot model: booted slot unknown, bad transition
      ├── StateError               otad's persistent state file
+     ├── BusyError                another otad process holds the writer lock (exit 75)
      ├── WatchdogError            /dev/watchdog
      ├── ServerError              a hawkBit request failed: url, status, retry_after_s
      │    ├── ServerUnavailable   no answer, 5xx, rate-limit 429: retry later
@@ -31,11 +32,16 @@ edge with ``raise ... from exc``.
      │    └── MalformedResponse   the answer is not DDI: field
      ├── UnsupportedDeployment    a deployment otad cannot carry out
      └── InvalidConfigData        configData hawkBit would refuse
+
+    KeyboardInterrupt
+     └── Interrupted              SIGINT, SIGTERM or SIGHUP (exit 130); not an OtadError, so no
+                                  handler takes a stop request for a failed install
 """
 
 from __future__ import annotations
 
-from typing import Optional
+import signal
+from typing import Optional, Tuple
 
 # Exit statuses by the step an error happened in (README "Exit status"). A family with its own
 # status (ConfigError 2, verification 4) keeps it whatever the step.
@@ -168,6 +174,17 @@ class StateError(OtadError):
     """otad's persistent state is unreadable or a transition is not allowed."""
 
 
+class BusyError(OtadError):
+    """Another otad process holds the writer lock (otad.lock); `holder` says who and what it does.
+    Exit 75, sysexits' EX_TEMPFAIL: nothing was done, try again later."""
+
+    exit_code = 75
+
+    def __init__(self, holder: str) -> None:
+        self.holder = holder
+        super().__init__(f"busy: {holder}")
+
+
 class WatchdogError(OtadError):
     """/dev/watchdog could not be opened or driven."""
 
@@ -232,3 +249,34 @@ class UnsupportedDeployment(OtadError):
 
 class InvalidConfigData(OtadError):
     """configData attributes that hawkBit would refuse; raised before anything is sent."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT, SIGTERM or SIGHUP stopped the command (otad.signals raises it).
+
+    Not an OtadError on purpose: the handlers that turn a failure into a failed install (and
+    report it to hawkBit) must let a stop request through. `activity` is what was stopped,
+    `outcome` what that left behind; `written` the install targets it had started writing.
+    """
+
+    exit_code = 130
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        self.activity: Optional[str] = None
+        self.outcome: Optional[str] = None
+        self.written: Tuple[str, ...] = ()
+        super().__init__(signum)
+
+    @property
+    def verb(self) -> str:
+        return "interrupted" if self.signum == signal.SIGINT else "terminated"
+
+    def during(self, activity: str, outcome: Optional[str] = None) -> "Interrupted":
+        """This stop request, saying what it stopped and what that left (for the one line)."""
+        self.activity, self.outcome = activity, outcome
+        return self
+
+    def __str__(self) -> str:
+        text = self.verb + (f" while {self.activity}" if self.activity else "")
+        return text + (f"; {self.outcome}" if self.outcome else "")

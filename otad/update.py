@@ -3,7 +3,8 @@ confirm after a boot, mark bad, report status.
 
 This is where the install path (`install/`) meets the boot side (`boot/`); `otad install`,
 `otad confirm`, `otad status`, `otad mark-bad` and the daemon all go through it, so the order
-of checks and writes is the same whoever starts the update.
+of checks and writes is the same whoever starts the update. Every operation that writes takes
+a `HeldLock` (otad.lock): the caller holds the writer lock around all of it.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from otad.boot.slots import BootedSlot, Slot, booted_slot
 from otad.boot.ubootenv import UBootEnv, load_fw_env_config
 from otad.boot.watchdog import DeviceWatchdog, NullWatchdog
 from otad.config import Config
-from otad.errors import REFUSED, WRITE_FAILED, ConfigError, EnvError, InstallError, OtadError, SlotError
+from otad.errors import REFUSED, WRITE_FAILED, ConfigError, EnvError, InstallError, Interrupted, OtadError, SlotError
 from otad.install.handlers.raw import resolve_device
 from otad.install.installer import InstallResult, Resuming, install_bundle
 from otad.install.plan import InstallPlan, InstallRequest, plan_install
@@ -30,7 +31,9 @@ from otad.install.options import make_request, status_file
 from otad.install.pipeline import Reader
 from otad.install.resume import discard_journal
 from otad.install.status import FAILED, TargetStatusStore
-from otad.progress import ProgressListener, ignore
+from otad.lock import HeldLock, WriterLock
+from otad.progress import ProgressListener, fan_out, ignore
+from otad.signals import shielded
 from otad.state import State, StateStore
 from otad.swu.manifest import SwDescription
 
@@ -166,33 +169,53 @@ def plan(cfg: Config, description: SwDescription, *, name: str) -> InstallPlan:
         raise exc.within_once(name)
 
 
-def install(cfg: Config, source: Reader, *, name: str, total_bytes: Optional[int] = None,
+def writer_lock(cfg: Config) -> WriterLock:
+    return WriterLock(cfg.system.state_dir)
+
+
+def install(cfg: Config, source: Reader, *, name: str, writer: Optional[HeldLock], total_bytes: Optional[int] = None,
             progress: ProgressListener = ignore, dry_run: bool = False, no_switch: bool = False,
             selection: Optional[Tuple[str, str]] = None, action_id: Optional[str] = None,
             resuming: Resuming = Resuming()) -> SlotInstallResult:
     """Install a bundle. With slots configured: into the inactive slot, then arm the trial with
     the bundle's bootenv folded in (unless `no_switch` or `dry_run`). Without slots: the selected
     section, then its bootenv in one env write, as `swupdate -i -B uboot` does.
-    `resuming` goes on from a saved resume point and/or saves new ones (the daemon's)."""
+    `resuming` goes on from a saved resume point and/or saves new ones (the daemon's). `writer`
+    is the writer lock, held from before this call to after it (None only for a dry run, which
+    writes nothing); it gets the target slot and the progress."""
+    assert writer is not None or dry_run, "an install that writes holds the writer lock"
+    if writer is not None:
+        progress = fan_out([progress, writer.progress])
     targets = TargetStatusStore(None if dry_run else status_file(cfg))
     if resuming.point is None and not dry_run:
         discard_journal(cfg.system.state_dir)  # this install overwrites what a saved point relies on
     setup = _setup(cfg, dry_run=dry_run, selection=selection)
-    result = install_bundle(source, setup.request, name=name, total_bytes=total_bytes, progress=progress,
-                            status=targets, resuming=resuming)
     if setup.target is None or setup.booted is None or setup.chooser is None:
-        if not dry_run:
-            _apply_plain_bootenv(cfg, result, targets)
+        try:
+            result = install_bundle(source, setup.request, name=name, total_bytes=total_bytes, progress=progress,
+                                    status=targets, resuming=resuming)
+            if not dry_run:
+                _apply_plain_bootenv(cfg, result, targets)
+        except Interrupted as stop:
+            raise stop.during(f"installing {name}", f"{', '.join(stop.written)} marked not installed"
+                              if stop.written else "nothing was written")
         return SlotInstallResult(result, None, None, None)
-    if dry_run or no_switch:
-        return SlotInstallResult(result, setup.target, setup.booted, None)
+    target, booted = setup.target, setup.booted
+    store = StateStore(cfg.system.state_dir)
+    if writer is not None:
+        writer.doing(f"installing into slot {target.name}", slot=target.name)
+    written: Optional[InstallResult] = None
     try:
-        state = arm_after_install(StateStore(cfg.system.state_dir), setup.chooser, setup.target, setup.booted,
-                                  result.manifest.version, result.manifest.bootenv_changes(), action_id=action_id)
-    except OtadError as exc:
-        raise exc.at_stage(WRITE_FAILED)
-    log.info("slot %s armed for a trial boot of version %s", setup.target.name, result.manifest.version)
-    return SlotInstallResult(result, setup.target, setup.booted, state)
+        written = install_bundle(source, setup.request, name=name, total_bytes=total_bytes, progress=progress,
+                                 status=targets, resuming=resuming)
+        if dry_run or no_switch:
+            return SlotInstallResult(written, target, booted, None)
+        state = _arm(store, setup.chooser, target, booted, written.manifest.version,
+                     written.manifest.bootenv_changes(), action_id)
+    except Interrupted as stop:
+        raise stop.during(f"installing slot {target.name}", _left_behind(stop, target, written, store))
+    log.info("slot %s armed for a trial boot of version %s", target.name, written.manifest.version)
+    return SlotInstallResult(written, target, booted, state)
 
 
 def _apply_plain_bootenv(cfg: Config, result: InstallResult, targets: TargetStatusStore) -> None:
@@ -202,7 +225,8 @@ def _apply_plain_bootenv(cfg: Config, result: InstallResult, targets: TargetStat
     if not changes:
         return
     try:
-        _plain_env(cfg).update(changes)
+        with shielded():
+            _plain_env(cfg).update(changes)
     except OtadError as exc:
         for path in result.targets:
             targets.mark(path, FAILED, version=result.manifest.version, reason=f"bootenv not applied: {exc}")
@@ -211,19 +235,42 @@ def _apply_plain_bootenv(cfg: Config, result: InstallResult, targets: TargetStat
                                               for k, v in changes.items()))
 
 
+def _left_behind(stop: Interrupted, target: Slot, result: Optional[InstallResult], store: StateStore) -> str:
+    """What an install stopped by a signal leaves in its target slot, for the one line."""
+    if result is None:
+        return f"slot {target.name} marked not installed" if stop.written else "nothing was written"
+    holds = f"slot {target.name} holds version {result.manifest.version}"
+    try:
+        armed = store.load().trial
+    except OtadError:
+        return f"{holds}; whether it is armed: see otad status"
+    return f"{holds} and is armed for a trial boot" if armed else f"{holds}, not armed"
+
+
+def _arm(store: StateStore, chooser: Bootchooser, target: Slot, previous: Slot, version: Optional[str],
+         bootenv: Dict[str, Optional[str]], action_id: Optional[str]) -> State:
+    """Arm the trial; a stop request waits until state, env and state are all written."""
+    with shielded():
+        try:
+            return arm_after_install(store, chooser, target, previous, version, bootenv, action_id=action_id)
+        except OtadError as exc:
+            raise exc.at_stage(WRITE_FAILED)
+
+
 def arm(cfg: Config, target_name: str, version: str, bootenv: Dict[str, Optional[str]], *,
-        action_id: Optional[str] = None) -> State:
+        writer: HeldLock, action_id: Optional[str] = None) -> State:
     """Arm a slot that already holds a verified install (the daemon's deferred update)."""
     table = cfg.slot_table()
     booted = detect_booted(cfg)
     target = table.by_name(target_name)
     if target == booted.slot:
         raise SlotError(f"slot {target_name} is the running slot; nothing to arm")
+    writer.doing(f"arming slot {target.name}", slot=target.name)
     record = _targets(cfg).get(resolve_device(target.device, cfg.system.device_dir))
     if record is None or record.state != "installed" or record.version != version:
         raise InstallError(f"slot {target_name} no longer holds the verified install of version {version}")
-    return arm_after_install(StateStore(cfg.system.state_dir), Bootchooser.from_config(cfg), target, booted.slot,
-                             version, bootenv, action_id=action_id)
+    return _arm(StateStore(cfg.system.state_dir), Bootchooser.from_config(cfg), target, booted.slot, version,
+                bootenv, action_id)
 
 
 def running_version(cfg: Config) -> Optional[str]:
@@ -247,7 +294,8 @@ def open_watchdog(cfg: Config) -> Union[DeviceWatchdog, NullWatchdog]:
     return DeviceWatchdog.open(wd.device, timeout_s=wd.timeout_s, nowayout=wd.nowayout)
 
 
-def confirm_boot(cfg: Config) -> ConfirmOutcome:
+def confirm_boot(cfg: Config, *, writer: HeldLock) -> ConfirmOutcome:
+    writer.doing("confirming the boot")
     booted = detect_booted(cfg)
     health = cfg.health
 
@@ -257,15 +305,17 @@ def confirm_boot(cfg: Config) -> ConfirmOutcome:
     return confirm(StateStore(cfg.system.state_dir), Bootchooser.from_config(cfg), booted, check)
 
 
-def mark_bad_now(cfg: Config, slot_name: Optional[str] = None) -> MarkOutcome:
+def mark_bad_now(cfg: Config, slot_name: Optional[str] = None, *, writer: HeldLock) -> MarkOutcome:
     booted = detect_booted(cfg)
     slot = cfg.slot_table().by_name(slot_name) if slot_name else None
+    writer.doing(f"marking slot {(slot or booted.slot).name} bad", slot=(slot or booted.slot).name)
     return mark_bad(StateStore(cfg.system.state_dir), Bootchooser.from_config(cfg), booted, slot,
                     targets=_targets(cfg), device_dir=cfg.system.device_dir)
 
 
 def slot_status(cfg: Config) -> SlotStatusReport:
-    """Never fails on a broken env or state: it reports them, so a technician can see why."""
+    """Never fails on a broken env or state: it reports them, so a technician can see why.
+    Never takes the writer lock: an install in progress is read from its holder record."""
     booted: Optional[BootedSlot] = None
     problem: Optional[str] = None
     try:
@@ -273,4 +323,4 @@ def slot_status(cfg: Config) -> SlotStatusReport:
     except OtadError as exc:
         problem = str(exc)
     return status(StateStore(cfg.system.state_dir), Bootchooser.from_config(cfg), booted, booted_problem=problem,
-                  targets=_targets(cfg), device_dir=cfg.system.device_dir)
+                  targets=_targets(cfg), device_dir=cfg.system.device_dir, writer=writer_lock(cfg).holder())

@@ -57,7 +57,9 @@ from otad.boot.bootchooser import Bootchooser, BootEnv
 from otad.boot.health import HealthResult
 from otad.boot.slots import BootedSlot, Slot, SlotTable, env_mismatch
 from otad.errors import EnvError, OtadError, SlotError, StateError
-from otad.install.status import FAILED, INSTALLING, TargetRecord, TargetStatusStore
+from otad.install.status import INSTALLED, INSTALLING, INTERRUPTED, NOT_INSTALLED, TargetRecord, TargetStatusStore, \
+    shown_state
+from otad.lock import Holder
 from otad.state import LastResult, Outcome, Phase, State, StateStore
 
 log = logging.getLogger(__name__)
@@ -379,7 +381,7 @@ def mark_bad(store: StateStore, chooser: Bootchooser, booted: BootedSlot, slot: 
                             f"marking it bad would commit slot {state.target_slot} untested (confirm it or "
                             f"mark slot {state.target_slot} bad instead)")
         record = None if other == booted.slot else _install_record(targets, other, device_dir)
-        if record is not None and record.state in (FAILED, INSTALLING):
+        if record is not None and record.state in NOT_INSTALLED:
             raise SlotError(f"slot {other.name} holds no valid image (its install is {record.state}); "
                             f"refusing to make it boot next", where=other.device)
         chooser.mark_bad(slot)
@@ -399,7 +401,10 @@ def mark_bad(store: StateStore, chooser: Bootchooser, booted: BootedSlot, slot: 
 @dataclass(frozen=True)
 class SlotReport:
     """One slot for `otad status`. `state`: trial (armed, undecided), good (running or
-    committed), bad (failed a trial, marked bad, or holds a failed install), inactive."""
+    committed), installing (a writer holding the lock installs into it), interrupted (an
+    install stopped or was killed half-way), bad (failed a trial, marked bad, or holds a failed
+    install), inactive. `install_state` is the install record's, as `shown_state` tells it;
+    `installed_version` is set only for a complete, verified install."""
 
     name: str
     device: str
@@ -417,7 +422,8 @@ class SlotReport:
 
 @dataclass(frozen=True)
 class SlotStatusReport:
-    """Everything `otad status` shows; a part that could not be read has a `*_problem` instead."""
+    """Everything `otad status` shows; a part that could not be read has a `*_problem` instead.
+    `writer` is the holder of the writer lock (otad.lock), if any."""
 
     booted: Optional[str]
     booted_evidence: Optional[str]
@@ -431,6 +437,7 @@ class SlotStatusReport:
     booted_problem: Optional[str] = None
     env_problem: Optional[str] = None
     state_problem: Optional[str] = None
+    writer: Optional[Holder] = None
 
     def to_dict(self) -> Dict[str, Any]:
         return {
@@ -440,14 +447,15 @@ class SlotStatusReport:
             "last_result": self.last_result.to_dict() if self.last_result else None,
             "slots": [s.to_dict() for s in self.slots], "mismatch": self.mismatch,
             "booted_problem": self.booted_problem, "env_problem": self.env_problem,
-            "state_problem": self.state_problem,
+            "state_problem": self.state_problem, "writer": self.writer.to_dict() if self.writer else None,
         }
 
 
 def status(store: StateStore, chooser: Bootchooser, booted: Optional[BootedSlot], *,
            booted_problem: Optional[str] = None, targets: Optional[TargetStatusStore] = None,
-           device_dir: str = "/dev") -> SlotStatusReport:
-    """Gather the slot picture; never raises for an unreadable env or state (it reports them)."""
+           device_dir: str = "/dev", writer: Optional[Holder] = None) -> SlotStatusReport:
+    """Gather the slot picture; never raises for an unreadable env or state (it reports them).
+    `writer`: who holds the writer lock now (an install into a slot shows as `installing`)."""
     env: Optional[BootEnv] = None
     state: Optional[State] = None
     env_problem = state_problem = None
@@ -462,7 +470,7 @@ def status(store: StateStore, chooser: Bootchooser, booted: Optional[BootedSlot]
     mismatch = None
     if booted is not None and env is not None:
         mismatch = env_mismatch(chooser.table, booted, env.slot_value, variable=chooser.slot_variable)
-    slots = tuple(_slot_report(s, booted, env, state, targets, device_dir) for s in chooser.table.slots)
+    slots = tuple(_slot_report(s, booted, env, state, targets, device_dir, writer) for s in chooser.table.slots)
     pending = None
     if state is not None and state.trial:
         pending = {"phase": state.phase.value, "target_slot": state.target_slot,
@@ -473,18 +481,37 @@ def status(store: StateStore, chooser: Bootchooser, booted: Optional[BootedSlot]
         env_slot=env.slot.name if env and env.slot else None, env=dict(env.values) if env else {},
         phase=state.phase.value if state else None, pending_trial=pending,
         last_result=state.last_result if state else None, slots=slots, mismatch=mismatch,
-        booted_problem=booted_problem, env_problem=env_problem, state_problem=state_problem,
+        booted_problem=booted_problem, env_problem=env_problem, state_problem=state_problem, writer=writer,
     )
 
 
 def _slot_report(slot: Slot, booted: Optional[BootedSlot], env: Optional[BootEnv], state: Optional[State],
-                 targets: Optional[TargetStatusStore], device_dir: str) -> SlotReport:
+                 targets: Optional[TargetStatusStore], device_dir: str, writer: Optional[Holder]) -> SlotReport:
     record = _install_record(targets, slot, device_dir)
     is_booted = booted is not None and booted.slot == slot
     next_boot = env is not None and env.slot == slot
-    kind, note = _slot_state(slot, is_booted, next_boot, env, state, record)
-    return SlotReport(slot.name, slot.device, slot.boot_value, is_booted, next_boot, kind,
-                      record.version if record else None, record.state if record else None, note)
+    install_state = shown_state(record, being_written=writer is not None and writer.installing_into(slot.name))
+    note: Optional[str]
+    if install_state == INSTALLING:
+        kind, note = INSTALLING, _writing(writer)
+    elif install_state == INTERRUPTED and record is not None:
+        why = record.reason or "its process ended mid-write (killed, crashed or power cut)"
+        kind, note = INTERRUPTED, f"version {record.version or '?'} half-written: {why}"
+    else:
+        kind, note = _slot_state(slot, is_booted, next_boot, env, state, record)
+    installed = record.version if record is not None and install_state == INSTALLED else None
+    return SlotReport(slot.name, slot.device, slot.boot_value, is_booted, next_boot, kind, installed,
+                      install_state, note)
+
+
+def _writing(writer: Optional[Holder]) -> str:
+    """``pid 4242, 37 %`` (or the bytes so far when the bundle's size is not known)."""
+    assert writer is not None
+    if writer.percent is not None:
+        return f"pid {writer.pid}, {writer.percent} %"
+    if writer.done_bytes:
+        return f"pid {writer.pid}, {writer.done_bytes} bytes"
+    return f"pid {writer.pid}"
 
 
 def _slot_state(slot: Slot, is_booted: bool, next_boot: bool, env: Optional[BootEnv], state: Optional[State],
@@ -493,7 +520,7 @@ def _slot_state(slot: Slot, is_booted: bool, next_boot: bool, env: Optional[Boot
         return "trial", f"{state.phase.value}, version {state.version or '?'}"
     if next_boot and env is not None and env.upgrade_available:
         return "trial", "upgrade_available is set (not by otad)"
-    if record is not None and record.state in (FAILED, INSTALLING):
+    if record is not None and record.state in NOT_INSTALLED:
         return "bad", f"install {record.state}" + (f": {record.reason}" if record.reason else "")
     last = state.last_result if state is not None else None
     newer_install = record is not None and record.updated_at is not None and last is not None \
@@ -522,4 +549,4 @@ def _install_record(targets: Optional[TargetStatusStore], slot: Slot, device_dir
 
 def _installed_version(targets: Optional[TargetStatusStore], slot: Slot, device_dir: str) -> Optional[str]:
     record = _install_record(targets, slot, device_dir)
-    return record.version if record is not None else None
+    return record.version if record is not None and record.state == INSTALLED else None

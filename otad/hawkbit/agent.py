@@ -3,6 +3,12 @@
 At start the last trial's verdict becomes its action's final feedback; then it polls at the
 server's pace, streams a deployment straight into the install pipeline, arms (or waits for the
 window) and reboots. `closed/success` comes only from `otad confirm` on the new slot.
+
+The writer lock (otad.lock) is held for each operation that writes (confirming the last boot,
+an install from its first state change to the arming, a cancel, dropping an unarmed install),
+never while polling or sleeping. When another otad holds it, the operation waits for a later
+poll and the server hears nothing about it. SIGTERM ends the loop with status 0; an install in
+progress is stopped and marked interrupted, and its download goes on from the journal.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -19,7 +26,7 @@ from otad import RELEASE_DATE, crashpoint, update
 from otad.boot.mark import Verdict
 from otad.boot.watchdog import ProgressPetter
 from otad.config import Config, parse_date
-from otad.errors import ConfigError, OtadError, ResumeError
+from otad.errors import BusyError, ConfigError, Interrupted, OtadError, ResumeError
 from otad.hawkbit.actions import ActionLog, WaitingAction
 from otad.hawkbit.ddi import (ActionLink, Artifact, AuthError, Conflict, DdiClient, Deployment, Forbidden,
                               HawkbitSettings, InvalidConfigData, NotFound, Rejected, ServerError, ServerUnavailable)
@@ -32,6 +39,7 @@ from otad.install.installer import Resuming
 from otad.install.options import status_file
 from otad.install.resume import ResumePoint
 from otad.install.status import FAILED, TargetStatusStore
+from otad.lock import HeldLock
 from otad.notify import notify, watchdog_interval_s
 from otad.progress import Progress, ProgressListener, ignore
 from otad.state import Outcome, Phase, State, StateStore
@@ -115,6 +123,9 @@ class Agent:
         self.progress_sent: Dict[str, int] = {}
         self.cancel_link: Optional[ActionLink] = None  # a cancel seen while downloading
         self.reboot_requested = False
+        self.writer_lock = update.writer_lock(cfg)
+        self.held: Optional[HeldLock] = None  # the writer lock, during an operation
+        self.boot_pending = False  # the last boot is not finished yet: the lock was busy at start
 
     # ------------------------------------------------------------------ the loop
 
@@ -131,6 +142,11 @@ class Agent:
                     if self.options.once:
                         return 0 if self.last_error is None else 1
                     self.wait(delay)
+            except Interrupted as stop:
+                log.warning("%s", stop)
+                if stop.signum != signal.SIGTERM:
+                    raise
+                return 0  # the init script's stop: a clean exit (the watchdog gets its magic close)
             finally:
                 self.status.close()
                 if self._own_client:
@@ -139,7 +155,7 @@ class Agent:
     def start(self) -> float:
         """Finish what the last boot left and report it; the seconds to wait before the first poll."""
         self.status.publish(phase="starting", server=self.cfg.hawkbit.url)
-        self.finish_last_boot()
+        self.boot_pending = not self.locked("confirming the boot", self.finish_last_boot)
         self.outbox.flush(self.send)
         notify("READY=1", "STATUS=polling")
         # The server's sleep is not known yet: spread over the longest first wait, not poll_min_s.
@@ -159,8 +175,13 @@ class Agent:
         self.server_sleep_s = root.sleep_s
         self.send_config_data(force=root.config_data_requested)
         try:
-            if root.cancel is not None:
-                self.handle_cancel(root.cancel)
+            if self.boot_pending:  # the lock was busy at start: nothing else before the last boot is decided
+                self.boot_pending = not self.locked("confirming the boot", self.finish_last_boot)
+            if self.boot_pending:
+                pass
+            elif root.cancel is not None:
+                cancel = root.cancel
+                self.locked(f"canceling action {cancel.id}", lambda: self.handle_cancel(cancel))
             elif root.deployment is not None:
                 self.handle_deployment(root.deployment)
             elif root.confirmation is None:
@@ -174,6 +195,27 @@ class Agent:
         delay = self.poll_policy.interval(self.server_sleep_s, self.options.rng)
         self.publish_resting(next_poll_in_s=delay)
         return delay
+
+    def locked(self, activity: str, work: Callable[[], None]) -> bool:
+        """Do `work` holding the writer lock; False (nothing done, nothing reported to the server)
+        when another otad holds it: a later poll tries again."""
+        try:
+            held = self.writer_lock.acquire(activity)
+        except BusyError as exc:
+            log.info("%s waits for a later poll: %s", activity, exc)
+            return False
+        with held:
+            self.held = held
+            try:
+                work()
+            finally:
+                self.held = None
+        return True
+
+    @property
+    def writer(self) -> HeldLock:
+        assert self.held is not None, "a daemon operation that writes holds the writer lock"
+        return self.held
 
     def backed_off(self, exc: OtadError) -> float:
         """The wait after a failed cycle: short and growing for an outage, long for a refusal."""
@@ -222,7 +264,7 @@ class Agent:
     def finish_last_boot(self) -> None:
         """Decide the trial (if `otad confirm` has not), then settle the state the last run left."""
         try:
-            outcome = update.confirm_boot(self.cfg)
+            outcome = update.confirm_boot(self.cfg, writer=self.writer)
         except OtadError as exc:
             log.error("after boot: %s", exc)
             self.settle(trial_waiting=False)
@@ -278,9 +320,15 @@ class Agent:
 
     def forget_closed_action(self) -> None:
         """No action is open on the server: an unarmed install waiting for its window is moot."""
-        state = self.store.load()
-        if state.phase in (Phase.DOWNLOADED, Phase.INSTALLED):
-            self.drop_unarmed(state)
+        if self.store.load().phase not in (Phase.DOWNLOADED, Phase.INSTALLED):
+            return
+
+        def forget() -> None:
+            state = self.store.load()  # again: another writer may have changed it meanwhile
+            if state.phase in (Phase.DOWNLOADED, Phase.INSTALLED):
+                self.drop_unarmed(state)
+
+        self.locked("dropping an unarmed install", forget)
 
     def drop_unarmed(self, state: State) -> None:
         """Forget a written but unarmed slot (the action ended, or another one replaces it)."""
@@ -335,6 +383,17 @@ class Agent:
             return  # goosebit answers null when idle; hawkBit 404s an action being canceled
         action = deployment.action_id
         if action != link.id and self.already_handled(action):
+            return
+        if deployment.download == "skip" and state.phase not in (Phase.DOWNLOADED, Phase.INSTALLED):
+            return  # hawkBit: "not yet"
+        self.locked(f"installing action {action}", lambda: self.act_on(deployment, link))
+
+    def act_on(self, deployment: Deployment, link: ActionLink) -> None:
+        """The writing part of a deployment, under the writer lock."""
+        action = deployment.action_id
+        state = self.store.load()  # again: another otad may have armed a trial since the poll
+        if state.trial or state.phase is Phase.FINAL_PENDING:
+            log.info("action %s waits: slot %s was armed meanwhile", action, state.target_slot)
             return
         waiting = self.actions.waiting
         if state.phase in (Phase.DOWNLOADED, Phase.INSTALLED):
@@ -488,7 +547,7 @@ class Agent:
                 crashpoint.reached("agent.download_checkpoint")
 
             resuming = Resuming(saved.point if saved else None, save, hb.resume_checkpoint_mib << 20)
-            done = update.install(self.cfg, download, name=f"action {action}: {artifact.filename}",
+            done = update.install(self.cfg, download, name=f"action {action}: {artifact.filename}", writer=self.writer,
                                   total_bytes=artifact.size, progress=on_install, no_switch=True, action_id=action,
                                   resuming=resuming)
             try:
@@ -529,7 +588,7 @@ class Agent:
         if self.store.load().phase is Phase.DOWNLOADED:
             self.store.transition(Phase.INSTALLED)
         try:
-            update.arm(self.cfg, target, waiting.version, waiting.bootenv, action_id=action)
+            update.arm(self.cfg, target, waiting.version, waiting.bootenv, writer=self.writer, action_id=action)
         except OtadError as exc:
             self.arm_failed(action, target, exc)
             return
@@ -545,7 +604,7 @@ class Agent:
         if state.phase is Phase.ARMING:
             # The env write may have landed: let confirm's rules decide, as after a power cut.
             try:
-                update.confirm_boot(self.cfg)
+                update.confirm_boot(self.cfg, writer=self.writer)
             except OtadError as again:
                 log.error("action %s: the interrupted arming stays for the next start: %s", action, again)
                 return

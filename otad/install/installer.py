@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Tuple
 
 from otad import crashpoint, hashstate
-from otad.errors import REFUSED, WRITE_FAILED, BundleFormatError, ImageError, OtadError, ResumeError
+from otad.errors import REFUSED, WRITE_FAILED, BundleFormatError, ImageError, Interrupted, OtadError, ResumeError
 from otad.hashstate import ResumableHash
 from otad.install.handlers import FILE_HANDLERS, HANDLERS, HandlerOptions
 from otad.install.handlers.raw import read_back
@@ -26,7 +26,7 @@ from otad.install.pipeline import (ArtifactResult, Checkpoints, Reader, Sink, St
 from otad.install.plan import InstallRequest, MemberPlan, handler_options, plan_install
 from otad.install.resume import MAX_HEAD_BYTES, ArtifactPosition, MemberPosition, ResumePoint
 from otad.install.scripts import POSTINST, PREINST, ScriptRunner, script_phases
-from otad.install.status import FAILED, INSTALLED, INSTALLING, TargetStatusStore
+from otad.install.status import FAILED, INSTALLED, INSTALLING, INTERRUPTED, TargetStatusStore
 from otad.progress import Progress, ProgressListener, ignore
 from otad.swu.bundle import SW_DESCRIPTION, Bundle, BundleHead
 from otad.swu.cpio import CpioHeader, CpioMember
@@ -199,6 +199,12 @@ class _Run:
                     self.status.mark(path, FAILED, version=self.manifest.version, reason=str(exc))
             wrote = not self.request.dry_run and (acted or bool(self.scripts.ran))
             raise exc.at_stage(WRITE_FAILED if wrote else REFUSED)
+        except Interrupted as stop:
+            if not self.request.dry_run:
+                for path in touched:
+                    self.status.mark(path, INTERRUPTED, version=self.manifest.version, reason=stop.verb)
+            stop.written = tuple(touched)
+            raise
         return tuple(p.result for p in self.plans.values() if p.result is not None)
 
     def _before(self, plan: MemberPlan) -> None:

@@ -1,9 +1,12 @@
-"""What otad last did to each install target: installing, installed or failed.
+"""What otad last did to each install target: installing, installed, failed or interrupted.
 
 One small JSON file in the state directory, replaced atomically on every change. A target is
 marked `installing` before its first byte is written and `installed` only after it was
 written, hashed and synced, so after a crash or a failed install the record says the target
-holds no valid image. The A/B slot model reads these records; it does not write them.
+holds no valid image; a stop request (SIGINT, SIGTERM, SIGHUP) marks it `interrupted`. A record
+still `installing` while no writer holds the lock (otad.lock) is an install that was killed:
+`shown_state` calls it `interrupted` too. The A/B slot model reads these records; it does not
+write them.
 """
 
 from __future__ import annotations
@@ -22,6 +25,19 @@ log = logging.getLogger(__name__)
 INSTALLING = "installing"
 INSTALLED = "installed"
 FAILED = "failed"
+INTERRUPTED = "interrupted"
+NOT_INSTALLED = (INSTALLING, FAILED, INTERRUPTED)  # the target holds no valid image
+
+
+def shown_state(record: Optional["TargetRecord"], *, being_written: bool) -> Optional[str]:
+    """The state to show for a target: `installing` exactly while a writer holding the lock
+    installs into it (`being_written`, whatever the record says yet); an `installing` record
+    nobody writes is `interrupted`."""
+    if being_written:
+        return INSTALLING
+    if record is not None and record.state == INSTALLING:
+        return INTERRUPTED
+    return record.state if record is not None else None
 
 
 @dataclass(frozen=True)
