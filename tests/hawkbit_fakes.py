@@ -40,6 +40,7 @@ class Fault:
     drop_after: Optional[int] = None  # send this many body bytes, then close the connection
     stall_s: float = 0.0  # pause this long after `stall_after` body bytes
     stall_after: int = 0
+    release: Optional[threading.Event] = None  # ends the stall early when set
     rate_bps: Optional[int] = None  # a slow link
     ignore_range: bool = False  # answer 200 with the whole file to a ranged request
     chunked: bool = False  # Transfer-Encoding: chunked; with drop_after the body ends cleanly but short
@@ -167,6 +168,10 @@ class DdiFake:
         with self._lock:
             self._faults.setdefault(endpoint, []).append(f)
         return f
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._faults.clear()
 
     def count(self, endpoint: str, method: Optional[str] = None) -> int:
         return sum(1 for r in self.requests if r.endpoint == endpoint and method in (None, r.method))
@@ -466,7 +471,9 @@ class _DdiHandler(BaseHTTPRequestHandler):
             if f.stall_s and pos <= f.stall_after < pos + piece:
                 self._put(view[pos:f.stall_after], f.chunked)
                 pos = f.stall_after
-                if stopping.wait(f.stall_s):
+                if f.release is not None:
+                    f.release.wait(f.stall_s)
+                if stopping.wait(0 if f.release is not None else f.stall_s):
                     raise OSError("fake stopping")
                 f = Fault(rate_bps=f.rate_bps, chunked=f.chunked)  # stall once per response
             self._put(view[pos:pos + piece], f.chunked)

@@ -35,6 +35,7 @@ __all__ = [
     "describe_decision",
     "describe_image",
     "make_image",
+    "otad_command",
     "otad_confirm",
 ]
 
@@ -379,7 +380,7 @@ class SimDevice:
         """Run ``otad --config <this device's otad.conf> ARGS`` with the otad next to
         sys.executable (``python -m otad`` if there is none). A timeout gives rc 124, as
         timeout(1) does; with `check`, a non-zero rc raises OtadError quoting otad's stderr."""
-        command = _otad_command() + ["--config", str(self.layout.config), *args]
+        command = otad_command() + ["--config", str(self.layout.config), *args]
         try:
             done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                                   timeout=timeout_s, check=False)
@@ -637,7 +638,7 @@ watchdog = {{
     return text
 
 
-def _otad_command() -> List[str]:
+def otad_command() -> List[str]:
     script = Path(sys.executable).parent / "otad"  # not resolved: a venv's python is a symlink
     if script.is_file() and os.access(script, os.X_OK):
         return [str(script)]
