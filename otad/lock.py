@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 LOCK_FILE = "writer.lock"
 RECORD_FILE = "writer.json"
 PROC_LOCKS = "/proc/locks"
-PROGRESS_INTERVAL_S = 1.0  # the record is rewritten at most this often, and only for a new percent
+PROGRESS_INTERVAL_S = 1.0  # progress of a bundle of unknown size is written at most this often
 _MAX_RECORD_BYTES = 64 * 1024
 
 
@@ -209,7 +209,7 @@ class HeldLock:
         self._fd = fd
         self.record = record
         self._clock = clock
-        self._written_at = float("-inf")
+        self._progress_at = float("-inf")  # when progress was last written
 
     @property
     def held(self) -> bool:
@@ -219,19 +219,22 @@ class HeldLock:
         """What the holder does now, written at once: ``installing into slot b``."""
         if self.record is not None:
             self.record = replace(self.record, activity=activity, slot=slot, done_bytes=None, total_bytes=None)
+            self._progress_at = float("-inf")
             self.write()
 
     def progress(self, event: Progress) -> None:
-        """A ProgressListener: bundle bytes into the record, at most once a second and a percent."""
+        """A ProgressListener: bundle bytes into the record, written once per percent (at most
+        about 100 small renames an install), or once a second while the size is unknown (stdin)."""
         record = self.record
         if record is None or self._fd is None or event.phase not in ("image", "busy"):
             return
-        new = replace(record, done_bytes=event.done_bytes, total_bytes=event.total_bytes)
-        if new.percent is not None and new.percent == record.percent:
-            self.record = new
-            return
-        self.record = new
-        if self._clock() - self._written_at >= PROGRESS_INTERVAL_S:
+        self.record = replace(record, done_bytes=event.done_bytes, total_bytes=event.total_bytes)
+        if self.record.percent is not None:
+            due = self.record.percent != record.percent
+        else:
+            due = self._clock() - self._progress_at >= PROGRESS_INTERVAL_S
+        if due:
+            self._progress_at = self._clock()
             self.write()
 
     def write(self) -> None:
@@ -243,7 +246,6 @@ class HeldLock:
             atomic_write(self.lock.record_path, data, 0o644, sync=False)
         except OSError as exc:
             log.warning("cannot write %s: %s", self.lock.record_path, exc.strerror or exc)
-        self._written_at = self._clock()
 
     def release(self) -> None:
         """Remove the record, then let go of the lock (a crash in between leaves a record that

@@ -22,7 +22,8 @@ from otad.boot.mark import ConfirmOutcome, Verdict
 from otad.boot.slots import BootedSlot, Slot, SlotTable
 from otad.boot.ubootenv import EnvCopyLocation, EnvLayout, UBootEnv, build_image
 from otad.errors import EnvError, SlotError, StateError
-from otad.install.status import FAILED, INSTALLED, TargetStatusStore
+from otad.install.status import FAILED, INSTALLED, INSTALLING, INTERRUPTED, TargetStatusStore
+from otad.lock import Holder
 from otad.sim.uboot import UBootEmulator
 from otad.state import LastResult, Outcome, Phase, State, StateStore
 
@@ -627,6 +628,46 @@ def test_status_a_newer_install_clears_the_bad_mark(rig: Rig, tmp_path: Path) ->
     targets.mark("/dev/mmcblk0p3", INSTALLED, version="2.1")
     b = mark.status(rig.store(), rig.chooser(), BootedSlot(A, "test"), targets=targets).slots[1]
     assert (b.state, b.installed_version) == ("inactive", "2.1")
+
+
+WRITER_B = Holder(4242, "otad install big.swu", "installing into slot b", "b", 0.0, 370, 1000)
+
+
+@pytest.mark.parametrize("record,writer,shown", [
+    (INSTALLING, WRITER_B, ("installing", "installing", None, "pid 4242, 37 %")),
+    (INSTALLED, WRITER_B, ("installing", "installing", None, "pid 4242, 37 %")),  # planning, record not yet marked
+    (INSTALLING, None, ("interrupted", "interrupted", None,
+                        "version 2.0 half-written: its process ended mid-write (killed, crashed or power cut)")),
+    (INTERRUPTED, None, ("interrupted", "interrupted", None, "version 2.0 half-written: terminated")),
+    (INSTALLING, Holder(77, "otad env set a=1", "setting U-Boot env variables", None, 0.0),
+     ("interrupted", "interrupted", None,
+      "version 2.0 half-written: its process ended mid-write (killed, crashed or power cut)")),
+    (INSTALLING, Holder(77, "otad run", "arming slot b", "b", 0.0),
+     ("interrupted", "interrupted", None,
+      "version 2.0 half-written: its process ended mid-write (killed, crashed or power cut)")),
+    (INSTALLED, None, ("inactive", "installed", "2.0", None)),
+])
+def test_status_tells_installing_from_interrupted_from_installed(rig: Rig, tmp_path: Path, record: str,
+                                                                 writer: Optional[Holder],
+                                                                 shown: Tuple[str, str, Optional[str], str]) -> None:
+    targets = TargetStatusStore(str(tmp_path / "targets.json"))
+    targets.mark("/dev/mmcblk0p3", record, version="2.0", reason="terminated" if record == INTERRUPTED else None)
+    report = mark.status(rig.store(), rig.chooser(), BootedSlot(A, "test"), targets=targets, writer=writer)
+    b = report.slots[1]
+    assert (b.state, b.install_state, b.installed_version, b.note) == shown
+    assert report.writer == writer
+    doc = report.to_dict()
+    assert doc["slots"][1]["installed_version"] == shown[2]
+    assert doc["writer"] == (None if writer is None else {**writer.to_dict()})
+    json.dumps(doc)
+
+
+def test_mark_bad_refuses_to_boot_a_slot_whose_install_was_interrupted(rig: Rig, tmp_path: Path) -> None:
+    targets = TargetStatusStore(str(tmp_path / "targets.json"))
+    targets.mark("/dev/mmcblk0p3", INTERRUPTED, version="2.0", reason="terminated")
+    with pytest.raises(SlotError, match="slot b holds no valid image .its install is interrupted."):
+        mark.mark_bad(rig.store(), rig.chooser(), BootedSlot(A, "test"), targets=targets)
+    assert rig.env()["rootpart"] == "2"
 
 
 def test_status_reports_unreadable_parts_instead_of_failing(rig: Rig) -> None:

@@ -643,6 +643,43 @@ def test_a_crash_at_any_phase_boundary_never_installs_twice_and_reports_one_true
     assert rig.state().phase is Phase.IDLE and not rig.outbox().pending()
 
 
+# --------------------------------------------------------------------------- the writer lock
+
+
+def test_a_poll_while_another_otad_writes_skips_the_install_and_tells_the_server_nothing(
+        rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    from otad.lock import WriterLock
+
+    rig.fake.offer(ACTION, rig.bundle("2.0"), version="2.0")
+    env = rig.env_bytes()
+    caplog.set_level("INFO")
+    with WriterLock(str(rig.sim.layout.state_dir)).acquire("installing into slot b", slot="b",
+                                                            command="otad install other.swu"):
+        assert rig.run() == 0
+        assert not rig.feedback() and rig.fake.count("artifact") == 0
+        assert rig.env_bytes() == env and rig.state().phase is Phase.IDLE and rig.sim.read_slot("b", 16) == bytes(16)
+        assert rig.fake.actions[ACTION].state == "open"
+    assert "(otad install other.swu) is installing into slot b since" in caplog.text
+    assert rig.run() == 0  # a later poll
+    assert image_in_slot(rig, "b", "2.0") and armed(rig.env()) and rig.state().action_id == ACTION
+
+
+def test_a_busy_lock_at_start_postpones_deciding_the_last_boot_to_a_later_poll(rig: Rig) -> None:
+    from otad.lock import WriterLock
+
+    rig.fake.offer(ACTION, rig.bundle("2.0"), version="2.0")
+    assert rig.run() == 0 and armed(rig.env())
+    rig.sim.boot(run_init=False)  # the new slot runs; S98otad's `otad confirm` did not
+    agent = rig.agent()
+    with WriterLock(str(rig.sim.layout.state_dir)).acquire("setting U-Boot env variables"):
+        agent.start()
+        agent.cycle()
+        assert rig.state().phase is Phase.TRIAL_ARMED and not rig.closed()
+    agent.cycle()
+    closed = rig.closed()
+    assert len(closed) == 1 and closed[0].finished == "success" and rig.state().phase is Phase.IDLE
+
+
 # --------------------------------------------------------------------------- clock, status
 
 
