@@ -69,8 +69,9 @@ class Holder:
 
 def holder_from_dict(body: Any) -> Optional[Holder]:
     """The record in a decoded JSON document; None if it is not one (a reader only shows it)."""
-    kinds: Dict[str, Union[type, Tuple[type, ...]]] = {"pid": int, "command": str, "activity": str, "slot": (str, type(None)),
-             "started_at": (int, float), "done_bytes": (int, type(None)), "total_bytes": (int, type(None))}
+    kinds: Dict[str, Union[type, Tuple[type, ...]]] = {
+        "pid": int, "command": str, "activity": str, "slot": (str, type(None)), "started_at": (int, float),
+        "done_bytes": (int, type(None)), "total_bytes": (int, type(None))}
     if not isinstance(body, dict):
         return None
     for name, kind in kinds.items():
@@ -153,7 +154,7 @@ class WriterLock:
                 lines = f.read().splitlines()
         except OSError:
             record = self.read_record()
-            return record.pid if record is not None and _alive(record.pid) else None
+            return record.pid if record is not None and pid_alive(record.pid) else None
         return _flock_owner(lines, key)
 
     def read_record(self) -> Optional[Holder]:
@@ -186,13 +187,16 @@ def _flock_owner(lines: Sequence[str], key: str) -> Optional[int]:
     return None
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process `pid` exists (it may be another user's)."""
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        return True  # exists, owned by another user
     except OSError:
         return False
     return True

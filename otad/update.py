@@ -169,10 +169,6 @@ def plan(cfg: Config, description: SwDescription, *, name: str) -> InstallPlan:
         raise exc.within_once(name)
 
 
-def writer_lock(cfg: Config) -> WriterLock:
-    return WriterLock(cfg.system.state_dir)
-
-
 def install(cfg: Config, source: Reader, *, name: str, writer: Optional[HeldLock], total_bytes: Optional[int] = None,
             progress: ProgressListener = ignore, dry_run: bool = False, no_switch: bool = False,
             selection: Optional[Tuple[str, str]] = None, action_id: Optional[str] = None,
@@ -322,5 +318,6 @@ def slot_status(cfg: Config) -> SlotStatusReport:
         booted = detect_booted(cfg)
     except OtadError as exc:
         problem = str(exc)
+    writer = WriterLock(cfg.system.state_dir).holder()
     return status(StateStore(cfg.system.state_dir), Bootchooser.from_config(cfg), booted, booted_problem=problem,
-                  targets=_targets(cfg), device_dir=cfg.system.device_dir, writer=writer_lock(cfg).holder())
+                  targets=_targets(cfg), device_dir=cfg.system.device_dir, writer=writer)

@@ -29,7 +29,8 @@ from otad.config import Config, parse_date
 from otad.errors import BusyError, ConfigError, Interrupted, OtadError, ResumeError
 from otad.hawkbit.actions import ActionLog, WaitingAction
 from otad.hawkbit.ddi import (ActionLink, Artifact, AuthError, Conflict, DdiClient, Deployment, Forbidden,
-                              HawkbitSettings, InvalidConfigData, NotFound, Rejected, ServerError, ServerUnavailable)
+                              HawkbitSettings, InvalidConfigData, NotFound, Rejected, RootPoll, ServerError,
+                              ServerUnavailable)
 from otad.hawkbit.download import Cancelled, ResumableDownload, RestartRequired
 from otad.hawkbit.journal import DownloadCheckpoint, DownloadJournal
 from otad.hawkbit.outbox import Outbox, PendingFeedback
@@ -39,7 +40,7 @@ from otad.install.installer import Resuming
 from otad.install.options import status_file
 from otad.install.resume import ResumePoint
 from otad.install.status import FAILED, TargetStatusStore
-from otad.lock import HeldLock
+from otad.lock import HeldLock, WriterLock
 from otad.notify import notify, watchdog_interval_s
 from otad.progress import Progress, ProgressListener, ignore
 from otad.state import Outcome, Phase, State, StateStore
@@ -123,7 +124,7 @@ class Agent:
         self.progress_sent: Dict[str, int] = {}
         self.cancel_link: Optional[ActionLink] = None  # a cancel seen while downloading
         self.reboot_requested = False
-        self.writer_lock = update.writer_lock(cfg)
+        self.writer_lock = WriterLock(state_dir)
         self.held: Optional[HeldLock] = None  # the writer lock, during an operation
         self.boot_pending = False  # the last boot is not finished yet: the lock was busy at start
 
@@ -143,9 +144,9 @@ class Agent:
                         return 0 if self.last_error is None else 1
                     self.wait(delay)
             except Interrupted as stop:
-                log.warning("%s", stop)
                 if stop.signum != signal.SIGTERM:
                     raise
+                log.log(logging.WARNING if stop.activity else logging.INFO, "%s", stop)
                 return 0  # the init script's stop: a clean exit (the watchdog gets its magic close)
             finally:
                 self.status.close()
@@ -175,17 +176,10 @@ class Agent:
         self.server_sleep_s = root.sleep_s
         self.send_config_data(force=root.config_data_requested)
         try:
-            if self.boot_pending:  # the lock was busy at start: nothing else before the last boot is decided
+            if self.boot_pending:  # the lock was busy at start: the last boot is decided before anything else
                 self.boot_pending = not self.locked("confirming the boot", self.finish_last_boot)
-            if self.boot_pending:
-                pass
-            elif root.cancel is not None:
-                cancel = root.cancel
-                self.locked(f"canceling action {cancel.id}", lambda: self.handle_cancel(cancel))
-            elif root.deployment is not None:
-                self.handle_deployment(root.deployment)
-            elif root.confirmation is None:
-                self.forget_closed_action()
+            if not self.boot_pending:
+                self.dispatch(root)
         except ServerError as exc:
             return self.backed_off(exc)
         except OtadError as exc:  # local trouble (state file, slots): say so, and don't spin on it
@@ -195,6 +189,16 @@ class Agent:
         delay = self.poll_policy.interval(self.server_sleep_s, self.options.rng)
         self.publish_resting(next_poll_in_s=delay)
         return delay
+
+    def dispatch(self, root: RootPoll) -> None:
+        """What the root resource asks for: a cancel, a deployment, or (nothing open) forgetting."""
+        if root.cancel is not None:
+            cancel = root.cancel
+            self.locked(f"canceling action {cancel.id}", lambda: self.handle_cancel(cancel))
+        elif root.deployment is not None:
+            self.handle_deployment(root.deployment)
+        elif root.confirmation is None:
+            self.forget_closed_action()
 
     def locked(self, activity: str, work: Callable[[], None]) -> bool:
         """Do `work` holding the writer lock; False (nothing done, nothing reported to the server)

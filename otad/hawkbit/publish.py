@@ -20,6 +20,7 @@ from typing import Any, Callable, Deque, Dict, Mapping, Optional, Tuple
 
 from otad.durable import atomic_write
 from otad.errors import StateError
+from otad.lock import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +176,7 @@ def read_status(path: str, *, stale_after_s: float = 600, clock: Callable[[], fl
 
 def _gone(status: DaemonStatus, body: Mapping[str, Any], stale_after_s: float, clock: Callable[[], float],
           wall_clock: Callable[[], float]) -> bool:
-    if not _alive(status.pid):
+    if not pid_alive(status.pid):
         return True
     written_boot, written, this_boot = body.get("boot_id"), body.get("monotonic"), _boot_id()
     allowed = stale_after_s + (status.next_poll_in_s or 0.0)
@@ -185,20 +186,6 @@ def _gone(status: DaemonStatus, body: Mapping[str, Any], stale_after_s: float, c
         return clock() - written > allowed  # same boot: the monotonic clock is shared and never jumps
     # No boot id (not Linux): the wall clock, which may jump at NTP sync on a device without RTC.
     return abs(wall_clock() - status.updated_at) > allowed
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by another user
-    except OSError:
-        return False
-    return True
 
 
 def _boot_id() -> Optional[str]:

@@ -224,7 +224,7 @@ def finish(lane: Lane, first: Racer, second: Racer) -> None:
         racer.proc.wait()
         if racer.feeder is not None:
             racer.feeder.join(5)
-        racer.out, racer.err = (racer.logs.with_suffix(suffix).read_text(errors="replace") for suffix in (".out", ".err"))
+        racer.out, racer.err = (racer.logs.with_suffix(end).read_text(errors="replace") for end in (".out", ".err"))
     if pending:
         raise AssertionError(f"a racer did not end in {TIMEOUT_S} s:\n{first.describe()}\n{second.describe()}")
 

@@ -127,7 +127,8 @@ def test_the_lock_dies_with_its_holder_under_sigkill(tmp_path: Path) -> None:
         lock = WriterLock(str(tmp_path))
         holder = lock.holder()
         assert holder is not None and holder.pid == child.pid and holder.slot == "b"
-        with pytest.raises(BusyError, match=f"busy: pid {child.pid} \\(otad install x.swu\\) is installing into slot b"):
+        busy = f"busy: pid {child.pid} \\(otad install x.swu\\) is installing into slot b"
+        with pytest.raises(BusyError, match=busy):
             lock.acquire("installing")
     finally:
         child.send_signal(signal.SIGKILL)
