@@ -505,12 +505,12 @@ def _slot_report(slot: Slot, booted: Optional[BootedSlot], env: Optional[BootEnv
 
 
 def _writing(writer: Optional[Holder]) -> str:
-    """``pid 4242, 37 %`` (or the bytes so far when the bundle's size is not known)."""
+    """``pid 4242, 37 %`` (or what was read so far when the bundle's size is not known: stdin)."""
     assert writer is not None
     if writer.percent is not None:
         return f"pid {writer.pid}, {writer.percent} %"
     if writer.done_bytes:
-        return f"pid {writer.pid}, {writer.done_bytes} bytes"
+        return f"pid {writer.pid}, {writer.done_bytes >> 10} KiB read"
     return f"pid {writer.pid}"
 
 

@@ -263,3 +263,26 @@ def test_mark_bad_on_the_new_slot_switches_back_now(tmp_path, pki, ab, capsys) -
     rc, out, _ = ab.otad(capsys, "mark-bad", "--no-reboot")
     assert rc == 0 and "reboot needed" in out
     assert ab.env()["rootpart"] == "2" and ab.env()["upgrade_available"] == "0"
+
+
+@pytest.mark.parametrize("command", [["install", "BUNDLE"], ["confirm"], ["mark-good"], ["mark-bad", "b"],
+                                     ["env", "set", "note=x"]])
+def test_every_writing_command_is_busy_at_once_while_another_otad_holds_the_lock(tmp_path, pki, ab, capsys,
+                                                                                 command) -> None:
+    from otad.lock import WriterLock
+    from tests.conftest import one_error
+
+    bundle = ab_bundle(tmp_path, pki)
+    env_before = (ab.root / "boot" / "uboot.env").read_bytes()
+    with WriterLock(str(ab.root / "state")).acquire("installing into slot b", slot="b", command="otad run"):
+        rc, _, err = ab.otad(capsys, *[str(bundle) if a == "BUNDLE" else a for a in command])
+        if command[0] == "install":
+            rc_dry, out, _ = ab.otad(capsys, "install", "-n", bundle)  # a dry run writes nothing: no lock
+            assert rc_dry == 0 and "dry run, nothing written" in out
+    assert rc == 75
+    line = one_error(err)
+    assert line.startswith(f"otad: error: busy: pid {os.getpid()} (otad run) is installing into slot b since ")
+    assert err.strip() == line  # nothing else was done
+    assert ab.slot("mmcblk0p3") == b"\xaa" * SLOT_BYTES
+    assert (ab.root / "boot" / "uboot.env").read_bytes() == env_before
+
