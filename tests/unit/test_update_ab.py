@@ -218,13 +218,16 @@ def test_a_bundle_bootenv_that_disagrees_with_the_trial_is_refused_before_the_fi
 def test_the_daemons_deferred_arm_folds_the_bundles_own_switch_too(tmp_path, pki, ab) -> None:
     """The daemon installs with no_switch and arms later with the bootenv it kept (update.arm)."""
     from otad import config, update
+    from otad.lock import WriterLock
 
     cfg = config.load(str(ab.config))
     bundle = ab_bundle(tmp_path, pki, copy1_env=swupdate_env("2"), copy2_env=swupdate_env("3"))
-    with open(bundle, "rb") as f:
-        done = update.install(cfg, f, name="b.swu", no_switch=True)
+    lock = WriterLock(cfg.system.state_dir)
+    with open(bundle, "rb") as f, lock.acquire("installing into slot b", slot="b") as writer:
+        done = update.install(cfg, f, name="b.swu", no_switch=True, writer=writer)
     assert ab.env()["rootpart"] == "2"
-    update.arm(cfg, "b", "2.0.0", done.install.manifest.bootenv_changes())
+    with lock.acquire("arming slot b", slot="b") as writer:
+        update.arm(cfg, "b", "2.0.0", done.install.manifest.bootenv_changes(), writer=writer)
     env = ab.env()
     assert (env["rootpart"], env["upgrade_available"], env["bootcount"], env["note"]) == ("3", "1", "0", "v2")
 
