@@ -31,7 +31,14 @@ edge with ``raise ... from exc``.
      │    │   Conflict (409), Gone (410), Rejected (other 4xx)
      │    └── MalformedResponse   the answer is not DDI: field
      ├── UnsupportedDeployment    a deployment otad cannot carry out
-     └── InvalidConfigData        configData hawkBit would refuse
+     ├── InvalidConfigData        configData hawkBit would refuse
+     └── DeltaError               delta updates (otad/delta): zchunk data, sources, Range fetches
+          ├── ZckFormatError      a malformed zchunk header: field, offset
+          ├── ZckHeaderMismatch   the header is not the one the signed sw-description names
+          ├── ChunkDataError      chunk data: digest, decompression or length wrong
+          ├── SourceIndexError    a source cannot be read or chunked
+          └── RangeFetchError     Range requests failed past every fallback: url
+               └── ArtifactChanged  the file changed on the server mid-fetch (ETag)
 
     KeyboardInterrupt
      └── Interrupted              SIGINT, SIGTERM or SIGHUP (exit 130); not an OtadError, so no
@@ -280,3 +287,45 @@ class Interrupted(KeyboardInterrupt):
     def __str__(self) -> str:
         text = self.verb + (f" while {self.activity}" if self.activity else "")
         return text + (f"; {self.outcome}" if self.outcome else "")
+
+
+class DeltaError(OtadError):
+    """A delta update cannot go on: its zchunk data, its source or its chunk server failed."""
+
+
+class ZckFormatError(DeltaError):
+    """A zchunk header is malformed; `field` names the part, `offset` its byte in the header."""
+
+    def __init__(self, what: str, name: str, field: str, offset: int) -> None:
+        self.name = name
+        self.field = field
+        self.offset = offset
+        super().__init__(f"{field}: {what}", f"{name}@{offset:#x}")
+
+
+class ZckHeaderMismatch(DeltaError):
+    """The zchunk header's sha256 is not the one the signed sw-description carries."""
+
+
+class ChunkDataError(DeltaError):
+    """One chunk's bytes are wrong: digest, decompression or length; `chunk` is its number."""
+
+    def __init__(self, what: str, chunk: int, where: Optional[str] = None) -> None:
+        self.chunk = chunk
+        super().__init__(what, where if where is not None else f"chunk {chunk}")
+
+
+class SourceIndexError(DeltaError):
+    """A source (a slot, an image file) cannot be read or chunked."""
+
+
+class RangeFetchError(DeltaError):
+    """Range requests to `url` failed even after falling back to single ranges and a full read."""
+
+    def __init__(self, what: str, url: str) -> None:
+        self.url = url
+        super().__init__(what, url)
+
+
+class ArtifactChanged(RangeFetchError):
+    """The file behind `url` changed on the server while chunks were being fetched (new ETag)."""
