@@ -37,6 +37,7 @@ edge with ``raise ... from exc``.
           ├── ZckHeaderMismatch   the header is not the one the signed sw-description names
           ├── ChunkDataError      chunk data: digest, decompression or length wrong
           ├── SourceIndexError    a source cannot be read or chunked
+          ├── MalformedMultipart  a multipart/byteranges body otad cannot read: offset
           └── RangeFetchError     Range requests failed past every fallback: url
                └── ArtifactChanged  the file changed on the server mid-fetch (ETag)
 
@@ -317,6 +318,15 @@ class ChunkDataError(DeltaError):
 
 class SourceIndexError(DeltaError):
     """A source (a slot, an image file) cannot be read or chunked."""
+
+
+class MalformedMultipart(DeltaError):
+    """A multipart/byteranges body is not what RFC 2046 or old hawkBit writes; `offset` is the
+    body byte where reading stopped. The fetcher falls back to single ranges on it."""
+
+    def __init__(self, what: str, offset: int) -> None:
+        self.offset = offset
+        super().__init__(what, f"multipart body@{offset}")
 
 
 class RangeFetchError(DeltaError):

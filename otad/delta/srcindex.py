@@ -1,0 +1,171 @@
+"""What a source (the booted slot, an image file) already holds of a target image, and where.
+
+Owns reading a source once, with bounded memory, and matching its bytes to the target's chunk
+digests, three ways: from a chunk index of the source (a cached header, or one made here by
+libzck or the pure-Python chunker: the `compatible` profile, SWUpdate's exact rule), or by
+hashing a fixed-size window at every 4 KiB offset (the `fine` profile). The result is a
+`SourceMatch`: a source offset per target chunk. Verifying those bytes again when they are
+copied, and deciding what to fetch, belong to the assembler and the planner.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from array import array
+from dataclasses import dataclass, field
+from typing import BinaryIO, Callable, Dict, List, Optional
+
+from otad.delta import chunker, libzck, zck
+from otad.errors import SourceIndexError
+
+READ_BYTES = 1 << 20
+FINE_STEP = 4096  # filesystem block: where a moved block can start
+NOT_FOUND = -1
+
+Progress = Optional[Callable[[int], None]]
+
+
+@dataclass(frozen=True, eq=False)
+class SourceMatch:
+    """For target chunk i, `offsets[i]` is where the source holds its bytes (NOT_FOUND: fetch)."""
+
+    offsets: "array[int]" = field(repr=False)
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def found(self) -> int:
+        return sum(1 for o in self.offsets if o != NOT_FOUND)
+
+
+def chunk_source(f: BinaryIO, length: int, *, name: str = "source", use_libzck: Optional[bool] = None,
+                 on_progress: Progress = None) -> zck.ChunkIndex:
+    """The `compatible` index of `f`'s first `length` bytes: libzck's chunks with their SHA-256.
+    libzck through ctypes when it loads (or `use_libzck`), else the pure-Python chunker.
+    Offsets count from byte 0 of `f`, wherever it is positioned now."""
+    f.seek(0)
+    if use_libzck is None:
+        use_libzck = libzck.available()
+    if use_libzck:
+        return libzck.index_source(f, length, name=name, on_progress=on_progress)
+    return _python_index(f, length, name, on_progress)
+
+
+def _python_index(f: BinaryIO, length: int, name: str, on_progress: Progress) -> zck.ChunkIndex:
+    cutter = chunker.BuzhashChunker()
+    lengths: List[int] = []
+    digests = bytearray()
+    h = hashlib.sha256()
+    pending = 0  # bytes of the current chunk already hashed
+    done = 0
+    f.seek(0)
+    for block in _blocks(f, length, name):
+        pos = 0
+        for n in cutter.update(block):
+            take = n - pending
+            h.update(block[pos:pos + take])
+            pos += take
+            lengths.append(n)
+            digests += h.digest()
+            h, pending = hashlib.sha256(), 0
+        h.update(block[pos:])
+        pending += len(block) - pos
+        done += len(block)
+        if on_progress is not None:
+            on_progress(done)
+    last = cutter.finish()
+    if last:
+        lengths.append(last)
+        digests += h.digest()
+    return zck.ChunkIndex.of_source(lengths, bytes(digests))
+
+
+def match_index(target: zck.ChunkIndex, source: zck.ChunkIndex) -> SourceMatch:
+    """SWUpdate's rule (libzck's zck_find_matching_chunks): a target chunk is in the source
+    when a source chunk has the same uncompressed SHA-256 and the same length (first one wins)."""
+    if not target.digests_uncompressed or not source.digests_uncompressed:
+        raise SourceIndexError("both indexes need uncompressed digests (zck -u)")
+    if target.digest_size != source.digest_size:
+        raise SourceIndexError(f"digest sizes differ: target {target.digest_size}, source {source.digest_size}")
+    where: Dict[bytes, int] = {}
+    for i in range(len(source)):
+        where.setdefault(source.digest_uncompressed(i), i)
+    offsets = array("q", [NOT_FOUND]) * len(target)
+    for i in range(len(target)):
+        j = where.get(target.digest_uncompressed(i))
+        if j is not None and source.lengths[j] == target.lengths[i]:
+            offsets[i] = source.offsets[j]
+    return SourceMatch(offsets)
+
+
+def match_fine(target: zck.ChunkIndex, f: BinaryIO, length: int, *, name: str = "source",
+               step: int = FINE_STEP, on_progress: Progress = None) -> SourceMatch:
+    """The `fine` profile: hash a chunk-sized window of the source at every `step` offset and
+    keep the offsets whose SHA-256 a target chunk has. Memory: one read block plus one entry
+    per distinct target digest, whatever the source size. The short last chunk is looked for
+    only at its own offset."""
+    size = target.uniform_length()
+    if size is None or size % step:
+        raise SourceIndexError(f"the target's chunks are not all one multiple of {step} bytes: not a fine profile")
+    wanted: Dict[bytes, int] = {}
+    for i in range(len(target)):
+        if target.lengths[i] == size:
+            wanted.setdefault(target.digest_uncompressed(i), NOT_FOUND)
+    _scan_windows(f, length, size, step, wanted, name, on_progress)
+    offsets = array("q", [NOT_FOUND]) * len(target)
+    for i in range(len(target)):
+        if target.lengths[i] == size:
+            offsets[i] = wanted[target.digest_uncompressed(i)]
+    last = len(target) - 1
+    if last >= 0 and target.lengths[last] != size:
+        offsets[last] = _same_offset(target, last, f, length)
+    return SourceMatch(offsets)
+
+
+def _scan_windows(f: BinaryIO, length: int, size: int, step: int, wanted: Dict[bytes, int],
+                  name: str, on_progress: Progress) -> None:
+    zero = bytes(size)
+    zero_digest = hashlib.sha256(zero).digest()
+    sha256 = hashlib.sha256
+    buf = b""
+    base = 0  # source offset of buf[0]
+    f.seek(0)
+    for block in _blocks(f, length, name):
+        buf = buf + block
+        view = memoryview(buf)
+        end = len(buf) - size  # last window start inside buf
+        pos = 0
+        while pos <= end:
+            window = view[pos:pos + size]
+            digest = zero_digest if window == zero else sha256(window).digest()
+            if wanted.get(digest, 0) == NOT_FOUND:
+                wanted[digest] = base + pos
+            pos += step
+        view.release()
+        buf = buf[pos:]
+        base += pos
+        if on_progress is not None:
+            on_progress(base)
+
+
+def _same_offset(target: zck.ChunkIndex, i: int, f: BinaryIO, length: int) -> int:
+    offset, n = target.offsets[i], target.lengths[i]
+    if offset + n > length:
+        return NOT_FOUND
+    f.seek(offset)
+    data = f.read(n)
+    return offset if hashlib.sha256(data).digest() == target.digest_uncompressed(i) else NOT_FOUND
+
+
+def _blocks(f: BinaryIO, length: int, name: str):  # type: ignore[no-untyped-def]
+    """`f`'s first `length` bytes (from where it is) in blocks of READ_BYTES; short is an error."""
+    done = 0
+    while done < length:
+        try:
+            block = f.read(min(READ_BYTES, length - done))
+        except OSError as exc:
+            raise SourceIndexError(f"read error at byte {done}: {exc.strerror or exc}", name) from exc
+        if not block:
+            raise SourceIndexError(f"ends at byte {done}, expected {length}", name)
+        done += len(block)
+        yield block

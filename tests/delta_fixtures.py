@@ -1,0 +1,220 @@
+"""Delta test fixtures built with Debian's tools: a rootfs-like tree, two ext4 images, zck, a delta bundle.
+
+The tree is the files of a few installed Debian packages (the same on every Debian 12 machine
+that ran scripts/setup), mtimes pinned. v1 is that tree as ext4 (`mke2fs -d` with a fixed
+UUID, hash seed and E2FSPROGS_FAKE_TIME: byte-reproducible); v2 is the realistic minor update
+of issue 12: 15 .py files edited, one library rebuilt (a byte changed every 32 KiB), one 512 KiB
+file added and /etc/version changed, rebuilt the same way, so most blocks move. Then `zck -u -h
+sha256` of v2 and its header. `delta_bundle` makes the signed `type = "delta"` .swu with
+SWUpdate's own swugenerator. Built once per directory (a stamp names the spec), so a pytest
+session or a benchmark reuses it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+UUID = "6f1e6b9a-0d4e-4c3b-9a55-2f2d7c1b0a11"
+FAKE_TIME = "1700000000"
+MTIME = 1700000000
+SKIP = re.compile(r"^/usr/share/(doc|man|locale|lintian|info)/")
+
+# (packages, image MiB, copies of the tree): "small" for unit tests, "f1" like the notes' F1,
+# "f1-1g" the same change in a 1 GiB image holding the tree ten times.
+SMALL = ("libpython3.11-stdlib", "e2fsprogs", "zstd", "busybox", "cpio", "libzstd1")
+FULL = SMALL + ("libc6", "coreutils", "libpython3.11-minimal", "python3.11-minimal", "libssl3", "openssl",
+                "swupdate", "bash", "util-linux", "libzck1", "zchunk")
+SPECS: Dict[str, tuple] = {"small": (SMALL, 24, 1), "f1": (FULL, 96, 1), "f1-1g": (FULL, 1024, 10)}
+LIBRARY = "/usr/lib/python3.11/lib-dynload/_decimal.cpython-311-x86_64-linux-gnu.so"
+
+
+@dataclass(frozen=True)
+class DeltaFixture:
+    dir: Path
+    v1: Path  # the old image: the source slot
+    v2: Path  # the new image
+    v2_zck: Path  # `zck -u -h sha256` of v2: what a chunk server serves
+    v2_header: Path  # its first "Header size" bytes: the bundle member
+
+    @property
+    def header_bytes(self) -> bytes:
+        return self.v2_header.read_bytes()
+
+
+def build(workdir: Path, spec: str = "small") -> DeltaFixture:
+    """Build (or reuse) the fixture `spec` in `workdir`."""
+    packages, mib, copies = SPECS[spec]
+    workdir.mkdir(parents=True, exist_ok=True)
+    fixture = DeltaFixture(workdir, workdir / "v1.ext4", workdir / "v2.ext4", workdir / "v2.ext4.zck",
+                           workdir / "v2.ext4.zck.header")
+    stamp = workdir / "fixture.json"
+    want = {"spec": spec, "packages": list(packages), "mib": mib, "copies": copies, "version": 1}
+    if stamp.exists() and json.loads(stamp.read_text()) == want and fixture.v2_header.exists():
+        return fixture
+    tree1, tree2 = workdir / "tree1", workdir / "tree2"
+    for tree in (tree1, tree2):
+        shutil.rmtree(tree, ignore_errors=True)
+    make_tree(tree1, packages, copies)
+    shutil.copytree(tree1, tree2, symlinks=True)
+    edit_tree(tree2, copies)
+    for tree in (tree1, tree2):
+        pin_mtimes(tree)
+    mkext4(tree1, fixture.v1, mib)
+    mkext4(tree2, fixture.v2, mib)
+    zck(fixture.v2, fixture.v2_zck)
+    fixture.v2_header.write_bytes(fixture.v2_zck.read_bytes()[:header_size(fixture.v2_zck)])
+    for tree in (tree1, tree2):
+        shutil.rmtree(tree)
+    stamp.write_text(json.dumps(want))
+    return fixture
+
+
+def package_files(packages: Sequence[str]) -> List[str]:
+    """The regular files the packages installed, sorted; docs, manuals and translations left out."""
+    files = set()
+    for package in packages:
+        listed = subprocess.run(["dpkg", "-L", package], capture_output=True, text=True, check=True).stdout
+        for path in listed.splitlines():
+            if not SKIP.match(path) and os.path.isfile(path) and not os.path.islink(path):
+                files.add(path)
+    return sorted(files)
+
+
+def make_tree(root: Path, packages: Sequence[str], copies: int) -> None:
+    files = package_files(packages)
+    for copy in range(copies):
+        base = root if copies == 1 else root / f"copy{copy}"
+        for path in files:
+            dest = base / path.lstrip("/")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, dest)
+            os.chmod(dest, os.stat(path).st_mode & 0o777)
+    (root / "etc").mkdir(exist_ok=True)
+    (root / "etc" / "version").write_text("1.0.0\n")
+
+
+def edit_tree(root: Path, copies: int) -> None:
+    """The minor update: 15 .py files, one library, one new file, the version."""
+    rng = random.Random(12)
+    base = root if copies == 1 else root / "copy0"
+    py = sorted(p for p in base.rglob("*.py"))
+    for path in rng.sample(py, 15):
+        with open(path, "a") as f:
+            f.write("# otad delta fixture: edited\n")
+    lib = base / LIBRARY.lstrip("/")
+    data = bytearray(lib.read_bytes())
+    for at in range(4096, len(data), 32768):
+        data[at] ^= 0xFF
+    lib.write_bytes(bytes(data))
+    new = base / "usr" / "lib" / "otad-fixture" / "new.bin"
+    new.parent.mkdir(parents=True, exist_ok=True)
+    new.write_bytes(rng.randbytes(512 * 1024))
+    (root / "etc" / "version").write_text("1.0.1\n")
+
+
+def pin_mtimes(root: Path) -> None:
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in filenames + dirnames:
+            os.utime(os.path.join(dirpath, name), (MTIME, MTIME), follow_symlinks=False)
+    os.utime(root, (MTIME, MTIME))
+
+
+def mkext4(tree: Path, image: Path, mib: int) -> None:
+    """`mke2fs -d`, then every inode's ctime and atime pinned: mke2fs copies the tree's ctimes
+    (which utime cannot set) and atimes (which its own reading moves), so without this two
+    builds of the same tree differ."""
+    with open(image, "wb") as f:
+        f.truncate(mib << 20)
+    subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", "-U", UUID,
+                    "-E", f"hash_seed={UUID},root_owner=0:0", "-d", str(tree), str(image)],
+                   check=True, env=dict(os.environ, E2FSPROGS_FAKE_TIME=FAKE_TIME))
+    commands = image.parent / (image.name + ".debugfs")
+    paths = ["/"] + ["/" + str(p.relative_to(tree)) for p in sorted(tree.rglob("*"))]
+    commands.write_text("".join(f'sif "{p}" {field} @{MTIME}\n' for p in paths for field in ("ctime", "atime")))
+    subprocess.run(["debugfs", "-w", "-f", str(commands), str(image)], check=True, capture_output=True,
+                   env=dict(os.environ, E2FSPROGS_FAKE_TIME=FAKE_TIME))
+    commands.unlink()
+
+
+def zck(image: Path, out: Path, *extra: str) -> None:
+    """`zck -u -h sha256` as SWUpdate's docs and swugenerator run it."""
+    subprocess.run(["zck", "-u", "-h", "sha256", *extra, "-o", str(out), str(image)], check=True,
+                   capture_output=True)
+
+
+def header_size(zck_file: Path) -> int:
+    """zck_read_header's "Header size": the bytes swugenerator puts into the bundle."""
+    out = subprocess.run(["zck_read_header", "-v", str(zck_file)], capture_output=True, text=True, check=True).stdout
+    match = re.search(r"Header size: (\d+)", out)
+    assert match, out
+    return int(match.group(1))
+
+
+def read_header_table(zck_file: Path) -> List[Dict[str, str]]:
+    """`zck_read_header -c`'s chunk table: number, checksums, start, sizes (the parser's oracle)."""
+    out = subprocess.run(["zck_read_header", "-c", str(zck_file)], capture_output=True, text=True, check=True).stdout
+    rows = []
+    for line in out.splitlines():
+        fields = line.split()
+        if len(fields) == 6 and fields[0].isdigit():
+            rows.append(dict(zip(("number", "checksum", "uncompressed", "start", "comp", "size"), fields)))
+    return rows
+
+
+def delta_template(url: str, source: Path, device: Path, *, max_ranges: int = 90) -> str:
+    """sw-description for swugenerator: a `type = "delta"` image (selection stable,delta) and an
+    8 MiB padding member in another selection (swupdate 2022.12's IPC race on tiny bundles)."""
+    return f'''software = {{
+    version = "2.0.0";
+    hardware-compatibility: [ "1.0" ];
+    stable = {{
+        delta = {{
+            images: ( {{
+                filename = "rootfs.ext4";
+                type = "delta";
+                device = "{device}";
+                properties: {{
+                    url = "{url}";
+                    chain = "raw";
+                    source = "{source}";
+                    max-ranges = "{max_ranges}";
+                }};
+            }} );
+        }};
+        pad = {{
+            images: ( {{ filename = "pad.bin"; type = "raw"; device = "/dev/null"; }} );
+        }};
+    }};
+}};
+'''
+
+
+def delta_bundle(fixture: DeltaFixture, out: Path, pki: object, url: str, source: Path, device: Path, *,
+                 max_ranges: int = 90) -> Path:
+    """The signed delta .swu as users make it: swugenerator runs zck itself and stores the
+    header under the image's name; the .zck it leaves beside the artifact is what is served."""
+    work = out.parent / (out.name + ".d")
+    shutil.rmtree(work, ignore_errors=True)
+    art = work / "artifacts"
+    art.mkdir(parents=True)
+    shutil.copyfile(fixture.v2, art / "rootfs.ext4")
+    (art / "pad.bin").write_bytes(bytes(8 << 20))
+    (work / "sw-description.in").write_text(delta_template(url, source, device, max_ranges=max_ranges))
+    cmd = [os.path.join(os.path.dirname(sys.executable), "swugenerator"), "-s", str(work / "sw-description.in"),
+           "-a", str(art), "-o", str(out), "-k", f"CMS,{pki.signer_key},{pki.signer_cert}",  # type: ignore[attr-defined]
+           "create"]
+    subprocess.run(cmd, check=True, capture_output=True, cwd=work)
+    made = art / "rootfs.ext4.zck"
+    if hashlib.sha256(made.read_bytes()).digest() != hashlib.sha256(fixture.v2_zck.read_bytes()).digest():
+        raise AssertionError("swugenerator's zck differs from the fixture's: zck is not deterministic here")
+    return out
