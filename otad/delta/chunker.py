@@ -77,8 +77,11 @@ class BuzhashChunker:
     the stream, and one by one through a ring buffer for the 48 bytes after either quirk.
     """
 
-    def __init__(self) -> None:
-        self._mask = (1 << MATCH_BITS) - 1
+    def __init__(self, match_bits: int = MATCH_BITS) -> None:
+        # libzck fixes match_bits at 15; other values (as libzck derives min and max from it)
+        # make boundaries frequent, for tests of the quirks.
+        self._mask = (1 << match_bits) - 1
+        self._min, self._max = (1 << match_bits) // 4, (1 << match_bits) * 4
         self._chunk = 0  # bytes of the current chunk before this update's `loc`
         self._h = 0
         self._fill = 0  # bytes in the window since it was emptied (<= WINDOW)
@@ -95,7 +98,7 @@ class BuzhashChunker:
         ended: List[int] = []
         n, i, loc = len(data), 0, 0
         while i < n:
-            limit = loc + AUTO_MAX - self._chunk  # feeding data[limit] forces a boundary
+            limit = loc + self._max - self._chunk  # feeding data[limit] forces a boundary
             if self._slow:
                 cut = self._slow_feed(data[i]) or i >= limit
             else:
@@ -110,7 +113,7 @@ class BuzhashChunker:
                 continue
             self._chunk += i - loc
             loc = i
-            if self._chunk >= AUTO_MIN:
+            if self._chunk >= self._min:
                 ended.append(self._chunk)
                 self._chunk, self._h, self._fill = 0, 0, 0
             self._slow = WINDOW  # feed data[i] again: into an empty window, or twice (the quirk)

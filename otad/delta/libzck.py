@@ -16,9 +16,9 @@ import os
 from typing import BinaryIO, Callable, Iterable, List, Optional
 
 from otad.delta import zck
+from otad.delta.blocks import read_blocks
 from otad.errors import SourceIndexError
 
-READ_BYTES = 1 << 20
 TRUNCATE_EVERY = 64 << 20  # libzck 1.2.3 copies every source byte to a temp file: keep it sparse
 
 # zck.h enums
@@ -193,13 +193,7 @@ def write_fixed(f: BinaryIO, length: int, out: BinaryIO, chunk_bytes: int, *, na
 
 def _feed(c: _Context, f: BinaryIO, length: int, name: str, on_progress: Optional[Callable[[int], None]]) -> None:
     done, since_truncate = 0, 0
-    while done < length:
-        try:
-            block = f.read(min(READ_BYTES, length - done))
-        except OSError as exc:
-            raise SourceIndexError(f"read error at byte {done}: {exc.strerror or exc}", name) from exc
-        if not block:
-            raise SourceIndexError(f"ends at byte {done}, expected {length}", name)
+    for block in read_blocks(f, length, name):
         c.write(block)
         done += len(block)
         since_truncate += len(block)

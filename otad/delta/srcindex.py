@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Dict, List, Optional
 
 from otad.delta import chunker, libzck, zck
+from otad.delta.blocks import read_blocks, read_chunks
 from otad.errors import SourceIndexError
 
-READ_BYTES = 1 << 20
 FINE_STEP = 4096  # filesystem block: where a moved block can start
 NOT_FOUND = -1
 
@@ -52,31 +52,15 @@ def chunk_source(f: BinaryIO, length: int, *, name: str = "source", use_libzck: 
 
 
 def _python_index(f: BinaryIO, length: int, name: str, on_progress: Progress) -> zck.ChunkIndex:
-    cutter = chunker.BuzhashChunker()
     lengths: List[int] = []
     digests = bytearray()
-    h = hashlib.sha256()
-    pending = 0  # bytes of the current chunk already hashed
     done = 0
-    f.seek(0)
-    for block in _blocks(f, length, name):
-        pos = 0
-        for n in cutter.update(block):
-            take = n - pending
-            h.update(block[pos:pos + take])
-            pos += take
-            lengths.append(n)
-            digests += h.digest()
-            h, pending = hashlib.sha256(), 0
-        h.update(block[pos:])
-        pending += len(block) - pos
-        done += len(block)
+    for data in read_chunks(f, length, chunker.BuzhashChunker(), name):
+        lengths.append(len(data))
+        digests += hashlib.sha256(data).digest()
+        done += len(data)
         if on_progress is not None:
             on_progress(done)
-    last = cutter.finish()
-    if last:
-        lengths.append(last)
-        digests += h.digest()
     return zck.ChunkIndex.of_source(lengths, bytes(digests))
 
 
@@ -130,7 +114,7 @@ def _scan_windows(f: BinaryIO, length: int, size: int, step: int, wanted: Dict[b
     buf = b""
     base = 0  # source offset of buf[0]
     f.seek(0)
-    for block in _blocks(f, length, name):
+    for block in read_blocks(f, length, name):
         buf = buf + block
         view = memoryview(buf)
         end = len(buf) - size  # last window start inside buf
@@ -155,17 +139,3 @@ def _same_offset(target: zck.ChunkIndex, i: int, f: BinaryIO, length: int) -> in
     f.seek(offset)
     data = f.read(n)
     return offset if hashlib.sha256(data).digest() == target.digest_uncompressed(i) else NOT_FOUND
-
-
-def _blocks(f: BinaryIO, length: int, name: str):  # type: ignore[no-untyped-def]
-    """`f`'s first `length` bytes (from where it is) in blocks of READ_BYTES; short is an error."""
-    done = 0
-    while done < length:
-        try:
-            block = f.read(min(READ_BYTES, length - done))
-        except OSError as exc:
-            raise SourceIndexError(f"read error at byte {done}: {exc.strerror or exc}", name) from exc
-        if not block:
-            raise SourceIndexError(f"ends at byte {done}, expected {length}", name)
-        done += len(block)
-        yield block

@@ -7,6 +7,7 @@ and status-to-error mapping, and bodies are read the way download.py reads them.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable, Mapping
 
 import pytest
@@ -16,6 +17,14 @@ from otad.delta.fetch import Opener, RangeResponse
 from otad.errors import ServerUnavailable
 from otad.hawkbit.ddi import DdiClient, HawkbitSettings
 from otad.hawkbit.download import _BODY_ERRORS, CHUNK_BYTES, _body_reader
+from tests import delta_fixtures
+from tests.delta_fixtures import DeltaFixture
+
+
+@pytest.fixture(scope="session")
+def small(tmp_path_factory: pytest.TempPathFactory) -> DeltaFixture:
+    """The "small" fixture (24 MiB ext4 v1/v2, zck of v2), built once per session."""
+    return delta_fixtures.build(tmp_path_factory.mktemp("delta") / "small", "small")
 
 
 class _DdiResponse:
