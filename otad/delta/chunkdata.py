@@ -33,7 +33,11 @@ class ChunkDecoder:
         if dict_chunk is not None:
             if dict_data is None:
                 raise ChunkDataError("the header has a dict chunk: its bytes are needed first", -1, "dict")
-            self._dict = zstandard.ZstdCompressionDict(self._decode(dict_chunk, dict_data, None, "dict"))
+            # libzck writes SHA-256 of nothing as the dict's uncompressed digest (the format calls
+            # that field useless): only the stored bytes' digest is checked for the dict.
+            unchecked = zck.Chunk(dict_chunk.number, dict_chunk.start, dict_chunk.comp_length, 0,
+                                  dict_chunk.length, dict_chunk.digest, b"")
+            self._dict = zstandard.ZstdCompressionDict(self._decode(unchecked, dict_data, None, "dict"))
 
     def decode(self, chunk: zck.Chunk, data: bytes) -> bytes:
         """The uncompressed bytes of `chunk`, from its stored bytes `data`."""

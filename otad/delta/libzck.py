@@ -13,7 +13,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
-from typing import BinaryIO, Callable, Iterable, List, Optional
+from typing import BinaryIO, Callable, Iterable, List, Optional, Set
 
 from otad.delta import zck
 from otad.delta.blocks import read_blocks
@@ -80,12 +80,13 @@ class _Context:
         if lib is None or lib.lib is None:
             raise SourceIndexError("libzck cannot be loaded (install Debian's libzck1)", what)
         self.lib, self.libc, self.what = lib.lib, lib.libc, what
-        before = _open_fds()
+        before = _temp_fds()
         self.ctx = ctypes.c_void_p(self.lib.zck_create())
         if not self.ctx:
             raise SourceIndexError("zck_create failed", what)
         self._check(self.lib.zck_init_write(self.ctx, fd), "zck_init_write")
-        self.temp_fd = _temp_fd(set(_open_fds()) - set(before))
+        new = _temp_fds() - before
+        self.temp_fd = new.pop() if len(new) == 1 else None
         self.no_write = False
 
     def set(self, option: int, value: int, step: str) -> None:
@@ -204,20 +205,17 @@ def _feed(c: _Context, f: BinaryIO, length: int, name: str, on_progress: Optiona
             on_progress(done)
 
 
-def _open_fds() -> List[int]:
+def _temp_fds() -> Set[int]:
+    """The fds of libzck's (unlinked) temp files open in this process."""
+    found = set()
     try:
-        return [int(n) for n in os.listdir("/proc/self/fd")]
+        names = os.listdir("/proc/self/fd")
     except OSError:
-        return []
-
-
-def _temp_fd(new_fds: Iterable[int]) -> Optional[int]:
-    """The fd of libzck's unlinked temp file among `new_fds` (None: not found; not truncated)."""
-    for fd in new_fds:
+        return found
+    for name in names:
         try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
+            if "zcktemp" in os.path.basename(os.readlink(f"/proc/self/fd/{name}")):
+                found.add(int(name))
         except OSError:
-            continue
-        if "zcktemp" in os.path.basename(target):
-            return fd
-    return None
+            continue  # the fd of the listing itself, closed by now
+    return found
