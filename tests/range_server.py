@@ -40,6 +40,7 @@ class Misbehave:
     garble: bool = False  # break the multipart framing (no CRLF after the part headers' boundary)
     new_data: Optional[bytes] = None  # the file changes before this request (new ETag)
     status: Optional[int] = None  # answer this status, empty body
+    dialect: Optional[str] = None  # frame this multipart body as that server does
 
 
 @dataclass
@@ -119,11 +120,12 @@ def parse_ranges(header: str, size: int) -> Optional[List[Tuple[int, int]]]:
     return out
 
 
-def multipart_body(data: bytes, ranges: List[Tuple[int, int]], dialect: str) -> Tuple[str, bytes]:
+def multipart_body(data: bytes, ranges: List[Tuple[int, int]], dialect: str,
+                   boundary: Optional[str] = None) -> Tuple[str, bytes]:
     """(Content-Type, body) as `dialect` writes these ranges (already sorted/merged as it does)."""
     size = len(data)
     if dialect == "starlette":
-        boundary = secrets.token_hex(13)
+        boundary = boundary or secrets.token_hex(13)
         out = b"".join(b"--%s\r\nContent-Type: application/octet-stream\r\nContent-Range: bytes %d-%d/%d\r\n\r\n"
                        % (boundary.encode(), a, b - 1, size) + data[a:b] + b"\r\n" for a, b in ranges)
         return f"multipart/byteranges; boundary={boundary}", out + b"--%s--" % boundary.encode()
@@ -192,9 +194,10 @@ class _Handler(BaseHTTPRequestHandler):
         if any(a >= len(data) or a >= b for a, b in ranges):
             self._send(416, {"Content-Range": f"bytes */{len(data)}"}, b"", range_header, len(ranges), fault)
             return
-        if srv.dialect == "starlette" and len(ranges) > 1:
+        dialect = fault.dialect or srv.dialect
+        if dialect == "starlette" and len(ranges) > 1:
             ranges = _starlette_ranges(ranges)
-        elif srv.dialect != "starlette":
+        elif dialect != "starlette":
             ordered = sorted(ranges)
             if any(ordered[i][1] > ordered[i + 1][0] for i in range(len(ordered) - 1)):
                 self._send(416, {"Content-Range": f"bytes */{len(data)}"}, b"", range_header, len(ranges), fault)
@@ -205,9 +208,9 @@ class _Handler(BaseHTTPRequestHandler):
             headers["Content-Range"] = f"bytes {a}-{b - 1}/{len(data)}"
             self._send(206, headers, data[a:b], range_header, 1, fault)
             return
-        content_type, body = multipart_body(data, ranges, srv.dialect)
+        content_type, body = multipart_body(data, ranges, dialect)
         if fault.garble:
-            body = body.replace(b"\r\n\r\n", b"\r\nX", 1) if srv.dialect != "hawkbit-old" else body.replace(
+            body = body.replace(b"\r\n\r\n", b"\r\nX", 1) if dialect != "hawkbit-old" else body.replace(
                 b"--" + HAWKBIT_BOUNDARY.encode() + b"\r\n", b"--" + HAWKBIT_BOUNDARY.encode() + b"Z\r\n", 1)
         headers["Content-Type"] = content_type
         self._send(206, headers, body, range_header, len(parse_ranges(range_header, len(data)) or []), fault)
