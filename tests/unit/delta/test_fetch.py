@@ -22,7 +22,7 @@ from otad.errors import ArtifactChanged, RangeFetchError
 from otad.hawkbit.policy import Backoff, ResumePolicy
 from tests.delta_fixtures import DeltaFixture
 from tests.range_server import DIALECTS, Misbehave, RangeServer
-from tests.unit.delta.conftest import client_for, ddi_opener
+from tests.delta_fixtures import client_for, ddi_opener
 
 ZSTD = b"\x28\xb5\x2f\xfd"
 
