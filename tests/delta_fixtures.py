@@ -5,7 +5,7 @@ The tree is the files of a few installed Debian packages (the same on every Debi
 that ran scripts/setup), mtimes pinned. v1 is that tree as ext4 (`mke2fs -d` with a fixed
 UUID, hash seed and E2FSPROGS_FAKE_TIME: byte-reproducible); v2 is the realistic minor update
 of issue 12: 15 .py files edited, one library rebuilt (a byte changed every 32 KiB), one 512 KiB
-file added and /etc/version changed, rebuilt the same way, so most blocks move. Then `zck -u -h
+tool added to /usr/bin and /etc/version changed, rebuilt the same way, so most blocks move. Then `zck -u -h
 sha256` of v2 and its header. `delta_bundle` makes the signed `type = "delta"` .swu with
 SWUpdate's own swugenerator. Built once per directory (a stamp names the spec), so a pytest
 session or a benchmark reuses it.
@@ -67,7 +67,7 @@ def build(workdir: Path, spec: str = "small") -> DeltaFixture:
     fixture = DeltaFixture(workdir, workdir / "v1.ext4", workdir / "v2.ext4", workdir / "v2.ext4.zck",
                            workdir / "v2.ext4.zck.header")
     stamp = workdir / "fixture.json"
-    want = {"spec": spec, "packages": list(packages), "mib": mib, "copies": copies, "version": 1}
+    want = {"spec": spec, "packages": list(packages), "mib": mib, "copies": copies, "version": 2}
     if stamp.exists() and json.loads(stamp.read_text()) == want and fixture.v2_header.exists():
         return fixture
     tree1, tree2 = workdir / "tree1", workdir / "tree2"
@@ -125,7 +125,9 @@ def edit_tree(root: Path, copies: int) -> None:
     for at in range(4096, len(data), 32768):
         data[at] ^= 0xFF
     lib.write_bytes(bytes(data))
-    new = base / "usr" / "lib" / "otad-fixture" / "new.bin"
+    # /usr/bin sorts before /usr/lib: mke2fs -d fills the image in name order, so every
+    # library after the new tool moves by 512 KiB and every later inode's extents change.
+    new = base / "usr" / "bin" / "otad-fixture-tool"
     new.parent.mkdir(parents=True, exist_ok=True)
     new.write_bytes(rng.randbytes(512 * 1024))
     (root / "etc" / "version").write_text("1.0.1\n")
@@ -146,7 +148,7 @@ def mkext4(tree: Path, image: Path, mib: int) -> None:
         f.truncate(mib << 20)
     subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", "-U", UUID,
                     "-E", f"hash_seed={UUID},root_owner=0:0", "-d", str(tree), str(image)],
-                   check=True, env=dict(os.environ, E2FSPROGS_FAKE_TIME=FAKE_TIME))
+                   check=True, env=dict(os.environ, E2FSPROGS_FAKE_TIME=FAKE_TIME, LC_ALL="C"))
     commands = image.parent / (image.name + ".debugfs")
     paths = ["/"] + ["/" + str(p.relative_to(tree)) for p in sorted(tree.rglob("*"))]
     commands.write_text("".join(f'sif "{p}" {field} @{MTIME}\n' for p in paths for field in ("ctime", "atime")))

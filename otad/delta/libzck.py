@@ -13,7 +13,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
-from typing import BinaryIO, Callable, Iterable, List, Optional, Set
+from typing import BinaryIO, Callable, Iterator, List, Optional, Set, Tuple
 
 from otad.delta import zck
 from otad.delta.blocks import read_blocks
@@ -77,7 +77,7 @@ class _Context:
 
     def __init__(self, fd: int, what: str) -> None:
         lib = _lib()
-        if lib is None or lib.lib is None:
+        if lib is None or lib.lib is None or lib.libc is None:
             raise SourceIndexError("libzck cannot be loaded (install Debian's libzck1)", what)
         self.lib, self.libc, self.what = lib.lib, lib.libc, what
         before = _temp_fds()
@@ -114,7 +114,7 @@ class _Context:
         if self.temp_fd is not None and not self.no_write:
             os.ftruncate(self.temp_fd, 0)  # later writes leave a hole before them: no space used
 
-    def chunks(self) -> Iterable[tuple]:  # type: ignore[type-arg]
+    def chunks(self) -> Iterator[Tuple[int, bytes]]:
         """(length, uncompressed digest) of each data chunk so far (the dict entry skipped)."""
         item = self.lib.zck_get_first_chunk(self.ctx)
         item = self.lib.zck_get_next_chunk(item) if item else None
@@ -125,7 +125,7 @@ class _Context:
             try:
                 digest = bytes.fromhex(ctypes.string_at(hex_ptr).decode("ascii"))
             finally:
-                self.libc.free(ctypes.c_void_p(hex_ptr))  # type: ignore[union-attr]
+                self.libc.free(ctypes.c_void_p(hex_ptr))
             yield self.lib.zck_get_chunk_size(item), digest
             item = self.lib.zck_get_next_chunk(item)
 
@@ -207,7 +207,7 @@ def _feed(c: _Context, f: BinaryIO, length: int, name: str, on_progress: Optiona
 
 def _temp_fds() -> Set[int]:
     """The fds of libzck's (unlinked) temp files open in this process."""
-    found = set()
+    found: Set[int] = set()
     try:
         names = os.listdir("/proc/self/fd")
     except OSError:

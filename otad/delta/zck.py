@@ -218,7 +218,7 @@ class _Reader:
     def fail(self, what: str, field_name: str, offset: Optional[int] = None) -> ZckFormatError:
         return ZckFormatError(what, self.name, field_name, self.pos if offset is None else offset)
 
-    def int(self, field_name: str) -> int:
+    def compint(self, field_name: str) -> int:
         start, value, shift = self.pos, 0, 0
         for count in range(1, MAX_COMPINT_BYTES + 1):
             if self.pos >= self.end:
@@ -252,10 +252,10 @@ def parse_lead(data: bytes, name: str = "zchunk header") -> Lead:
     if ident not in (ZCK_ID, DETACHED_ID):
         raise r.fail(f"expected {ZCK_ID!r} or {DETACHED_ID!r}, got {ident!r}: not a zchunk file", "lead.id", 0)
     at = r.pos
-    hash_type = r.int("lead.checksum_type")
+    hash_type = r.compint("lead.checksum_type")
     if hash_type not in (HASH_SHA1, HASH_SHA256):
         raise r.fail(f"expected 0 (SHA-1) or 1 (SHA-256), got {hash_type}", "lead.checksum_type", at)
-    header_length = r.int("lead.header_size")
+    header_length = r.compint("lead.header_size")
     digest_offset = r.pos
     digest = r.bytes(_HASHES[hash_type][1], "lead.header_checksum")
     return Lead(ident, hash_type, header_length, digest_offset, digest)
@@ -302,27 +302,27 @@ def _check_checksum(data: bytes, lead: Lead, name: str) -> None:
 def _parse_preface(r: _Reader, hash_type: int) -> Tuple[bytes, int, int, Tuple[Tuple[int, bytes], ...], int]:
     data_digest = r.bytes(_HASHES[hash_type][1], "preface.data_checksum")
     at = r.pos
-    flags = r.int("preface.flags")
+    flags = r.compint("preface.flags")
     if flags & FLAG_STREAMS:
         raise r.fail("data streams (flag 0) are not supported, as in libzck", "preface.flags", at)
     if flags & ~(FLAG_OPTIONAL | FLAG_UNCOMPRESSED):
         raise r.fail(f"unknown flags {flags & ~(FLAG_OPTIONAL | FLAG_UNCOMPRESSED):#x} (known: 0x2, 0x4)",
                      "preface.flags", at)
     at = r.pos
-    comp = r.int("preface.compression_type")
+    comp = r.compint("preface.compression_type")
     if comp not in COMP_NAMES:
         raise r.fail(f"expected 0 (none) or 2 (zstd), got {comp}", "preface.compression_type", at)
     optional: List[Tuple[int, bytes]] = []
     if flags & FLAG_OPTIONAL:
         at = r.pos
-        count = r.int("preface.optional_count")
+        count = r.compint("preface.optional_count")
         if count == 0:
             raise r.fail("flag 1 is set but there are no optional elements", "preface.optional_count", at)
         for i in range(count):
-            ident = r.int(f"preface.optional[{i}].id")
-            size = r.int(f"preface.optional[{i}].size")
+            ident = r.compint(f"preface.optional[{i}].id")
+            size = r.compint(f"preface.optional[{i}].size")
             optional.append((ident, r.bytes(size, f"preface.optional[{i}].data")))
-    index_size = r.int("preface.index_size")
+    index_size = r.compint("preface.index_size")
     return data_digest, flags, comp, tuple(optional), index_size
 
 
@@ -333,12 +333,12 @@ def _parse_index(r: _Reader, index_size: int, flags: int, comp: int, total: int,
     end = start + index_size
     ix = _Reader(r.data, r.name, start, end)
     at = ix.pos
-    hash_type = ix.int("index.checksum_type")
+    hash_type = ix.compint("index.checksum_type")
     if hash_type not in _HASHES:
         raise ix.fail(f"expected 0..3 (SHA-1, SHA-256, SHA-512, SHA-512/128), got {hash_type}",
                       "index.checksum_type", at)
     at = ix.pos
-    count = ix.int("index.chunk_count")
+    count = ix.compint("index.chunk_count")
     if count == 0:
         raise ix.fail("expected at least the dict entry, got 0", "index.chunk_count", at)
     if count > limits.max_chunks + 1:
@@ -354,9 +354,9 @@ def _parse_index(r: _Reader, index_size: int, flags: int, comp: int, total: int,
         entry_at = ix.pos
         digest = ix.bytes(size, f"{label}.checksum")
         udigest = ix.bytes(size, f"{label}.uncompressed_checksum") if uncompressed else b""
-        comp_length = ix.int(f"{label}.length")
+        comp_length = ix.compint(f"{label}.length")
         length_at = ix.pos
-        length = ix.int(f"{label}.uncompressed_length")
+        length = ix.compint(f"{label}.uncompressed_length")
         _check_lengths(ix, label, comp, comp_length, length, length_at, limits, dict_entry=i == 0)
         if i == 0:
             if length == 0 and (any(digest) or any(udigest)):
@@ -390,7 +390,7 @@ def _check_lengths(ix: _Reader, label: str, comp: int, comp_length: int, length:
 
 def _parse_signatures(r: _Reader) -> None:
     at = r.pos
-    count = r.int("signatures.count")
+    count = r.compint("signatures.count")
     if count:
         raise r.fail(f"expected 0 signatures (no type is defined; libzck refuses any), got {count}",
                      "signatures.count", at)
