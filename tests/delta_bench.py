@@ -137,6 +137,12 @@ with open(sys.argv[2], "rb") as f:
     size = f.seek(0, 2)
     if mode == "fine":
         match = srcindex.match_fine(header.index, f, size)
+    elif mode == "cached":  # the source's own zck header, as a slot's cached index
+        with open(sys.argv[4], "rb") as g:
+            lead = zck.parse_lead(g.read(100))
+            g.seek(0)
+            source = zck.parse_header(g.read(lead.total_length)).index
+        match = srcindex.match_index(header.index, source)
     else:
         match = srcindex.match_index(header.index, srcindex.chunk_source(f, size, use_libzck=mode == "libzck"))
 plan = Plan(header.index, match)
@@ -150,11 +156,14 @@ def memory(fx: DeltaFixture, work: Path, results: Dict[str, Any]) -> None:
                               capture_output=True, text=True, check=True).stdout)
     results["rss_import_kB"] = base
     say("peak RSS: python + otad.delta imported", f"{base / 1024:.1f} MB")
-    runs = [("libzck", fx.v2_zck)] if libzck.available() else []
+    v1_zck = work / "v1.ext4.zck"
+    if not v1_zck.exists():
+        delta_fixtures.zck(fx.v1, v1_zck)
+    runs = [("cached", fx.v2_zck)] + ([("libzck", fx.v2_zck)] if libzck.available() else [])
     runs += [("fine", work / f"v2.fine{16 if 16 in FINE_KIB else FINE_KIB[0]}.zck")]
     for mode, header_file in runs:
-        out = subprocess.run([sys.executable, "-c", CHILD, str(header_file), str(fx.v1), mode], capture_output=True,
-                             text=True, check=True).stdout
+        out = subprocess.run([sys.executable, "-c", CHILD, str(header_file), str(fx.v1), mode, str(v1_zck)],
+                             capture_output=True, text=True, check=True).stdout
         results[f"rss_{mode}_kB"] = int(out)
         say(f"peak RSS: header + index source ({mode}) + plan", f"{int(out) / 1024:.1f} MB")
 
