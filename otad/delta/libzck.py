@@ -19,7 +19,7 @@ from otad.delta import zck
 from otad.delta.blocks import read_blocks
 from otad.errors import SourceIndexError
 
-TRUNCATE_EVERY = 64 << 20  # libzck 1.2.3 copies every source byte to a temp file: keep it sparse
+TRUNCATE_EVERY = 4 << 20  # libzck 1.2.3 copies every source byte to a temp file: keep it sparse
 
 # zck.h enums
 _COMP_TYPE, _MANUAL_CHUNK, _CHUNK_MAX = 100, 101, 103
