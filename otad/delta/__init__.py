@@ -2,5 +2,5 @@
 
 Owns the zchunk format, chunking a source, matching chunks, decoding chunk data and fetching
 byte ranges. Leaf modules only: imports nothing of otad but otad.errors and small leaves
-(hashstate, durable, hawkbit.policy); bundles, slots and the install pipeline wire it in.
+(durable, hawkbit.policy); bundles, slots and the install pipeline wire it in.
 """

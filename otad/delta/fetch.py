@@ -204,17 +204,17 @@ class RangeFetcher:
         failures, stalled_since = 0, self._monotonic()
         while more():
             before, fallbacks = len(wanted.spans), len(self.stats.fallbacks)
+            failure: Optional[str] = None
             try:
                 yield from attempt()
-                why = "the answer held none of the wanted chunks"
             except _Retry as exc:
-                why = str(exc)
+                failure = str(exc)
             if len(wanted.spans) < before or len(self.stats.fallbacks) > fallbacks:
                 failures, stalled_since = 0, self._monotonic()
-                if why.startswith("the answer"):
+                if failure is None:
                     continue
             failures += 1
-            self._wait(failures, stalled_since, why)
+            self._wait(failures, stalled_since, failure or "the answer held none of the wanted chunks")
 
     def _multi(self, ranges: List[ByteRange], wanted: _Wanted) -> Iterator[Tuple[int, bytes]]:
         spec = ",".join(r.spec() for r in ranges)
