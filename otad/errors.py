@@ -307,9 +307,13 @@ class ZckFormatError(DeltaError):
 class ZckHeaderMismatch(DeltaError):
     """The zchunk header's sha256 is not the one the signed sw-description carries."""
 
+    exit_code = VERIFICATION
+
 
 class ChunkDataError(DeltaError):
     """One chunk's bytes are wrong: digest, decompression or length; `chunk` is its number."""
+
+    exit_code = VERIFICATION
 
     def __init__(self, what: str, chunk: int, where: Optional[str] = None) -> None:
         self.chunk = chunk

@@ -238,7 +238,7 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> DeltaFixture:
 
 
 # --- chunk requests through otad's DDI client ---------------------------------------------------
-# The stage-2 hook (/work/notes/delta-design.md) written as test code until hawkbit/ddi.py grows
+# The stage-2 hook (docs/delta.md §5) written as test code until hawkbit/ddi.py grows
 # it: requests go through DdiClient's own session, auth header, TLS settings and status-to-error
 # mapping, and bodies are read the way download.py reads them.
 

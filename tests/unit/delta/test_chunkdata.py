@@ -40,7 +40,7 @@ def test_tampered_stored_bytes_fail_before_decoding(one, how: str, what: str) ->
     bad = {"short": stored[:-1], "long": stored + b"\0", "flipped": stored[:-5] + bytes([stored[-5] ^ 1]) + stored[-4:]}
     with pytest.raises(ChunkDataError, match=f"chunk {chunk.number}: .*{what}") as info:
         decoder.decode(chunk, bad[how])
-    assert info.value.chunk == chunk.number
+    assert info.value.chunk == chunk.number and info.value.exit_code == 4
 
 
 def signed(frame: bytes, length: int, udigest: bytes = b"") -> zck.ZckHeader:

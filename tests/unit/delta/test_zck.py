@@ -117,8 +117,9 @@ def test_verify_signed_checks_the_member_sha256_before_reading_it(small: DeltaFi
     data = small.header_bytes
     assert zck.verify_signed(data, hashlib.sha256(data).hexdigest().upper()).length == len(data)
     with pytest.raises(ZckHeaderMismatch, match=r"rootfs.ext4: sha256 is [0-9a-f]{64}, the signed sw-description "
-                                                 r"says 0{64}"):
+                                                 r"says 0{64}") as info:
         zck.verify_signed(data, "0" * 64, name="rootfs.ext4")
+    assert info.value.exit_code == 4  # a verification failure, like an image hash
     garbage = b"not a header"
     with pytest.raises(ZckHeaderMismatch):  # never parsed: a wrong hash is the one error
         zck.verify_signed(garbage, "0" * 64)
