@@ -16,11 +16,12 @@ from functools import partial
 from typing import Dict, Optional, Tuple, Union
 
 from otad.boot.bootchooser import Bootchooser
+from otad.boot.fwenvconfig import load_fw_env_config
 from otad.boot.health import HealthResult, run_checks
 from otad.boot.mark import (ConfirmOutcome, MarkOutcome, SlotStatusReport, arm_after_install, check_can_install,
                             confirm, mark_bad, status)
 from otad.boot.slots import BootedSlot, Slot, booted_slot
-from otad.boot.ubootenv import UBootEnv, load_fw_env_config
+from otad.boot.ubootenv import UBootEnv
 from otad.boot.watchdog import DeviceWatchdog, NullWatchdog
 from otad.config import Config
 from otad.errors import REFUSED, WRITE_FAILED, ConfigError, EnvError, InstallError, Interrupted, OtadError, SlotError

@@ -3,7 +3,7 @@
 Owns which env variables arm, commit and abort a trial (docs/architecture.md, "A/B, the boot
 environment and the trial") and makes each of those one verified `UBootEnv.update`. When to do
 which (state, health checks, the booted slot) is `otad.boot.mark`'s; the env's bytes are
-`ubootenv`'s.
+`envimage`'s.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Dict, Mapping, Optional, Tuple
 
+from otad.boot.fwenvconfig import load_fw_env_config
 from otad.boot.slots import Slot, SlotTable
-from otad.boot.ubootenv import UBootEnv, load_fw_env_config
+from otad.boot.ubootenv import UBootEnv
 from otad.errors import ConfigError, EnvError, SlotError
 
 if TYPE_CHECKING:

@@ -9,10 +9,10 @@ Scripts written for the fw_printenv/fw_setenv that Debian and Raspberry Pi OS sh
 - `set NAME VALUE [NAME VALUE ...]` sets each pair, a trailing NAME without a VALUE deletes it,
   `NAME ""` keeps it with an empty value. otad's own form `NAME=VALUE ...` (`NAME=` deletes) is
   taken only when every argument contains '='; a mix of the two is a usage error. `-s SCRIPT`
-  reads fw_setenv's script format (`ubootenv.parse_set_script`). Everything lands in ONE write.
+  reads fw_setenv's script format (`envtext.parse_set_script`). Everything lands in ONE write.
 - Where fw_setenv refuses (a NAME with '=') or silently keeps a variable (the `.flags`
   attributes it enforces), otad refuses with one line and writes nothing. otad also refuses
-  what it cannot store safely (see `ubootenv`) and input that fw_setenv would quietly drop.
+  what it cannot store safely (see `envimage`) and input that fw_setenv would quietly drop.
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-from otad.boot.ubootenv import UBootEnv, load_fw_env_config, parse_env_text, parse_set_script
+from otad.boot.envtext import parse_env_text, parse_set_script
+from otad.boot.fwenvconfig import load_fw_env_config
+from otad.boot.ubootenv import UBootEnv
 from otad.errors import EnvCorrupt, EnvError, UsageError
 
 # U-Boot's variable attributes; libubootenv hides the variable and enforces some of them.

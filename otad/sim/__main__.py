@@ -141,7 +141,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_env(args: argparse.Namespace) -> int:
-    from otad.boot.ubootenv import format_env_text
+    from otad.boot.envtext import format_env_text
     from otad.sim.device import SimDevice
 
     sys.stdout.write(format_env_text(SimDevice.open(args.dir).env()))

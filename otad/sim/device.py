@@ -2,7 +2,7 @@
 
 Owns the sim's layout, creating it, and `boot()`: U-Boot passes (`UBootEmulator`), kernels that
 hang on a bad image until the watchdog resets the board, then S98otad's ``otad confirm``. Env bytes
-are ubootenv's, U-Boot's rules uboot.py's, argparse and printing __main__.py's.
+are envimage's, U-Boot's rules uboot.py's, argparse and printing __main__.py's.
 """
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from otad.boot.envimage import build_image
+from otad.boot.fwenvconfig import EnvLayout, load_fw_env_config
 from otad.boot.slots import Slot, SlotTable, booted_slot
-from otad.boot.ubootenv import EnvLayout, UBootEnv, build_image, load_fw_env_config
+from otad.boot.ubootenv import UBootEnv
 from otad.errors import ConfigError, EnvCorrupt, OtadError, SlotError
 from otad.sim.uboot import BootDecision, UBootEmulator
 

@@ -3,7 +3,7 @@
 Owns the boot-time rules (env load or compiled-in default, bootcount_inc, bootcount_error, the A/B
 altbootcmd given at the top of etc/boot.cmd) applied to a real env file through `UBootEnv`. Follows
 include/bootcount.h, drivers/bootcount/bootcount_env.c, common/autoboot.c, env/common.c, env/fat.c and
-lib/strto.c of v2023.01. The env's byte format is ubootenv's business; which slot runs, slots.py's.
+lib/strto.c of v2023.01. The env's byte format is envimage's business; which slot runs, slots.py's.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from otad.boot.ubootenv import build_image
+from otad.boot.envimage import build_image
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.skipif(shutil.which("fw_printenv") is None, reason="libubootenv-tool not installed")

@@ -23,7 +23,7 @@ from typing import Dict, List, Optional, Tuple
 
 import pytest
 
-from otad.boot.ubootenv import build_image
+from otad.boot.envimage import build_image
 from tests.bundles import ImageSpec, sha256, signed_members, swugenerator_bundle, write_bundle
 from tests.integration.test_swupdate_oracle import run_swupdate
 from tests.pki import Pki

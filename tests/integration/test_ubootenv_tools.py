@@ -19,13 +19,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from otad.boot.ubootenv import (
-    DEFAULT_LOCK_PATH,
-    UBootEnv,
-    build_image,
-    load_fw_env_config,
-    parse_image,
-)
+from otad.boot.envimage import build_image, parse_image
+from otad.boot.fwenvconfig import load_fw_env_config
+from otad.boot.ubootenv import DEFAULT_LOCK_PATH, UBootEnv
 from otad.errors import EnvCorrupt, EnvError
 
 pytestmark = pytest.mark.oracle

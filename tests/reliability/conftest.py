@@ -27,7 +27,7 @@ import pytest
 from otad import cli as otad_cli
 from otad import config as otad_config
 from otad.crashpoint import CRASH_AT, CRASH_LIST
-from otad.boot.ubootenv import parse_image
+from otad.boot.envimage import parse_image
 from otad.sim.device import ENV_SIZE, BootReport, InitResult, SimDevice, contains_good_marker, make_image
 from tests.bundles import ImageSpec, sha256, signed_members, write_bundle
 from tests.pki import Pki

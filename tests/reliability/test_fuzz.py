@@ -1,10 +1,10 @@
 """Fuzzing every parser that reads bytes from outside: only otad's own error may come out.
 
-otad.conf (`config.parse`: ConfigError), fw_env.config and env images (`ubootenv`: ConfigError
-or None), hawkBit's DDI JSON (`ddi.parse_*`, and raw bodies through a real `DdiClient`: an
-OtadError), and real signed bundles, mutated, through the CPIO reader, the sw-description
-parser and a dry-run `install_bundle` (an OtadError). Sizes: OTAD_FUZZ_EXAMPLES examples per
-test (CI: 200), no deadline. A crash found becomes an `@example` here.
+otad.conf (`config.parse`: ConfigError), fw_env.config (`fwenvconfig`: ConfigError) and env
+images (`envimage`: None), hawkBit's DDI JSON (`ddi.parse_*`, and raw bodies through a real
+`DdiClient`: an OtadError), and real signed bundles, mutated, through the CPIO reader, the
+sw-description parser and a dry-run `install_bundle` (an OtadError). Sizes: OTAD_FUZZ_EXAMPLES
+examples per test (CI: 200), no deadline. A crash found becomes an `@example` here.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from otad import config
-from otad.boot.ubootenv import build_image, parse_fw_env_config, parse_image
+from otad.boot.envimage import build_image, parse_image
+from otad.boot.fwenvconfig import parse_fw_env_config
 from otad.errors import ConfigError, OtadError
 from otad.hawkbit.ddi import DdiClient, HawkbitSettings, parse_cancel, parse_deployment, parse_root
 from otad.install.installer import InstallRequest, install_bundle
@@ -165,7 +166,7 @@ def test_fw_env_config_parse_raises_only_config_error(record: Recorder) -> None:
                 assert 1 <= len(layout.copies) <= 2
         check()
 
-    fuzz(record, "mutated etc/fw_env.config(.redundant), random text", "ubootenv.parse_fw_env_config",
+    fuzz(record, "mutated etc/fw_env.config(.redundant), random text", "fwenvconfig.parse_fw_env_config",
          "ConfigError only", run)
 
 
@@ -195,7 +196,7 @@ def test_env_image_parse_returns_variables_or_none(record: Recorder) -> None:
         check()
 
     fuzz(record, "mutated real env images (flips, cuts, inserts), CRC recomputed or not, odd sizes",
-         "ubootenv.parse_image", "a dict of strings or None", run)
+         "envimage.parse_image", "a dict of strings or None", run)
 
 
 # --------------------------------------------------------------------------- DDI JSON

@@ -30,7 +30,7 @@ import pytest
 
 from otad import cli as otad_cli
 from otad import crashpoint, update
-from otad.boot.ubootenv import parse_image
+from otad.boot.envimage import parse_image
 from otad.hawkbit.actions import ActionLog
 from otad.hawkbit.agent import Agent, AgentOptions
 from otad.hawkbit.outbox import Outbox

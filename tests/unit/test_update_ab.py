@@ -12,7 +12,9 @@ from typing import Dict, Optional
 
 import pytest
 
-from otad.boot.ubootenv import UBootEnv, build_image, load_fw_env_config
+from otad.boot.envimage import build_image
+from otad.boot.fwenvconfig import load_fw_env_config
+from otad.boot.ubootenv import UBootEnv
 from otad.sim.uboot import UBootEmulator
 from otad.errors import REFUSED, VERIFICATION
 from tests.bundles import ImageSpec, sha256, signed_members, write_bundle

@@ -10,8 +10,10 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import pytest
 
 from otad.boot.bootchooser import Bootchooser, env_ulong
+from otad.boot.envimage import build_image
+from otad.boot.fwenvconfig import EnvCopyLocation, EnvLayout
 from otad.boot.slots import Slot, SlotTable
-from otad.boot.ubootenv import EnvCopyLocation, EnvLayout, EnvSnapshot, UBootEnv, build_image
+from otad.boot.ubootenv import EnvSnapshot, UBootEnv
 from otad.config import PI_SLOTS, Config
 from otad.errors import ConfigError, EnvCorrupt, EnvError, SlotError
 from otad.sim.uboot import UBootEmulator

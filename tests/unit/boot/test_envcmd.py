@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from otad.boot.envcmd import parse_arguments, print_variables, requested_changes, set_variables
-from otad.boot.ubootenv import UBootEnv, build_image, load_fw_env_config
+from otad.boot.envimage import build_image
+from otad.boot.fwenvconfig import load_fw_env_config
+from otad.boot.ubootenv import UBootEnv
 from otad.errors import EnvError, UsageError
 
 SIZE = 0x4000

@@ -17,10 +17,12 @@ import pytest
 from otad import durable
 from otad.boot import mark
 from otad.boot.bootchooser import Bootchooser
+from otad.boot.envimage import build_image
+from otad.boot.fwenvconfig import EnvCopyLocation, EnvLayout
 from otad.boot.health import HealthResult
 from otad.boot.mark import ConfirmOutcome, Verdict
 from otad.boot.slots import BootedSlot, Slot, SlotTable
-from otad.boot.ubootenv import EnvCopyLocation, EnvLayout, UBootEnv, build_image
+from otad.boot.ubootenv import UBootEnv
 from otad.errors import EnvError, SlotError, StateError
 from otad.install.status import FAILED, INSTALLED, INSTALLING, INTERRUPTED, TargetStatusStore
 from otad.lock import Holder

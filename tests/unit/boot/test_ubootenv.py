@@ -16,18 +16,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from otad.boot.ubootenv import (
-    EnvCopyLocation,
-    EnvLayout,
-    UBootEnv,
-    build_image,
-    format_env_text,
-    load_fw_env_config,
-    parse_env_text,
-    parse_fw_env_config,
-    parse_image,
-    parse_set_script,
-)
+from otad.boot.envimage import build_image, parse_image
+from otad.boot.envtext import format_env_text, parse_env_text, parse_set_script
+from otad.boot.fwenvconfig import EnvCopyLocation, EnvLayout, load_fw_env_config, parse_fw_env_config
+from otad.boot.ubootenv import UBootEnv
 from otad.errors import ConfigError, EnvCorrupt, EnvError
 
 SIZE = 0x4000

@@ -14,7 +14,9 @@ from typing import Dict, Optional
 
 import pytest
 
-from otad.boot.ubootenv import UBootEnv, build_image, load_fw_env_config
+from otad.boot.envimage import build_image
+from otad.boot.fwenvconfig import load_fw_env_config
+from otad.boot.ubootenv import UBootEnv
 from otad.errors import REFUSED, WRITE_FAILED, EnvError
 from tests.bundles import ImageSpec, sha256, signed_members, write_bundle
 from tests.conftest import Device, one_error, run_cli

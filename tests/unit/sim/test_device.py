@@ -11,7 +11,9 @@ from typing import Callable, Dict, List, Optional, Tuple
 import pytest
 
 from otad import config
-from otad.boot.ubootenv import EnvCopyLocation, EnvLayout, UBootEnv, parse_image
+from otad.boot.envimage import parse_image
+from otad.boot.fwenvconfig import EnvCopyLocation, EnvLayout
+from otad.boot.ubootenv import UBootEnv
 from otad.errors import ConfigError, OtadError, SlotError
 from otad.sim.__main__ import parse_size
 from otad.sim.device import (

@@ -9,7 +9,9 @@ from typing import Dict, List, Optional, Tuple
 
 import pytest
 
-from otad.boot.ubootenv import EnvCopyLocation, EnvLayout, UBootEnv, build_image, parse_image
+from otad.boot.envimage import build_image, parse_image
+from otad.boot.fwenvconfig import EnvCopyLocation, EnvLayout
+from otad.boot.ubootenv import UBootEnv
 from otad.errors import ConfigError
 from otad.sim.uboot import BootDecision, UBootEmulator, simple_strtoul
 
