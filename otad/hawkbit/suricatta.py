@@ -130,7 +130,7 @@ def _text(value: Any) -> str:
     return value
 
 
-def _integer(value: Any, low: int, high: int) -> int:
+def _integer(value: object, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise _Bad(f"expected an integer, got {value!r}")
     if not low <= value <= high:

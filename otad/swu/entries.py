@@ -76,7 +76,7 @@ class EntryReader:
     def offset(self) -> int:
         """A number, or a string as SWUpdate's ustrtoull(…, 0) reads it: 0x hex, leading-0 octal,
         K/k, M, G suffix (×1024 each), optionally followed by i or iB."""
-        value = self.values.get("offset", 0)
+        value: object = self.values.get("offset", 0)
         expected = "a number or a string like '16K'"
         if isinstance(value, bool) or not isinstance(value, (int, str)):
             self.fail("offset", expected, value)
