@@ -19,6 +19,8 @@ edge with ``raise ... from exc``.
      │         ├── ImageTooLarge
      │         └── DecryptError   AES: no key, wrong key, bad padding, truncated
      ├── InstallError             writing to a target (device or file) failed
+     │    └── ResumeError         a saved resume point cannot be taken up: start over
+     ├── HashStateError           a saved hash state cannot be taken up
      ├── EnvError                 U-Boot environment
      │    └── EnvCorrupt          no copy with a good CRC
      ├── SlotError                A/B slot model: booted slot unknown, bad transition
@@ -27,9 +29,15 @@ edge with ``raise ... from exc``.
      ├── WatchdogError            /dev/watchdog
      ├── ServerError              a hawkBit request failed: url, status, retry_after_s
      │    ├── ServerUnavailable   no answer, 5xx, rate-limit 429: retry later
+     │    │    └── DownloadInterrupted  an artifact download ran out of retries: position
      │    ├── QuotaExceeded, AuthError (401), Forbidden (403), NotFound (404),
      │    │   Conflict (409), Gone (410), Rejected (other 4xx)
      │    └── MalformedResponse   the answer is not DDI: field
+     ├── DownloadError            an artifact download cannot go on: url, position
+     │    ├── RestartRequired     the server cannot continue there: restart the install
+     │    ├── HashMismatch        the artifact's bytes do not have the announced hash
+     │    ├── SizeMismatch        the server's size is not the deployment's
+     │    └── Cancelled           the download was asked to stop (a cancel)
      ├── UnsupportedDeployment    a deployment otad cannot carry out
      ├── InvalidConfigData        configData hawkBit would refuse
      └── DeltaError               delta updates (otad/delta): zchunk data, sources, Range fetches
@@ -249,6 +257,43 @@ class MalformedResponse(ServerError):
         self.detail = detail
         self.field = field
         super().__init__(f"{field}: {detail}" if field else detail, url, status)
+
+
+class DownloadError(OtadError):
+    """An artifact download (hawkbit/download.py) cannot go on; `url` is the artifact, `position`
+    the byte reached."""
+
+    def __init__(self, what: str, url: str, position: int) -> None:
+        self.url = url
+        self.position = position
+        super().__init__(what, url)
+
+
+class RestartRequired(DownloadError):
+    """The server cannot continue at `position` (200 to a Range, stale If-Range, 416, new ETag).
+
+    The consumer has already used the earlier bytes: the caller restarts the whole install.
+    """
+
+
+class HashMismatch(DownloadError):
+    """The bytes delivered do not have the hash the deployment announced."""
+
+
+class SizeMismatch(DownloadError):
+    """The server's size disagrees with the deployment's, or it sent more bytes than that."""
+
+
+class Cancelled(DownloadError):
+    """The download's `should_stop()` asked it to stop (the server cancels the action)."""
+
+
+class DownloadInterrupted(ServerUnavailable):
+    """Retries ran out (attempts or time) while the server kept failing; `position` was reached."""
+
+    def __init__(self, what: str, url: str, position: int) -> None:
+        self.position = position
+        super().__init__(what, url)
 
 
 class UnsupportedDeployment(OtadError):

@@ -26,12 +26,12 @@ from otad import RELEASE_DATE, crashpoint, update
 from otad.boot.mark import Verdict
 from otad.boot.watchdog import ProgressPetter
 from otad.config import Config, parse_date
-from otad.errors import BusyError, ConfigError, Interrupted, OtadError, ResumeError
+from otad.errors import BusyError, Cancelled, ConfigError, Interrupted, OtadError, RestartRequired, ResumeError
 from otad.hawkbit.actions import ActionLog, WaitingAction
 from otad.hawkbit.ddi import (ActionLink, Artifact, AuthError, Conflict, DdiClient, Deployment, Forbidden,
                               HawkbitSettings, InvalidConfigData, NotFound, Rejected, RootPoll, ServerError,
                               ServerUnavailable)
-from otad.hawkbit.download import Cancelled, ResumableDownload, RestartRequired
+from otad.hawkbit.download import ResumableDownload
 from otad.hawkbit.journal import DownloadCheckpoint, DownloadJournal
 from otad.hawkbit.outbox import Outbox, PendingFeedback
 from otad.hawkbit.policy import Backoff, PollPolicy, ResumePolicy

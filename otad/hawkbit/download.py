@@ -18,7 +18,8 @@ from typing import Any, Callable, List, Optional, Tuple, Type
 import requests
 import urllib3
 
-from otad.errors import Conflict, OtadError, ServerError, ServerUnavailable
+from otad.errors import (Cancelled, Conflict, DownloadInterrupted, HashMismatch, RestartRequired, ServerError,
+                         ServerUnavailable, SizeMismatch)
 from otad.hashstate import ResumableHash, new_hash
 from otad.hawkbit.ddi import Artifact, ArtifactResponse, DdiClient
 from otad.hawkbit.policy import ResumePolicy
@@ -29,42 +30,6 @@ CHUNK_BYTES = 1 << 20  # requests' iter_content default is 1 byte (0.4 MB/s); 1 
 
 # What a broken or stalled body raises, wrapped by requests or (on some versions) raw from urllib3.
 _BODY_ERRORS = (requests.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException, OSError)
-
-
-class DownloadError(OtadError):
-    """An artifact download cannot go on; `url` is the artifact, `position` the byte reached."""
-
-    def __init__(self, what: str, url: str, position: int) -> None:
-        self.url = url
-        self.position = position
-        super().__init__(what, url)
-
-
-class RestartRequired(DownloadError):
-    """The server cannot continue at `position` (200 to a Range, stale If-Range, 416, new ETag).
-
-    The consumer has already used the earlier bytes: the caller restarts the whole install.
-    """
-
-
-class HashMismatch(DownloadError):
-    """The bytes delivered do not have the hash the deployment announced."""
-
-
-class SizeMismatch(DownloadError):
-    """The server's size disagrees with the deployment's, or it sent more bytes than that."""
-
-
-class Cancelled(DownloadError):
-    """`should_stop()` asked the download to stop."""
-
-
-class DownloadInterrupted(ServerUnavailable):
-    """Retries ran out (attempts or time) while the server kept failing; `position` was reached."""
-
-    def __init__(self, what: str, url: str, position: int) -> None:
-        self.position = position
-        super().__init__(what, url)
 
 
 class ResumableDownload:

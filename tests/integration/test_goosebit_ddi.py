@@ -16,8 +16,9 @@ from typing import Iterator, Tuple
 
 import pytest
 
+from otad.errors import RestartRequired
 from otad.hawkbit.ddi import ActionLink, Artifact, AuthError, DdiClient, Deployment, HawkbitSettings, NotFound
-from otad.hawkbit.download import ResumableDownload, RestartRequired
+from otad.hawkbit.download import ResumableDownload
 from tests.goosebit import Goosebit, goosebit, start_goosebit, write_swu  # noqa: F401 - fixture
 from tests.hawkbit_fakes import ConnPlan, FaultProxy
 

@@ -10,9 +10,9 @@ from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 import pytest
 
+from otad.errors import Cancelled, DownloadInterrupted, HashMismatch, RestartRequired, SizeMismatch
 from otad.hawkbit.ddi import Artifact, AuthError, DdiClient, Gone, HawkbitSettings, NotFound
-from otad.hawkbit.download import (Cancelled, DownloadInterrupted, HashMismatch, ResumableDownload,
-                                   RestartRequired, SizeMismatch)
+from otad.hawkbit.download import ResumableDownload
 from otad.hawkbit.policy import Backoff, ResumePolicy
 from tests.hawkbit_fakes import ConnPlan, DdiFake, FaultProxy
 
