@@ -1,8 +1,9 @@
 """The daemon: poll hawkBit, install what it says into the inactive slot, tell it the truth.
 
 At start the last trial's verdict becomes its action's final feedback; then it polls at the
-server's pace, streams a deployment straight into the install pipeline, arms (or waits for the
-window) and reboots. `closed/success` comes only from `otad confirm` on the new slot.
+server's pace (backoff, jitter, Retry-After), sends configData, answers cancel requests and
+hands each deployment to a DeploymentRun (hawkbit/deployment.py: download, install, arming),
+then reboots. `closed/success` comes only from `otad confirm` on the new slot.
 
 The writer lock (otad.lock) is held for each operation that writes (confirming the last boot,
 an install from its first state change to the arming, a cancel, dropping an unarmed install),
@@ -26,29 +27,22 @@ from otad import RELEASE_DATE, crashpoint, update
 from otad.boot.mark import Verdict
 from otad.boot.watchdog import ProgressPetter
 from otad.config import Config, parse_date
-from otad.errors import BusyError, Cancelled, ConfigError, Interrupted, OtadError, RestartRequired, ResumeError
-from otad.hawkbit.actions import ActionLog, WaitingAction
-from otad.hawkbit.ddi import (ActionLink, Artifact, AuthError, Conflict, DdiClient, Deployment, Forbidden,
-                              HawkbitSettings, InvalidConfigData, NotFound, Rejected, RootPoll, ServerError,
-                              ServerUnavailable)
-from otad.hawkbit.download import ResumableDownload
-from otad.hawkbit.journal import DownloadCheckpoint, DownloadJournal
+from otad.errors import BusyError, Cancelled, ConfigError, Interrupted, OtadError
+from otad.hawkbit.actions import ActionLog
+from otad.hawkbit.ddi import (ActionLink, Conflict, DdiClient, Deployment, HawkbitSettings, InvalidConfigData,
+                              NotFound, Rejected, RootPoll, ServerError, ServerUnavailable)
+from otad.hawkbit.deployment import DeploymentRun
+from otad.hawkbit.journal import DownloadJournal
 from otad.hawkbit.outbox import Outbox, PendingFeedback
-from otad.hawkbit.policy import Backoff, PollPolicy, ResumePolicy
+from otad.hawkbit.policy import Backoff, PollPolicy
 from otad.hawkbit.publish import StatusPublisher
-from otad.install.installer import Resuming
-from otad.install.options import status_file
-from otad.install.resume import ResumePoint
-from otad.install.status import FAILED, TargetStatusStore
 from otad.lock import HeldLock, WriterLock
 from otad.notify import notify, watchdog_interval_s
 from otad.progress import Progress, ProgressListener, ignore
 from otad.state import Outcome, Phase, State, StateStore
-from otad.update import SlotInstallResult
 
 log = logging.getLogger(__name__)
 
-PROGRESS_BUDGET = 15  # progress feedbacks per action and run (hawkBit keeps <= 1000 per action)
 STATUS_INTERVAL_S = 1.0  # least time between two rewrites of daemon.json during a download
 
 
@@ -97,6 +91,9 @@ class AgentOptions:
 
 
 class Agent:
+    """The poll loop and what outlives one deployment: the server's pace, the feedback outbox,
+    the ended actions, the writer lock per operation, the status file."""
+
     def __init__(self, cfg: Config, options: AgentOptions, client: Optional[DdiClient] = None) -> None:
         if not cfg.ab_enabled:
             raise ConfigError("otad run needs the A/B 'slots' section: an update is only reported as a "
@@ -122,7 +119,6 @@ class Agent:
         self.waiting_href: Optional[str] = None  # the deploymentBase href last found "not now"
         self.answered_ended: Set[str] = set()
         self.progress_sent: Dict[str, int] = {}
-        self.cancel_link: Optional[ActionLink] = None  # a cancel seen while downloading
         self.reboot_requested = False
         self.writer_lock = WriterLock(state_dir)
         self.held: Optional[HeldLock] = None  # the writer lock, during an operation
@@ -399,15 +395,20 @@ class Agent:
         if state.trial or state.phase is Phase.FINAL_PENDING:
             log.info("action %s waits: slot %s was armed meanwhile", action, state.target_slot)
             return
+        run = DeploymentRun(self, deployment, link, poll_every_s=self.poll_policy.clamp(self.server_sleep_s),
+                            rng=self.options.rng, clock=self.options.monotonic)
         waiting = self.actions.waiting
         if state.phase in (Phase.DOWNLOADED, Phase.INSTALLED):
             if waiting is not None and waiting.action_id == action == state.action_id:
-                self.arm_when_allowed(deployment, waiting, link)
+                run.arm_when_allowed(waiting)
                 return
             self.drop_unarmed(state)
         if deployment.download == "skip":
             return  # hawkBit: "not yet"
-        self.install(deployment, link)
+        try:
+            run.install()
+        except Cancelled:
+            self.cancelled_while_downloading(action, run.cancel_link)
 
     def already_handled(self, action: str) -> bool:
         """An action that ended here is never installed again (across reboots); its final is resent
@@ -423,205 +424,6 @@ class Agent:
             self.outbox.put(action, "closed", how, (f"this action already ended on this device ({how}); "
                                                     "it is not installed again",), final=True)
         return True
-
-    def install(self, deployment: Deployment, link: ActionLink) -> None:
-        action = deployment.action_id
-        try:
-            artifact = deployment.swu_artifact()
-        except OtadError as exc:
-            self.fail(action, str(exc))
-            return
-        version = next((c.version for c in deployment.chunks if artifact in c.artifacts), "")
-        running = update.running_version(self.cfg)
-        if version and version == running:
-            self.outbox.put(action, "closed", "success", (f"version {version} is already installed and running",),
-                            final=True)
-            self.actions.end(action, "success")
-            return
-        self.store.transition(Phase.DOWNLOADING, action_id=action, version=version or None)
-        crashpoint.reached("agent.downloading_persisted")
-        self.status.publish(phase="downloading", action_id=action, version=version or None, bytes_done=0,
-                            bytes_total=artifact.size, last_error=None)
-        self.feedback(action, "proceeding", f"Downloading {artifact.filename} ({artifact.size} bytes) "
-                                            f"into the inactive slot")
-        try:
-            done = self.stream_and_install(deployment, artifact)
-        except Cancelled:
-            self.store.transition(Phase.IDLE)
-            self.cancelled_while_downloading(action)
-            return
-        except (ServerUnavailable, AuthError, Forbidden):
-            self.store.transition(Phase.IDLE)
-            raise  # the network or the credentials, not the bundle: a later poll starts again
-        except OtadError as exc:
-            self.store.transition(Phase.IDLE)
-            self.fail(action, f"install failed: {exc}")
-            return
-        crashpoint.reached("agent.installed")
-        assert done.target is not None  # the agent runs only with slots
-        waiting = WaitingAction(action, done.install.manifest.version, done.target.name,
-                                {v.name: (v.value or None) for v in done.install.bootenv})
-        self.actions.wait(waiting)
-        self.store.transition(Phase.DOWNLOADED)
-        self.arm_when_allowed(deployment, waiting, link)
-
-    def stream_and_install(self, deployment: Deployment, artifact: Artifact) -> SlotInstallResult:
-        """Download straight into the inactive slot; the server's hash is checked before this returns.
-
-        Goes on from the journal's resume point when it is this artifact's; a server that cannot
-        continue there or a slot changed since means one more try from the first byte. The
-        journal survives network failures (the next attempt resumes) and ends with the action.
-        """
-        journal = DownloadJournal(self.cfg.system.state_dir)
-        saved = journal.load()
-        if saved is not None and not saved.matches(deployment.action_id, artifact):
-            journal.clear()
-            saved = None
-        try:
-            try:
-                done = self.download_into_slot(deployment, artifact, journal, saved)
-            except (RestartRequired, ResumeError) as exc:
-                if saved is None:
-                    raise
-                log.warning("action %s: cannot resume at byte %d (%s); downloading again from the beginning",
-                            deployment.action_id, saved.point.offset, exc)
-                journal.clear()
-                done = self.download_into_slot(deployment, artifact, journal, None)
-        except (ServerUnavailable, AuthError, Forbidden):
-            raise  # the journal stays: the next attempt goes on from its point
-        except OtadError:
-            journal.clear()
-            raise
-        journal.clear()
-        return done
-
-    def download_into_slot(self, deployment: Deployment, artifact: Artifact, journal: DownloadJournal,
-                           saved: Optional[DownloadCheckpoint]) -> SlotInstallResult:
-        action = deployment.action_id
-        hb = self.cfg.hawkbit
-        throttle = _FeedbackThrottle(hb.feedback_interval_s, self.options.monotonic)
-        now = self.options.monotonic
-        last_check = [now()]
-        self.cancel_link = None
-
-        def on_bytes(done: int, total: Optional[int]) -> None:
-            self.status.publish(phase="downloading", bytes_done=done, bytes_total=total)
-            if throttle.due(done, total) and self.progress_sent.get(action, 0) < PROGRESS_BUDGET:
-                self.progress_sent[action] = self.progress_sent.get(action, 0) + 1
-                percent = done * 100 // total if total else 0
-                self.feedback(action, "proceeding", f"Downloaded {percent}%", progress=(percent, 100))
-
-        def should_stop() -> bool:
-            # Keep polling the root at the server's pace during a download, to notice a cancel.
-            if now() - last_check[0] < self.poll_policy.clamp(self.server_sleep_s):
-                return False
-            last_check[0] = now()
-            try:
-                root = self.client.poll()
-            except ServerError:
-                return False
-            if root.cancel is not None and root.cancel.id == action:
-                self.cancel_link = root.cancel
-                return True
-            return False
-
-        def on_install(event: Progress) -> None:
-            self.pet(event)
-            notify("WATCHDOG=1")
-
-        policy = ResumePolicy(max_attempts=hb.max_download_attempts)
-        start = saved.point.offset if saved else 0
-        if saved is not None:
-            log.info("action %s: resuming the download of %s at byte %d of %d", action, artifact.filename, start,
-                     artifact.size)
-        with ResumableDownload(self.client, artifact, start_offset=start,
-                               prefix_hash=saved.prefix_hash() if saved else None,
-                               if_range=saved.etag if saved else None, policy=policy, on_progress=on_bytes,
-                               should_stop=should_stop, rng=self.options.rng, sleep=self.wait,
-                               monotonic=now) as download:
-
-            def save(point: ResumePoint) -> None:
-                snapshot = download.snapshot()
-                if snapshot is None or snapshot[0] != point.offset:
-                    return  # the server's hash is one whose state cannot be saved (md5)
-                at = snapshot[1]
-                journal.save(DownloadCheckpoint(action, artifact.filename, artifact.size, artifact.sha256,
-                                                download.etag, at.name if at else None, at.state() if at else None,
-                                                point))
-                crashpoint.reached("agent.download_checkpoint")
-
-            resuming = Resuming(saved.point if saved else None, save, hb.resume_checkpoint_mib << 20)
-            done = update.install(self.cfg, download, name=f"action {action}: {artifact.filename}", writer=self.writer,
-                                  total_bytes=artifact.size, progress=on_install, no_switch=True, action_id=action,
-                                  resuming=resuming)
-            try:
-                download.verify()  # what follows the CPIO trailer, and the server's hash
-            except OtadError:
-                targets = TargetStatusStore(status_file(self.cfg))
-                for path in done.install.targets:
-                    targets.mark(path, FAILED, version=done.install.manifest.version,
-                                 reason="the download did not match the server's hash")
-                raise
-        return done
-
-    def arm_when_allowed(self, deployment: Deployment, waiting: WaitingAction, link: ActionLink) -> None:
-        """Arm now, or keep the written slot: download-only, or the maintenance window is closed."""
-        action = waiting.action_id
-        if deployment.update == "skip" and deployment.maintenance_window is None:
-            # download-only: `downloaded` closes the action in hawkBit; the slot is never armed for it
-            self.outbox.put(action, "downloaded", "none", (f"version {waiting.version} downloaded into slot "
-                                                           f"{waiting.target_slot}; download only, not installed",),
-                            final=True)
-            self.actions.end(action, "downloaded")
-            self.store.transition(Phase.IDLE)
-            self.outbox.flush(self.send)
-            return
-        if deployment.update == "skip" or deployment.maintenance_window == "unavailable":
-            if self.waiting_href is None:
-                self.feedback(action, "downloaded", f"version {waiting.version} written into slot "
-                              f"{waiting.target_slot}; waiting for the maintenance window")
-            self.waiting_href = link.href
-            log.info("action %s: waiting for the maintenance window", action)
-            self.status.publish(phase="waiting_window", action_id=action, version=waiting.version)
-            return
-        self.waiting_href = None
-        self.arm_and_reboot(waiting)
-
-    def arm_and_reboot(self, waiting: WaitingAction) -> None:
-        action, target = waiting.action_id, waiting.target_slot
-        if self.store.load().phase is Phase.DOWNLOADED:
-            self.store.transition(Phase.INSTALLED)
-        try:
-            update.arm(self.cfg, target, waiting.version, waiting.bootenv, writer=self.writer, action_id=action)
-        except OtadError as exc:
-            self.arm_failed(action, target, exc)
-            return
-        crashpoint.reached("agent.armed")
-        self.actions.clear_waiting()
-        self.feedback(action, "proceeding", f"version {waiting.version} installed into slot {target}; "
-                                            "rebooting to try it")
-        self.reboot(f"trial boot of slot {target}")
-
-    def arm_failed(self, action: str, target: str, exc: OtadError) -> None:
-        log.error("action %s: arming slot %s failed: %s", action, target, exc)
-        state = self.store.load()
-        if state.phase is Phase.ARMING:
-            # The env write may have landed: let confirm's rules decide, as after a power cut.
-            try:
-                update.confirm_boot(self.cfg, writer=self.writer)
-            except OtadError as again:
-                log.error("action %s: the interrupted arming stays for the next start: %s", action, again)
-                return
-            state = self.store.load()
-        if state.phase is Phase.FINAL_PENDING:
-            self.report_final(state)
-        elif state.phase is Phase.TRIAL_ARMED:
-            self.actions.clear_waiting()
-            self.reboot(f"trial boot of slot {target}")
-        elif not state.trial:
-            if state.phase is not Phase.IDLE:
-                self.store.transition(Phase.IDLE)
-            self.fail(action, f"could not arm slot {target}: {exc}")
 
     # ------------------------------------------------------------------ cancel
 
@@ -659,8 +461,7 @@ class Agent:
         self.outbox.put(action, "rejected", "none", (reason,), cancel=True)
         self.outbox.flush(self.send)
 
-    def cancelled_while_downloading(self, action: str) -> None:
-        link, self.cancel_link = self.cancel_link, None
+    def cancelled_while_downloading(self, action: str, link: Optional[ActionLink]) -> None:
         log.info("action %s: canceled by the server during the download", action)
         try:
             if link is not None:
@@ -675,13 +476,6 @@ class Agent:
         self.outbox.flush(self.send)
 
     # ------------------------------------------------------------------ feedback and reboot
-
-    def fail(self, action: str, reason: str) -> None:
-        log.error("action %s failed: %s", action, reason)
-        self.outbox.put(action, "closed", "failure", (reason,), final=True)
-        self.actions.end(action, "failure")
-        self.status.publish(phase="error", last_error=reason, action_id=action)
-        self.outbox.flush(self.send)
 
     def feedback(self, action: str, execution: str, detail: str,
                  progress: Optional[Tuple[int, Optional[int]]] = None) -> None:
@@ -700,24 +494,6 @@ class Agent:
             return
         log.info("rebooting: %s (%s)", why, self.cfg.system.reboot_command)
         subprocess.run(self.cfg.system.reboot_command, shell=True, check=False)
-
-
-class _FeedbackThrottle:
-    """At most one progress feedback per `interval_s` and per 10 % step; 100 % always."""
-
-    def __init__(self, interval_s: float, clock: Callable[[], float]) -> None:
-        self.interval_s = interval_s
-        self.clock = clock
-        self.last_at = float("-inf")
-        self.last_decile = -1
-
-    def due(self, done: int, total: Optional[int]) -> bool:
-        decile = done * 10 // total if total else 0
-        now = self.clock()
-        if decile > self.last_decile and (now - self.last_at >= self.interval_s or decile == 10):
-            self.last_decile, self.last_at = decile, now
-            return True
-        return False
 
 
 def _hardware(cfg: Config) -> Optional[Tuple[str, str]]:

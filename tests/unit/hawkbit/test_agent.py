@@ -18,8 +18,8 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import pytest
 
 from otad import config as otad_config
-from otad.hawkbit import agent as agent_module
 from otad.hawkbit.agent import Agent, AgentOptions
+from otad.hawkbit.download import ResumableDownload
 from otad.hawkbit.outbox import Outbox
 from otad.hawkbit.publish import StatusPublisher
 from otad.install.status import TargetStatusStore
@@ -591,13 +591,13 @@ def test_a_crash_at_any_phase_boundary_never_installs_twice_and_reports_one_true
 
         monkeypatch.setattr(StateStore, "transition", transition)
     elif point == "mid-download":
-        real_read = agent_module.ResumableDownload.read
+        real_read = ResumableDownload.read
 
         def read(self: Any, n: int = -1) -> bytes:
             crash_once(self.position > 400_000)
             return real_read(self, n)
 
-        monkeypatch.setattr(agent_module.ResumableDownload, "read", read)
+        monkeypatch.setattr(ResumableDownload, "read", read)
     elif point == "env-written":
         real_arm_trial = bootchooser.Bootchooser.arm_trial
 
