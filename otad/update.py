@@ -13,7 +13,7 @@ import logging
 import os
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import Dict, Optional, Tuple, Union
+from typing import Callable, Dict, Optional, Tuple, Union
 
 from otad.boot.bootchooser import Bootchooser
 from otad.boot.fwenvconfig import load_fw_env_config
@@ -22,13 +22,13 @@ from otad.boot.mark import (ConfirmOutcome, MarkOutcome, SlotStatusReport, arm_a
                             confirm, mark_bad, status)
 from otad.boot.slots import BootedSlot, Slot, booted_slot
 from otad.boot.ubootenv import UBootEnv
-from otad.boot.watchdog import DeviceWatchdog, NullWatchdog
+from otad.boot.watchdog import DeviceWatchdog, NullWatchdog, ProgressPetter, Watchdog
 from otad.config import Config
 from otad.errors import REFUSED, WRITE_FAILED, ConfigError, EnvError, InstallError, Interrupted, OtadError, SlotError
 from otad.install.handlers.raw import resolve_device
 from otad.install.installer import InstallResult, Resuming, install_bundle
 from otad.install.plan import InstallPlan, InstallRequest, plan_install
-from otad.install.options import make_request, status_file
+from otad.install.options import hardware_identity, make_request, status_file
 from otad.install.pipeline import Reader
 from otad.install.resume import discard_journal
 from otad.install.status import FAILED, TargetStatusStore
@@ -36,7 +36,7 @@ from otad.lock import HeldLock, WriterLock
 from otad.progress import ProgressListener, fan_out, ignore
 from otad.signals import shielded
 from otad.state import State, StateStore
-from otad.swu.manifest import SwDescription
+from otad.swu.manifest import HardwareRevision, SwDescription
 
 log = logging.getLogger(__name__)
 
@@ -225,11 +225,21 @@ def _apply_plain_bootenv(cfg: Config, result: InstallResult, targets: TargetStat
         with shielded():
             _plain_env(cfg).update(changes)
     except OtadError as exc:
-        for path in result.targets:
-            targets.mark(path, FAILED, version=result.manifest.version, reason=f"bootenv not applied: {exc}")
+        _mark_failed(targets, result, f"bootenv not applied: {exc}")
         raise exc.within("bootenv").at_stage(WRITE_FAILED)
     log.info("bootenv applied: %s", ", ".join(f"{k}={v}" if v is not None else f"{k} deleted"
                                               for k, v in changes.items()))
+
+
+def mark_failed(cfg: Config, result: InstallResult, reason: str) -> None:
+    """Mark every target of a finished install failed: a check after it (the daemon's server
+    hash) refused what was written, so the slot must not count as installed."""
+    _mark_failed(_targets(cfg), result, reason)
+
+
+def _mark_failed(targets: TargetStatusStore, result: InstallResult, reason: str) -> None:
+    for path in result.targets:
+        targets.mark(path, FAILED, version=result.manifest.version, reason=reason)
 
 
 def _left_behind(stop: Interrupted, target: Slot, result: Optional[InstallResult], store: StateStore) -> str:
@@ -289,6 +299,17 @@ def open_watchdog(cfg: Config) -> Union[DeviceWatchdog, NullWatchdog]:
     if not wd.enabled:
         return NullWatchdog()
     return DeviceWatchdog.open(wd.device, timeout_s=wd.timeout_s, nowayout=wd.nowayout)
+
+
+def pet_on_progress(watchdog: Watchdog, *, clock: Callable[[], float]) -> ProgressListener:
+    """A progress listener that pets `watchdog` while the work it listens to makes progress."""
+    return ProgressPetter(watchdog, clock=clock)
+
+
+def hardware(cfg: Config) -> Optional[HardwareRevision]:
+    """The board and revision bundles are checked against (`system.hardware` or the
+    hwrevision file); None when neither says."""
+    return hardware_identity(cfg)
 
 
 def confirm_boot(cfg: Config, *, writer: HeldLock) -> ConfirmOutcome:

@@ -25,7 +25,6 @@ from typing import Callable, Dict, Optional, Set, Tuple
 
 from otad import RELEASE_DATE, crashpoint, update
 from otad.boot.mark import Verdict
-from otad.boot.watchdog import ProgressPetter
 from otad.config import Config, parse_date
 from otad.errors import BusyError, Cancelled, ConfigError, Interrupted, OtadError
 from otad.hawkbit.actions import ActionLog
@@ -129,7 +128,7 @@ class Agent:
     def run(self) -> int:
         """Until stopped; with `once`, one poll cycle: 0 if it reached the server, else 1."""
         with update.open_watchdog(self.cfg) as watchdog:
-            self.pet = ProgressPetter(watchdog, clock=self.options.monotonic)
+            self.pet = update.pet_on_progress(watchdog, clock=self.options.monotonic)
             try:
                 delay = self.start()
                 if not self.options.once:
@@ -497,10 +496,8 @@ class Agent:
 
 
 def _hardware(cfg: Config) -> Optional[Tuple[str, str]]:
-    from otad.install.options import hardware_identity
-
     try:
-        hw = hardware_identity(cfg)
+        hw = update.hardware(cfg)
     except OtadError:
         return None
     return (hw.board, hw.revision) if hw is not None else None

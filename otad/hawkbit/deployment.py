@@ -26,9 +26,7 @@ from otad.hawkbit.outbox import Outbox, PendingFeedback
 from otad.hawkbit.policy import ResumePolicy
 from otad.hawkbit.publish import StatusPublisher
 from otad.install.installer import Resuming
-from otad.install.options import status_file
 from otad.install.resume import ResumePoint
-from otad.install.status import FAILED, TargetStatusStore
 from otad.lock import HeldLock
 from otad.notify import notify
 from otad.progress import Progress, ProgressListener
@@ -226,10 +224,7 @@ class DeploymentRun:
         try:
             download.verify()
         except OtadError:
-            targets = TargetStatusStore(status_file(self.cfg))
-            for path in done.install.targets:
-                targets.mark(path, FAILED, version=done.install.manifest.version,
-                             reason="the download did not match the server's hash")
+            update.mark_failed(self.cfg, done.install, "the download did not match the server's hash")
             raise
 
     # ------------------------------------------------------------------ arming
