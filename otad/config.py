@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, 
     cast
 
 from otad import RELEASE_DATE
-from otad.boot.slots import Slot, SlotTable
 from otad.errors import ConfigError
 
 if TYPE_CHECKING:  # otad.libconfig loads libconf: imported when a file is parsed
@@ -209,22 +208,37 @@ class SlotConfig:
                 parse_selection(self.selection)
             except ConfigError as exc:
                 raise _BadValue(f"slots.{exc.what}", ("slots", "selection")) from None
-        try:
-            self.to_slot()
-        except ConfigError as exc:
-            # slots.Slot words its problems "name: ...", "boot value: ...", "device: ...".
-            label, _, rest = exc.what.partition(": ")
+        problem = slot_problem(self.name, self.device, self.boot_value)
+        if problem:
+            # slot_problem words its problems "name: ...", "boot value: ...", "device: ...".
+            label, _, rest = problem.partition(": ")
             key = label.replace(" ", "_")
             if key not in _SLOT_KEYS:
-                raise _BadValue(f"slots: {exc.what}", ("slots", "name")) from None
-            raise _BadValue(f"slots.{key}: {rest}", ("slots", key)) from None
-
-    def to_slot(self) -> Slot:
-        pair = parse_selection(self.selection) if self.selection is not None else None
-        return Slot(self.name, self.device, self.boot_value, pair)
+                raise _BadValue(f"slots: {problem}", ("slots", "name"))
+            raise _BadValue(f"slots.{key}: {rest}", ("slots", key))
 
 
 _SLOT_KEYS = ("name", "device", "boot_value", "selection")
+
+
+def slot_problem(name: object, device: object, boot_value: object) -> Optional[str]:
+    """What is wrong with a slot's name, device or boot value ("name: ...", "boot value: ...",
+    "device: ..."), or None. The slot table (otad.boot.slots) holds its slots to the same rules."""
+    problem = _word_problem("name", name) or _word_problem("boot value", boot_value)
+    if problem:
+        return problem
+    if not isinstance(device, str) or not device.startswith("/") or "\0" in device:
+        return f"device: expected an absolute path such as '/dev/mmcblk0p2', got {device!r}"
+    return None
+
+
+def _word_problem(field: str, value: object) -> Optional[str]:
+    if not isinstance(value, str) or not value:
+        return f"{field}: expected a non-empty text, got {value!r}"
+    if any(c.isspace() or c in "=\"'\0" for c in value):
+        return f"{field}: expected no blanks, quotes, '=' or NUL, got {value!r}"
+    return None
+
 
 PI_SLOTS = (
     SlotConfig("a", "/dev/mmcblk0p2", "2", "stable,copy1"),
@@ -418,13 +432,6 @@ class Config:
         """A copy with some keys of one section changed (command-line flags override the file)."""
         updated = dataclasses.replace(getattr(self, section), **changes)
         return dataclasses.replace(self, **{section: updated})
-
-    def slot_table(self) -> SlotTable:
-        """The slots as the boot code uses them."""
-        if not self.slots:
-            raise ConfigError("no slots configured: A/B updates need a 'slots' section (see etc/otad.conf)",
-                              self.source)
-        return SlotTable(tuple(s.to_slot() for s in self.slots))
 
 
 @dataclass(frozen=True)

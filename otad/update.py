@@ -20,7 +20,7 @@ from otad.boot.fwenvconfig import load_fw_env_config
 from otad.boot.health import HealthResult, run_checks
 from otad.boot.mark import (ConfirmOutcome, MarkOutcome, SlotStatusReport, arm_after_install, check_can_install,
                             confirm, mark_bad, status)
-from otad.boot.slots import BootedSlot, Slot, booted_slot
+from otad.boot.slots import BootedSlot, Slot, SlotTable, booted_slot
 from otad.boot.ubootenv import UBootEnv
 from otad.boot.watchdog import DeviceWatchdog, NullWatchdog, ProgressPetter, Watchdog
 from otad.config import Config
@@ -62,7 +62,7 @@ def _read_text(path: Optional[str]) -> Optional[str]:
 def detect_booted(cfg: Config) -> BootedSlot:
     """Which slot runs now, from the kernel command line (or the root mount), never the env."""
     boot = cfg.bootloader
-    return booted_slot(cfg.slot_table(), cmdline=_read_text(boot.cmdline) or "",
+    return booted_slot(SlotTable.from_config(cfg), cmdline=_read_text(boot.cmdline) or "",
                        mountinfo=_read_text(boot.mountinfo) if boot.mountinfo and os.path.exists(boot.mountinfo)
                        else None,
                        partuuid_dir=boot.partuuid_dir, device_dir=cfg.system.device_dir)
@@ -90,7 +90,7 @@ def _setup(cfg: Config, *, dry_run: bool, selection: Optional[Tuple[str, str]]) 
             request = make_request(cfg, dry_run=dry_run, selection=selection)
             return _Setup(replace(request, checks=(partial(_plain_bootenv_fits, cfg),)))
         booted = detect_booted(cfg)
-        target = cfg.slot_table().other(booted.slot)
+        target = SlotTable.from_config(cfg).other(booted.slot)
         chooser = Bootchooser.from_config(cfg)
         check_can_install(StateStore(cfg.system.state_dir), target, chooser)
         chosen = _slot_selection(cfg, target, selection)
@@ -113,7 +113,7 @@ def _slot_selection(cfg: Config, target: Slot, given: Optional[Tuple[str, str]])
     if asked is None and target.selection is None:
         raise ConfigError(f"slot {target.name!r} has no selection and none was given with -e", cfg.source)
     if asked is not None and target.selection is not None and asked != target.selection:
-        owner = next((s.name for s in cfg.slot_table().slots if s.selection == asked), None)
+        owner = next((s.name for s in SlotTable.from_config(cfg).slots if s.selection == asked), None)
         whose = f"slot {owner}'s selection" if owner else "no slot's selection"
         raise ConfigError(f"-e {','.join(asked)} (install.selection) is {whose}, but otad installs into the "
                           f"inactive slot {target.name}, whose selection is {','.join(target.selection)}; "
@@ -267,7 +267,7 @@ def _arm(store: StateStore, chooser: Bootchooser, target: Slot, previous: Slot, 
 def arm(cfg: Config, target_name: str, version: str, bootenv: Dict[str, Optional[str]], *,
         writer: HeldLock, action_id: Optional[str] = None) -> State:
     """Arm a slot that already holds a verified install (the daemon's deferred update)."""
-    table = cfg.slot_table()
+    table = SlotTable.from_config(cfg)
     booted = detect_booted(cfg)
     target = table.by_name(target_name)
     if target == booted.slot:
@@ -325,7 +325,7 @@ def confirm_boot(cfg: Config, *, writer: HeldLock) -> ConfirmOutcome:
 
 def mark_bad_now(cfg: Config, slot_name: Optional[str] = None, *, writer: HeldLock) -> MarkOutcome:
     booted = detect_booted(cfg)
-    slot = cfg.slot_table().by_name(slot_name) if slot_name else None
+    slot = SlotTable.from_config(cfg).by_name(slot_name) if slot_name else None
     writer.doing(f"marking slot {(slot or booted.slot).name} bad", slot=(slot or booted.slot).name)
     return mark_bad(StateStore(cfg.system.state_dir), Bootchooser.from_config(cfg), booted, slot,
                     targets=_targets(cfg), device_dir=cfg.system.device_dir)

@@ -95,7 +95,7 @@ class Bootchooser:
         """The env of `bootloader.fw_env_config` and the configured slots."""
         boot = config.bootloader
         env = UBootEnv(load_fw_env_config(boot.fw_env_config), lock_path=boot.lock_file)
-        return cls(env, config.slot_table(), slot_variable=boot.slot_variable, bootlimit=boot.bootlimit)
+        return cls(env, SlotTable.from_config(config), slot_variable=boot.slot_variable, bootlimit=boot.bootlimit)
 
     @property
     def protected(self) -> Tuple[str, ...]:

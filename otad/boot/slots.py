@@ -13,6 +13,7 @@ import stat as stat_mod
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from otad.config import Config, SlotConfig, parse_selection, slot_problem
 from otad.errors import ConfigError, SlotError
 
 CMDLINE_PATH = "/proc/cmdline"
@@ -52,24 +53,19 @@ class Slot:
         if problem:
             raise ConfigError(problem, where=f"slot {self.name!r}")
 
+    @classmethod
+    def from_config(cls, config: SlotConfig) -> Slot:
+        pair = parse_selection(config.selection) if config.selection is not None else None
+        return cls(config.name, config.device, config.boot_value, pair)
+
     def describe(self) -> str:
         return f"{self.name} ({self.device}, boot value {self.boot_value!r})"
 
 
-def _word_problem(field: str, value: object) -> Optional[str]:
-    if not isinstance(value, str) or not value:
-        return f"{field}: expected a non-empty text, got {value!r}"
-    if any(c.isspace() or c in "=\"'\0" for c in value):
-        return f"{field}: expected no blanks, quotes, '=' or NUL, got {value!r}"
-    return None
-
-
 def _slot_problem(slot: Slot) -> Optional[str]:
-    problem = _word_problem("name", slot.name) or _word_problem("boot value", slot.boot_value)
+    problem = slot_problem(slot.name, slot.device, slot.boot_value)
     if problem:
         return problem
-    if not isinstance(slot.device, str) or not slot.device.startswith("/") or "\0" in slot.device:
-        return f"device: expected an absolute path such as '/dev/mmcblk0p2', got {slot.device!r}"
     if slot.selection is not None:
         ok = isinstance(slot.selection, tuple) and len(slot.selection) == 2
         if not ok or not all(isinstance(s, str) and s for s in slot.selection):
@@ -87,6 +83,14 @@ class SlotTable:
         problem = _table_problem(self.slots)
         if problem:
             raise ConfigError(problem, where="slots")
+
+    @classmethod
+    def from_config(cls, config: Config) -> SlotTable:
+        """The configuration's `slots` section as the boot code uses it."""
+        if not config.slots:
+            raise ConfigError("no slots configured: A/B updates need a 'slots' section (see etc/otad.conf)",
+                              config.source)
+        return cls(tuple(Slot.from_config(s) for s in config.slots))
 
     @property
     def names(self) -> Tuple[str, ...]:

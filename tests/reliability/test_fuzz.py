@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from otad import config
 from otad.boot.envimage import build_image, parse_image
 from otad.boot.fwenvconfig import parse_fw_env_config
+from otad.boot.slots import SlotTable
 from otad.errors import ConfigError, OtadError
 from otad.hawkbit.ddi import DdiClient, HawkbitSettings, parse_cancel, parse_deployment, parse_root
 from otad.install.installer import InstallRequest, install_bundle
@@ -115,7 +116,7 @@ def parse_config(text: str) -> None:
     except ConfigError:
         return
     if cfg.ab_enabled:
-        cfg.slot_table()
+        SlotTable.from_config(cfg)
 
 
 def config_tree_text(tree: Dict[str, Any]) -> str:

@@ -10,7 +10,7 @@ from typing import Optional
 import pytest
 
 from otad import config
-from otad.boot.slots import Slot
+from otad.boot.slots import Slot, SlotTable
 from otad.config import (
     PI_SLOTS,
     BootloaderConfig,
@@ -84,7 +84,7 @@ def test_the_brief_layout_parses() -> None:
     cfg = config.parse(PI_TEXT, source="otad.conf")
     assert cfg.bootloader == BootloaderConfig()
     assert cfg.health == HealthConfig(60, ("test -e /etc/os-release", "/usr/libexec/otad/check-network"))
-    assert cfg.slot_table().slots == (Slot("a", "/dev/mmcblk0p2", "2", ("stable", "copy1")),
+    assert SlotTable.from_config(cfg).slots == (Slot("a", "/dev/mmcblk0p2", "2", ("stable", "copy1")),
                                       Slot("b", "/dev/mmcblk0p3", "3", ("stable", "copy2")))
 
 
@@ -93,7 +93,7 @@ def test_defaults_have_no_slots_no_checks_and_no_watchdog() -> None:
     assert cfg == Config()
     assert cfg.slots == () and not cfg.ab_enabled
     with pytest.raises(ConfigError, match="no slots configured"):
-        cfg.slot_table()
+        SlotTable.from_config(cfg)
     assert cfg.bootloader.bootlimit == 3 and cfg.bootloader.slot_variable == "rootpart"
     assert cfg.health == HealthConfig(60.0, ())
     assert not cfg.watchdog.enabled and cfg.watchdog.timeout_s == 15
@@ -114,7 +114,7 @@ def test_other_slot_layouts_and_an_array_of_checks() -> None:
         'health = { timeout_s = 2.5; checks = [ "true", "test -d /data" ]; };\n', source="x")
     assert cfg.bootloader.mountinfo is None
     assert cfg.slots == (SlotConfig("A", "/dev/sda2", "0"), SlotConfig("B", "/dev/sda3", "1"))
-    assert cfg.slot_table().slots[0].selection is None
+    assert SlotTable.from_config(cfg).slots[0].selection is None
     assert cfg.health == HealthConfig(2.5, ("true", "test -d /data"))
 
 
