@@ -15,8 +15,8 @@ import os
 import re
 import urllib.parse
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Type, TypeVar, Union, \
-    cast
+from typing import TYPE_CHECKING, Any, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple, Type, TypeVar, \
+    Union, cast
 
 from otad import RELEASE_DATE
 from otad.errors import ConfigError
@@ -36,8 +36,9 @@ TRIAL_VARIABLES = ("upgrade_available", "bootcount", "bootlimit", "altbootcmd", 
 KeyPath = Tuple[Union[str, int], ...]
 
 
-class _BadValue(ConfigError):
-    """A value that parsed but is not allowed; `path` lets the parser name its file:line."""
+class BadValue(ConfigError):
+    """A value that parsed but is not allowed; `path` lets the parser (or `Config.where`) name
+    its file:line."""
 
     def __init__(self, what: str, path: KeyPath) -> None:
         self.path = path
@@ -46,28 +47,28 @@ class _BadValue(ConfigError):
 
 def _one_of(key: str, value: str, allowed: Tuple[str, ...]) -> None:
     if value not in allowed:
-        raise _BadValue(f"{key}: expected one of {', '.join(allowed)}, got {value!r}", _key_path(key))
+        raise BadValue(f"{key}: expected one of {', '.join(allowed)}, got {value!r}", _key_path(key))
 
 
 def _in_range(key: str, value: int, low: int, high: int) -> None:
     if not low <= value <= high:
-        raise _BadValue(f"{key}: expected {low}..{high}, got {value}", _key_path(key))
+        raise BadValue(f"{key}: expected {low}..{high}, got {value}", _key_path(key))
 
 
 def _positive(path: KeyPath, value: float) -> None:
     if not value > 0:
-        raise _BadValue(f"{_dotted(path)}: expected a number > 0, got {value!r}", path)
+        raise BadValue(f"{_dotted(path)}: expected a number > 0, got {value!r}", path)
 
 
 def _non_empty(path: KeyPath, value: str) -> None:
     if not value:
-        raise _BadValue(f"{_dotted(path)}: expected a path, got ''", path)
+        raise BadValue(f"{_dotted(path)}: expected a path, got ''", path)
 
 
 def _env_name(path: KeyPath, value: str) -> None:
     if not value or any(c.isspace() or c in "=\"'\\\0" or ord(c) < 0x20 for c in value) or value[0] == "#":
-        raise _BadValue(f"{_dotted(path)}: expected a plain U-Boot variable name such as 'rootpart', "
-                        f"got {value!r}", path)
+        raise BadValue(f"{_dotted(path)}: expected a plain U-Boot variable name such as 'rootpart', "
+                       f"got {value!r}", path)
 
 
 def _key_path(dotted: str) -> KeyPath:
@@ -160,13 +161,13 @@ def _check_versions(install: InstallConfig) -> None:
     for key in ("min_version", "max_version", "no_reinstall"):
         value = getattr(install, key)
         if value is not None and (not value or any(c.isspace() or ord(c) < 0x20 for c in value)):
-            raise _BadValue(f"install.{key}: expected a version such as \"2.1.0\", got {value!r}", ("install", key))
+            raise BadValue(f"install.{key}: expected a version such as \"2.1.0\", got {value!r}", ("install", key))
     if install.min_version is not None and install.max_version is not None:
         from otad.swu.version import compare
 
         if compare(install.min_version, install.max_version) > 0:
-            raise _BadValue(f"install.max_version: {install.max_version!r} is lower than install.min_version "
-                            f"{install.min_version!r}; no bundle could be installed", ("install", "max_version"))
+            raise BadValue(f"install.max_version: {install.max_version!r} is lower than install.min_version "
+                           f"{install.min_version!r}; no bundle could be installed", ("install", "max_version"))
 
 
 @dataclass(frozen=True)
@@ -186,9 +187,9 @@ class BootloaderConfig:
             _non_empty(("bootloader", key), getattr(self, key))
         _env_name(("bootloader", "slot_variable"), self.slot_variable)
         if self.slot_variable in TRIAL_VARIABLES:
-            raise _BadValue(f"bootloader.slot_variable: {self.slot_variable!r} is a bootcount variable; "
-                            "expected the variable that picks the slot, such as 'rootpart'",
-                            ("bootloader", "slot_variable"))
+            raise BadValue(f"bootloader.slot_variable: {self.slot_variable!r} is a bootcount variable; "
+                           "expected the variable that picks the slot, such as 'rootpart'",
+                           ("bootloader", "slot_variable"))
         _in_range("bootloader.bootlimit", self.bootlimit, 1, 99)
 
 
@@ -207,15 +208,15 @@ class SlotConfig:
             try:
                 parse_selection(self.selection)
             except ConfigError as exc:
-                raise _BadValue(f"slots.{exc.what}", ("slots", "selection")) from None
+                raise BadValue(f"slots.{exc.what}", ("slots", "selection")) from None
         problem = slot_problem(self.name, self.device, self.boot_value)
         if problem:
             # slot_problem words its problems "name: ...", "boot value: ...", "device: ...".
             label, _, rest = problem.partition(": ")
             key = label.replace(" ", "_")
             if key not in _SLOT_KEYS:
-                raise _BadValue(f"slots: {problem}", ("slots", "name"))
-            raise _BadValue(f"slots.{key}: {rest}", ("slots", key))
+                raise BadValue(f"slots: {problem}", ("slots", "name"))
+            raise BadValue(f"slots.{key}: {rest}", ("slots", key))
 
 
 _SLOT_KEYS = ("name", "device", "boot_value", "selection")
@@ -257,8 +258,8 @@ class HealthConfig:
         _positive(("health", "timeout_s"), self.timeout_s)
         for command in self.checks:
             if not isinstance(command, str) or not command.strip():
-                raise _BadValue(f"health.checks: expected non-empty shell commands, got {command!r}",
-                                ("health", "checks"))
+                raise BadValue(f"health.checks: expected non-empty shell commands, got {command!r}",
+                               ("health", "checks"))
 
 
 @dataclass(frozen=True)
@@ -279,7 +280,7 @@ HAWKBIT_AUTH_MODES = ("none", "target_token", "gateway_token")
 MAX_ATTRIBUTES = 100  # hawkBit's configData limit (ddi.MAX_CONFIG_ENTRIES)
 MAX_ATTRIBUTE_CHARS = 128
 _ATTRIBUTE_TEXT = re.compile(r"[\x20-\x5f\x61-\x7d]*")  # printable ASCII without ` (0x60) and ~ (0x7e)
-_HAWKBIT_PAIRS = (("client_cert", "client_key"),)
+HAWKBIT_PAIRS = (("client_cert", "client_key"),)  # keys given both or neither
 
 
 @dataclass(frozen=True)
@@ -288,7 +289,10 @@ class HawkbitConfig:
     None: no server, `otad run` refuses.
 
     Secrets never sit here: a token is read from `token_file` at every request. With
-    `swupdate_cfg`, that file's `suricatta` section supplies defaults (see `_with_swupdate_cfg`).
+    `swupdate_cfg`, that file's `suricatta` section supplies defaults, merged when `otad run`
+    starts (otad.hawkbit.suricatta); until then only each key's own value is checked, as the
+    keys that belong together (url and controller id, auth and token file, ...) may come from
+    there. The merged section has no `swupdate_cfg` left.
     """
 
     url: Optional[str] = None  # http(s)://host[:port][/path], without the tenant
@@ -320,44 +324,52 @@ class HawkbitConfig:
         for key in ("tenant", "controller_id"):
             value = getattr(self, key)
             if value is not None and (not value or "/" in value or any(c.isspace() for c in value)):
-                raise _BadValue(f"hawkbit.{key}: expected a non-empty name without '/' or blanks, got {value!r}",
-                                ("hawkbit", key))
-        self._check_identity()
+                raise BadValue(f"hawkbit.{key}: expected a non-empty name without '/' or blanks, got {value!r}",
+                               ("hawkbit", key))
         _one_of("hawkbit.auth", self.auth, HAWKBIT_AUTH_MODES)
-        if self.auth != "none" and not self.token_file:
-            raise _BadValue(f"hawkbit.token_file: required with auth = {self.auth!r} (the token itself is "
-                            "never written into otad.conf)", ("hawkbit", "auth"))
-        if self.auth == "none" and self.token_file:
-            raise _BadValue("hawkbit.token_file: given but auth = 'none'; expected auth = \"target_token\" "
-                            "or \"gateway_token\"", ("hawkbit", "token_file"))
-        for first, second in _HAWKBIT_PAIRS:
-            if bool(getattr(self, first)) != bool(getattr(self, second)):
-                given, missing = (first, second) if getattr(self, first) else (second, first)
-                raise _BadValue(f"hawkbit.{given}: given without hawkbit.{missing}; expected both or neither",
-                                ("hawkbit", given))
         self._check_numbers()
         _check_attributes(self.attributes)
+        if self.swupdate_cfg is None:
+            self._check_together()
+
+    def _check_together(self) -> None:
+        """The keys that belong together, once nothing is left to merge."""
+        self._check_identity()
+        if self.auth != "none" and not self.token_file:
+            raise BadValue(f"hawkbit.token_file: required with auth = {self.auth!r} (the token itself is "
+                           "never written into otad.conf)", ("hawkbit", "auth"))
+        if self.auth == "none" and self.token_file:
+            raise BadValue("hawkbit.token_file: given but auth = 'none'; expected auth = \"target_token\" "
+                           "or \"gateway_token\"", ("hawkbit", "token_file"))
+        for first, second in HAWKBIT_PAIRS:
+            if bool(getattr(self, first)) != bool(getattr(self, second)):
+                given, missing = (first, second) if getattr(self, first) else (second, first)
+                raise BadValue(f"hawkbit.{given}: given without hawkbit.{missing}; expected both or neither",
+                               ("hawkbit", given))
+        if self.poll_max_s < self.poll_min_s:
+            raise BadValue(f"hawkbit.poll_max_s: expected a number >= poll_min_s ({self.poll_min_s}), "
+                           f"got {self.poll_max_s!r}", ("hawkbit", "poll_max_s"))
 
     def _check_identity(self) -> None:
         if self.controller_id is not None and self.controller_id_from is not None:
-            raise _BadValue("hawkbit.controller_id_from: given together with hawkbit.controller_id; "
-                            "expected exactly one of them", ("hawkbit", "controller_id_from"))
+            raise BadValue("hawkbit.controller_id_from: given together with hawkbit.controller_id; "
+                           "expected exactly one of them", ("hawkbit", "controller_id_from"))
         if self.url is not None and self.controller_id is None and self.controller_id_from is None:
-            raise _BadValue("hawkbit: url is set but no controller id; expected controller_id or "
-                            "controller_id_from (e.g. \"/etc/machine-id\")", ("hawkbit", "url"))
+            raise BadValue("hawkbit: url is set but no controller id; expected controller_id or "
+                           "controller_id_from (e.g. \"/etc/machine-id\")", ("hawkbit", "url"))
 
     def _check_numbers(self) -> None:
         for key in ("connect_timeout_s", "read_timeout_s", "poll_min_s", "backoff_cap_s"):
             _positive(("hawkbit", key), getattr(self, key))
-        if not (math.isfinite(self.poll_max_s) and self.poll_max_s >= self.poll_min_s):
-            raise _BadValue(f"hawkbit.poll_max_s: expected a number >= poll_min_s ({self.poll_min_s}), "
-                            f"got {self.poll_max_s!r}", ("hawkbit", "poll_max_s"))
+        if not math.isfinite(self.poll_max_s):
+            raise BadValue(f"hawkbit.poll_max_s: expected a number >= poll_min_s ({self.poll_min_s}), "
+                           f"got {self.poll_max_s!r}", ("hawkbit", "poll_max_s"))
         if not 0.0 <= self.poll_jitter <= 0.5:
-            raise _BadValue(f"hawkbit.poll_jitter: expected 0..0.5, got {self.poll_jitter!r}",
-                            ("hawkbit", "poll_jitter"))
+            raise BadValue(f"hawkbit.poll_jitter: expected 0..0.5, got {self.poll_jitter!r}",
+                           ("hawkbit", "poll_jitter"))
         if not (math.isfinite(self.feedback_interval_s) and self.feedback_interval_s >= 0):
-            raise _BadValue(f"hawkbit.feedback_interval_s: expected a number >= 0, got {self.feedback_interval_s!r}",
-                            ("hawkbit", "feedback_interval_s"))
+            raise BadValue(f"hawkbit.feedback_interval_s: expected a number >= 0, got {self.feedback_interval_s!r}",
+                           ("hawkbit", "feedback_interval_s"))
         _in_range("hawkbit.max_download_attempts", self.max_download_attempts, 1, 1000)
         _in_range("hawkbit.resume_checkpoint_mib", self.resume_checkpoint_mib, 1, 4096)
 
@@ -391,21 +403,30 @@ def _http_url(path: KeyPath, value: str) -> None:
     try:
         parts = urllib.parse.urlsplit(value)
     except ValueError:  # urllib: "Invalid IPv6 URL" for an unbalanced '[' or ']'
-        raise _BadValue(f"{_dotted(path)}: expected http(s)://host[:port][/path], got {value!r}", path) from None
+        raise BadValue(f"{_dotted(path)}: expected http(s)://host[:port][/path], got {value!r}", path) from None
     if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
-        raise _BadValue(f"{_dotted(path)}: expected http(s)://host[:port][/path], got {value!r}", path)
+        raise BadValue(f"{_dotted(path)}: expected http(s)://host[:port][/path], got {value!r}", path)
 
 
 def _check_attributes(attributes: Tuple[Tuple[str, str], ...]) -> None:
     path: KeyPath = ("hawkbit", "attributes")
     if len(attributes) > MAX_ATTRIBUTES:
-        raise _BadValue(f"hawkbit.attributes: expected at most {MAX_ATTRIBUTES}, got {len(attributes)}", path)
+        raise BadValue(f"hawkbit.attributes: expected at most {MAX_ATTRIBUTES}, got {len(attributes)}", path)
     for key, value in attributes:
         for what, text in (("name", key), ("value", value)):
             if not isinstance(text, str) or len(text) > MAX_ATTRIBUTE_CHARS or not _ATTRIBUTE_TEXT.fullmatch(text) \
                     or (what == "name" and not text):
-                raise _BadValue(f"hawkbit.attributes.{key}: expected a {what} of up to {MAX_ATTRIBUTE_CHARS} "
-                                f"printable ASCII characters without ` and ~, got {text!r}", (*path, str(key)))
+                raise BadValue(f"hawkbit.attributes.{key}: expected a {what} of up to {MAX_ATTRIBUTE_CHARS} "
+                               f"printable ASCII characters without ` and ~, got {text!r}", (*path, str(key)))
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a parsed Config came from: `where(*key_path)` is file:line of a key, `given` the
+    keys each group section set (defaults merged in later, swupdate.cfg's, yield to them)."""
+
+    where: "Locator"
+    given: Mapping[str, FrozenSet[str]]
 
 
 @dataclass(frozen=True)
@@ -418,6 +439,7 @@ class Config:
     watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
     hawkbit: HawkbitConfig = field(default_factory=HawkbitConfig)
     source: Optional[str] = None
+    origin: Optional[Origin] = field(default=None, repr=False, compare=False)  # None: built in code
 
     def __post_init__(self) -> None:
         if self.slots:
@@ -432,6 +454,17 @@ class Config:
         """A copy with some keys of one section changed (command-line flags override the file)."""
         updated = dataclasses.replace(getattr(self, section), **changes)
         return dataclasses.replace(self, **{section: updated})
+
+    def where(self, *path: Union[str, int]) -> Optional[str]:
+        """file:line of a key, for a check made after parsing (the file alone where not known)."""
+        return self.origin.where(*path) if self.origin is not None else self.source
+
+    def given(self, section: str) -> FrozenSet[str]:
+        """The keys of group `section` that the file set (built in code: those not at their default)."""
+        if self.origin is not None:
+            return self.origin.given.get(section, frozenset())
+        values = getattr(self, section)
+        return frozenset(f.name for f in dataclasses.fields(values) if getattr(values, f.name) != f.default)
 
 
 @dataclass(frozen=True)
@@ -456,12 +489,12 @@ def _check_slots(slots: Tuple[SlotConfig, ...]) -> None:
     """Exactly two slots (A/B) with unique names, devices and boot values."""
     if not isinstance(slots, tuple) or len(slots) != 2:
         count = len(slots) if isinstance(slots, (tuple, list)) else slots
-        raise _BadValue(f"slots: expected exactly 2 slots (A/B), got {count}", ("slots",))
+        raise BadValue(f"slots: expected exactly 2 slots (A/B), got {count}", ("slots",))
     for key in ("name", "device", "boot_value"):
         first, second = (getattr(s, key) for s in slots)
         if first == second:
-            raise _BadValue(f"slots: both slots have the {key.replace('_', ' ')} {first!r}; expected "
-                            "different ones", ("slots", 1, key))
+            raise BadValue(f"slots: both slots have the {key.replace('_', ' ')} {first!r}; expected "
+                           "different ones", ("slots", 1, key))
 
 
 def load(path: Optional[str]) -> Config:
@@ -486,7 +519,7 @@ def parse(text: str, *, source: str) -> Config:
     tree = libconfig.loads(text, source=source, error=ConfigError)
     where = libconfig.Locator(source, text)
     sections: Dict[str, Any] = {}
-    hawkbit: Optional[Mapping[str, Any]] = None
+    given: Dict[str, FrozenSet[str]] = {}
     for name, values in tree.items():
         kind = SECTIONS.get(name)
         if kind is None:
@@ -496,17 +529,12 @@ def parse(text: str, *, source: str) -> Config:
             sections[name] = _list_section(kind.item, name, values, where)
         elif not isinstance(values, Mapping):
             raise ConfigError(f"{name}: expected a group {{ ... }}", where(name))
-        elif kind is HawkbitConfig:
-            hawkbit = values  # read last: a token migrated from swupdate.cfg goes under system.state_dir
         else:
             sections[name] = _section(kind, name, values, where)
-    if hawkbit is not None:
-        state_dir = cast(SystemConfig, sections.get("system", SystemConfig())).state_dir
-        sections["hawkbit"] = _section(HawkbitConfig, "hawkbit", hawkbit, where,
-                                       complete=lambda given: _with_swupdate_cfg(given, state_dir, where))
+            given[name] = frozenset(values)
     try:
-        return Config(source=source, **sections)
-    except _BadValue as exc:
+        return Config(source=source, origin=Origin(where, given), **sections)
+    except BadValue as exc:
         raise ConfigError(exc.what, where(*exc.path)) from None
 
 
@@ -519,13 +547,10 @@ _TYPES: Dict[str, Tuple[type, ...]] = {
 _SHOWN_TYPES = {"Optional[str]": "str", "Tuple[str, ...]": "a list of strings ( \"...\", ... )",
                 "Tuple[Tuple[str, str], ...]": "a group { name = \"value\"; ... }"}
 
-Completion = Callable[[Dict[str, Any]], Dict[str, Any]]
-
 
 def _section(cls: Type[T], name: str, values: Mapping[str, Any], where: "Locator",
-             index: Optional[int] = None, complete: Optional[Completion] = None) -> T:
-    """One group read as `cls`; `index` places a group that is an element of a list section.
-    `complete` adds defaults from elsewhere to the checked keys (hawkbit's swupdate.cfg)."""
+             index: Optional[int] = None) -> T:
+    """One group read as `cls`; `index` places a group that is an element of a list section."""
     known = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     label = name if index is None else f"{name}[{index}]"
     base: KeyPath = (name,) if index is None else (name, index)
@@ -536,15 +561,13 @@ def _section(cls: Type[T], name: str, values: Mapping[str, Any], where: "Locator
             raise ConfigError(f"{label}.{key}: unknown setting (expected one of: {', '.join(known)})",
                               where(*base, key))
         kwargs[key] = _value(f, value, f"{label}.{key}", where(*base, key))
-    if complete is not None:
-        kwargs = complete(kwargs)
     missing = [n for n, f in known.items() if n not in kwargs and f.default is dataclasses.MISSING
                and f.default_factory is dataclasses.MISSING]
     if missing:
         raise ConfigError(f"{label}: missing setting {', '.join(missing)}", where(*base))
     try:
         return cls(**kwargs)
-    except _BadValue as exc:
+    except BadValue as exc:
         what = exc.what if index is None else re.sub(rf"^{re.escape(name)}\b", label, exc.what)
         raise ConfigError(what, where(*base, *exc.path[1:])) from None
     except ConfigError as exc:
@@ -573,44 +596,6 @@ def _strings(items: Sequence[Any], label: str, where: str) -> Tuple[str, ...]:
     if bad:
         raise ConfigError(f"{label}: expected strings only, got {bad[0]!r}", where)
     return tuple(items)
-
-
-def _with_swupdate_cfg(given: Dict[str, Any], state_dir: str, where: "Locator") -> Dict[str, Any]:
-    """hawkbit keys over the defaults of `given["swupdate_cfg"]` (its suricatta section).
-
-    Keys that belong together come from one side only: an explicit controller_id_from drops
-    swupdate.cfg's `id`, an explicit client_cert or client_key drops both of its files, and its
-    token is used only while `auth` and `token_file` are not given otherwise. That token is
-    stored under `state_dir` (mode 0600) only then, which is why this runs at load time.
-    Attributes merge by name, the explicit ones winning.
-    """
-    path = given.get("swupdate_cfg")
-    if not path:
-        return given
-    from otad.hawkbit.suricatta import TokenRef, read_suricatta  # lazy: only with a swupdate_cfg
-
-    defaults = read_suricatta(path)
-    token = defaults.pop("token_file", None)
-    kind = defaults.pop("auth", None)
-    if "controller_id_from" in given or "controller_id" in given:
-        defaults.pop("controller_id", None)
-    for pair in _HAWKBIT_PAIRS:
-        if any(key in given for key in pair):
-            for key in pair:
-                defaults.pop(key, None)
-    merged = {**defaults, **given}
-    if "attributes" in defaults and "attributes" in given:
-        merged["attributes"] = tuple({**dict(defaults["attributes"]), **dict(given["attributes"])}.items())
-    if isinstance(token, TokenRef) and "token_file" not in given and given.get("auth", kind) == kind:
-        merged["auth"] = kind
-        merged["token_file"] = token.store(state_dir)
-    try:
-        HawkbitConfig(**merged)
-    except _BadValue as exc:
-        key = str(exc.path[1]) if len(exc.path) > 1 else ""
-        if key in defaults and key not in given:
-            raise ConfigError(f"{exc.what} (a default from {path})", where("hawkbit", "swupdate_cfg")) from None
-    return merged
 
 
 def _list_section(cls: Type[T], name: str, values: Any, where: "Locator") -> Tuple[T, ...]:

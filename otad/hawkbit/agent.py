@@ -35,6 +35,7 @@ from otad.hawkbit.journal import DownloadJournal
 from otad.hawkbit.outbox import Outbox, PendingFeedback
 from otad.hawkbit.policy import Backoff, PollPolicy
 from otad.hawkbit.publish import StatusPublisher
+from otad.hawkbit.suricatta import apply_swupdate_cfg
 from otad.lock import HeldLock, WriterLock
 from otad.notify import notify, watchdog_interval_s
 from otad.progress import Progress, ProgressListener, ignore
@@ -97,6 +98,7 @@ class Agent:
         if not cfg.ab_enabled:
             raise ConfigError("otad run needs the A/B 'slots' section: an update is only reported as a "
                               "success after the new slot booted", cfg.source)
+        cfg = apply_swupdate_cfg(cfg)
         self.cfg = cfg
         self.options = options
         self._own_client = client is None

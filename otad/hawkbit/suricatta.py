@@ -2,7 +2,8 @@
 
 Reads the keys SWUpdate reads (suricatta/server_hawkbit.c `server_hawkbit_settings`,
 corelib/server_utils.c `channel_settings`, the `identify` list) and names them as HawkbitConfig
-fields; otad.config merges them under the explicit keys. A token is never returned: `TokenRef`
+fields; `apply_swupdate_cfg` merges them under the keys otad.conf sets when `otad run` starts
+(loading a configuration reads and writes no other file). A token is never returned: `TokenRef`
 only says where it is, and `migrate_token` copies it into a 0600 file. Imports no requests.
 """
 
@@ -12,10 +13,11 @@ import logging
 import os
 import re
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from otad import libconfig
+from otad.config import HAWKBIT_PAIRS, BadValue, Config, HawkbitConfig
 from otad.durable import atomic_write
 from otad.errors import ConfigError
 
@@ -63,6 +65,46 @@ class TokenRef:
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{self.section}.{self.key}: gone since the file was read", self.source)
         return migrate_token(value, state_dir, self.kind)
+
+
+def apply_swupdate_cfg(cfg: Config) -> Config:
+    """`cfg` with the hawkbit keys otad.conf sets over the defaults of `hawkbit.swupdate_cfg` (its
+    suricatta section), and no `swupdate_cfg` left; `cfg` itself without one. The daemon's start.
+
+    Keys that belong together come from one side only: an explicit controller_id_from drops
+    swupdate.cfg's `id`, an explicit client_cert or client_key drops both of its files, and its
+    token is used only while `auth` and `token_file` are not given otherwise. That token is
+    stored under `system.state_dir` (mode 0600) only then. Attributes merge by name, the
+    explicit ones winning. A bad merged value is a ConfigError at file:line of its key, or of
+    `swupdate_cfg` for a value that came from there.
+    """
+    path = cfg.hawkbit.swupdate_cfg
+    if not path:
+        return cfg
+    given = {key: getattr(cfg.hawkbit, key) for key in cfg.given("hawkbit") - {"swupdate_cfg"}}
+    defaults = read_suricatta(path)
+    token = defaults.pop("token_file", None)
+    kind = defaults.pop("auth", None)
+    if "controller_id_from" in given or "controller_id" in given:
+        defaults.pop("controller_id", None)
+    for pair in HAWKBIT_PAIRS:
+        if any(key in given for key in pair):
+            for key in pair:
+                defaults.pop(key, None)
+    merged = {**defaults, **given}
+    if "attributes" in defaults and "attributes" in given:
+        merged["attributes"] = tuple({**dict(defaults["attributes"]), **dict(given["attributes"])}.items())
+    if isinstance(token, TokenRef) and "token_file" not in given and given.get("auth", kind) == kind:
+        merged["auth"] = kind
+        merged["token_file"] = token.store(cfg.system.state_dir)
+    try:
+        hawkbit = HawkbitConfig(**merged)
+    except BadValue as exc:
+        key = str(exc.path[1]) if len(exc.path) > 1 else ""
+        if key in defaults and key not in given:
+            raise ConfigError(f"{exc.what} (a default from {path})", cfg.where("hawkbit", "swupdate_cfg")) from None
+        raise ConfigError(exc.what, cfg.where(*exc.path)) from None
+    return replace(cfg, hawkbit=hawkbit)
 
 
 def read_suricatta(path: str) -> Dict[str, Any]:
@@ -230,8 +272,8 @@ def token_path(state_dir: str, kind: str) -> str:
 def migrate_token(value: str, state_dir: str, kind: str) -> str:
     """Keep `value` in `<state_dir>/hawkbit-<kind>` (mode 0600, written atomically); return the path.
 
-    The file is rewritten only when it differs, so loading the configuration does not wear the
-    flash. A file this process may not read (a non-root `otad status`) is taken as stored by root.
+    The file is rewritten only when it differs, so starting the daemon does not wear the flash.
+    A file this process may not read is taken as stored by root.
     """
     if kind not in TOKEN_KINDS:
         raise ValueError(f"kind: expected one of {', '.join(TOKEN_KINDS)}, got {kind!r}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Optional
+from typing import Dict, Optional, Tuple
 
 import pytest
 
@@ -20,6 +20,8 @@ from otad.config import (
     WatchdogConfig,
 )
 from otad.errors import ConfigError
+from otad.sim.device import SimDevice
+from tests.pki import Pki
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "etc" / "otad.conf"
@@ -367,75 +369,61 @@ def test_hawkbit_values_changed_later_are_still_checked() -> None:
         Config().replace("hawkbit", poll_jitter=0.9)
 
 
-# A swupdate.cfg as SWUpdate's example writes it (suricatta section, `name : { }` form).
-SWUPDATE = """\
-globals :
-{
-\tverbose = true;
-};
-identify : (
-\t{ name = "hwId"; value = "ipse"; },
-\t{ name = "site"; value = "factory"; }
-);
-suricatta :
-{
-\ttenant\t\t= "default";
-\tid\t\t= "123456";
-\turl \t\t= "papero.fritz.box:8080";
-\tpolldelay\t= 20;
-\tretry\t\t= 4;
-\ttargettoken \t= "3bc13b476cb3962a0c63a5c92beacfh7";
-};
-"""
+# ----------------------------------------------------------------------------- loading writes nothing
 
 
-def hawkbit_with_swupdate(tmp_path: Path, keys: str = "", swupdate: str = SWUPDATE) -> Config:
-    cfg = tmp_path / "swupdate.cfg"
-    cfg.write_text(swupdate)
-    # hawkbit comes before system on purpose: the token still goes under system.state_dir.
-    text = (f'hawkbit = {{\n    swupdate_cfg = "{cfg}";\n{keys}}};\n'
-            f'system = {{\n    state_dir = "{tmp_path / "state"}";\n}};\n')
-    return config.parse(text, source="otad.conf")
+def _tree(root: Path) -> Dict[str, Tuple[int, int, int]]:
+    """Every path under `root` with its mode, size and mtime: what a write would change."""
+    found = {}
+    for path in [root, *root.rglob("*")]:
+        st = path.lstat()
+        found[str(path)] = (st.st_mode, st.st_size, st.st_mtime_ns)
+    return found
 
 
-def test_swupdate_cfg_supplies_defaults_and_its_token_goes_to_a_0600_file(tmp_path: Path) -> None:
-    hb = hawkbit_with_swupdate(tmp_path).hawkbit
-    assert (hb.url, hb.tenant, hb.controller_id) == ("http://papero.fritz.box:8080", "default", "123456")
-    assert (hb.poll_min_s, hb.max_download_attempts) == (20.0, 5)
-    assert hb.attributes == (("hwId", "ipse"), ("site", "factory"))
-    assert hb.auth == "target_token" and hb.token_file == str(tmp_path / "state" / "hawkbit-target-token")
-    assert Path(hb.token_file).read_text() == "3bc13b476cb3962a0c63a5c92beacfh7\n"
-    assert (Path(hb.token_file).stat().st_mode & 0o777) == 0o600
-    assert "3bc13b476cb3962a0c63a5c92beacfh7" not in repr(hb)
+def _example_configs(tmp_path: Path, pki: Pki) -> Dict[str, Path]:
+    """etc/otad.conf as shipped and with its swupdate_cfg example on (SWUpdate's example file, its
+    token lines on), and the simulated device's otad.conf, also with swupdate_cfg; all under
+    `tmp_path/ro`, their state_dir included."""
+    from tests.unit.hawkbit.test_suricatta import WITH_TOKEN
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    swupdate = ro / "swupdate.cfg"
+    swupdate.write_text(WITH_TOKEN)
+    shipped = EXAMPLE.read_text().replace('state_dir = "/var/lib/otad"', f'state_dir = "{ro / "state"}"')
+    migrating = shipped.replace('// swupdate_cfg = "/etc/swupdate.cfg";', f'swupdate_cfg = "{swupdate}";')
+    assert shipped != EXAMPLE.read_text() and migrating != shipped
+    sim = SimDevice.create(ro / "sim", trust_file=pki.ca_pem)
+    configs = {"shipped": shipped, "migrating": migrating, "sim": sim.layout.config.read_text(),
+               "sim migrating": sim.layout.config.read_text() + f'hawkbit = {{ swupdate_cfg = "{swupdate}"; }};\n'}
+    paths = {}
+    for name, text in configs.items():
+        paths[name] = ro / f"{name.replace(' ', '-')}.conf"
+        paths[name].write_text(text)
+    return paths
 
 
-def test_explicit_hawkbit_keys_override_swupdate_cfg(tmp_path: Path) -> None:
-    keys = ('    tenant = "DEFAULT";\n    controller_id_from = "/etc/machine-id";\n    poll_min_s = 5;\n'
-            '    auth = "none";\n    attributes = { site = "lab"; };\n')
-    hb = hawkbit_with_swupdate(tmp_path, keys).hawkbit
-    assert (hb.tenant, hb.poll_min_s, hb.url) == ("DEFAULT", 5, "http://papero.fritz.box:8080")
-    assert hb.controller_id is None and hb.controller_id_from == "/etc/machine-id"  # swupdate's id dropped
-    assert hb.auth == "none" and hb.token_file is None
-    assert not (tmp_path / "state").exists()  # the token was not needed, so it was not copied
-    assert hb.attributes == (("hwId", "ipse"), ("site", "lab"))
+def test_loading_every_example_config_in_a_read_only_directory_writes_nothing(tmp_path: Path, pki: Pki) -> None:
+    configs = _example_configs(tmp_path, pki)
+    ro = tmp_path / "ro"
+    modes = {path: path.lstat().st_mode for path in [ro, *ro.rglob("*")] if path.is_dir()}
+    try:
+        for path in modes:
+            path.chmod(0o555)  # root may write anyway: the tree is compared afterwards
+        before = _tree(ro)
+        loaded = {name: config.load(str(path)) for name, path in configs.items()}
+        assert _tree(ro) == before
+    finally:
+        for path, mode in modes.items():
+            path.chmod(mode)
+    assert loaded["migrating"].hawkbit.swupdate_cfg == str(ro / "swupdate.cfg")
+    assert loaded["sim"].ab_enabled and loaded["sim migrating"].hawkbit.swupdate_cfg is not None
 
 
-def test_an_explicit_token_file_wins_over_the_swupdate_token(tmp_path: Path) -> None:
-    hb = hawkbit_with_swupdate(tmp_path, '    token_file = "/etc/otad/token";\n    auth = "target_token";\n').hawkbit
-    assert hb.token_file == "/etc/otad/token" and not (tmp_path / "state").exists()
-
-
-def test_a_malformed_swupdate_cfg_names_its_own_file_and_line(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="suricatta.polldelay: expected an integer") as info:
-        hawkbit_with_swupdate(tmp_path, swupdate=SWUPDATE.replace("polldelay\t= 20;", 'polldelay\t= "20";'))
-    assert info.value.where == f"{tmp_path / 'swupdate.cfg'}:{line_of(SWUPDATE, 'polldelay')}"
-
-
-def test_a_swupdate_default_otad_refuses_points_at_swupdate_cfg(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError) as info:
-        hawkbit_with_swupdate(tmp_path, "    poll_max_s = 10;\n")
-    assert info.value.what.startswith("hawkbit.poll_max_s: expected a number >= poll_min_s (20.0)")
-    with pytest.raises(ConfigError) as info:
-        hawkbit_with_swupdate(tmp_path, swupdate=SWUPDATE.replace('"ipse"', '"ip~se"'))
-    assert f"(a default from {tmp_path / 'swupdate.cfg'})" in info.value.what
-    assert info.value.where == "otad.conf:2"  # the swupdate_cfg line
+def test_swupdate_cfg_is_not_even_read_when_loading(tmp_path: Path) -> None:
+    text = (f'hawkbit = {{\n    url = "http://h:8080";\n    swupdate_cfg = "{tmp_path / "missing.cfg"}";\n}};\n')
+    hb = config.parse(text, source="otad.conf").hawkbit  # the controller id may come from there
+    assert hb.url == "http://h:8080" and hb.controller_id is None
+    exc = error_of(text.replace("    swupdate_cfg", "    // swupdate_cfg"))
+    assert exc.what.startswith("hawkbit: url is set but no controller id") and exc.where == "otad.conf:2"

@@ -1,5 +1,6 @@
 """Migrating SWUpdate's swupdate.cfg: its example file, tokens kept out of every returned value
-and stored 0600, scheme-less URLs, the keys otad cannot honour, and errors naming file:line."""
+and stored 0600, scheme-less URLs, the keys otad cannot honour, errors naming file:line, and the
+merge under otad.conf's hawkbit keys that `otad run` makes when it starts."""
 
 from __future__ import annotations
 
@@ -12,8 +13,14 @@ from typing import Any, Dict
 
 import pytest
 
+from otad import config
+from otad.config import Config
 from otad.errors import ConfigError
-from otad.hawkbit.suricatta import TokenRef, migrate_token, read_suricatta, token_path
+from otad.hawkbit.suricatta import TokenRef, apply_swupdate_cfg, migrate_token, read_suricatta, token_path
+from otad.sim.device import SimDevice
+from tests.conftest import run_cli
+from tests.hawkbit_fakes import CONTROLLER_ID, DdiFake
+from tests.pki import Pki
 
 TARGET_TOKEN = "3bc13b476cb3962a0c63a5c92beacfh7"
 GATEWAY_TOKEN = "99616d4fae39167deddf21cd90047861"
@@ -299,3 +306,122 @@ def test_a_token_removed_after_reading_is_a_config_error(tmp_path: Path) -> None
     Path(path).write_text("suricatta : { };\n")
     with pytest.raises(ConfigError, match="suricatta.targettoken: gone since the file was read"):
         ref.store(str(tmp_path / "state"))
+
+
+# ----------------------------------------------------------------------------- apply_swupdate_cfg
+
+
+# A swupdate.cfg as SWUpdate's example writes it (suricatta section, `name : { }` form).
+SWUPDATE = """\
+globals :
+{
+\tverbose = true;
+};
+identify : (
+\t{ name = "hwId"; value = "ipse"; },
+\t{ name = "site"; value = "factory"; }
+);
+suricatta :
+{
+\ttenant\t\t= "default";
+\tid\t\t= "123456";
+\turl \t\t= "papero.fritz.box:8080";
+\tpolldelay\t= 20;
+\tretry\t\t= 4;
+\ttargettoken \t= "3bc13b476cb3962a0c63a5c92beacfh7";
+};
+"""
+
+
+def hawkbit_with_swupdate(tmp_path: Path, keys: str = "", swupdate: str = SWUPDATE) -> Config:
+    cfg = tmp_path / "swupdate.cfg"
+    cfg.write_text(swupdate)
+    # hawkbit comes before system on purpose: the token still goes under system.state_dir.
+    text = (f'hawkbit = {{\n    swupdate_cfg = "{cfg}";\n{keys}}};\n'
+            f'system = {{\n    state_dir = "{tmp_path / "state"}";\n}};\n')
+    return apply_swupdate_cfg(config.parse(text, source="otad.conf"))
+
+
+def test_swupdate_cfg_supplies_defaults_and_its_token_goes_to_a_0600_file(tmp_path: Path) -> None:
+    hb = hawkbit_with_swupdate(tmp_path).hawkbit
+    assert (hb.url, hb.tenant, hb.controller_id) == ("http://papero.fritz.box:8080", "default", "123456")
+    assert (hb.poll_min_s, hb.max_download_attempts) == (20.0, 5)
+    assert hb.attributes == (("hwId", "ipse"), ("site", "factory"))
+    assert hb.auth == "target_token" and hb.token_file == str(tmp_path / "state" / "hawkbit-target-token")
+    assert Path(hb.token_file).read_text() == "3bc13b476cb3962a0c63a5c92beacfh7\n"
+    assert (Path(hb.token_file).stat().st_mode & 0o777) == 0o600
+    assert "3bc13b476cb3962a0c63a5c92beacfh7" not in repr(hb)
+
+
+def test_explicit_hawkbit_keys_override_swupdate_cfg(tmp_path: Path) -> None:
+    keys = ('    tenant = "DEFAULT";\n    controller_id_from = "/etc/machine-id";\n    poll_min_s = 5;\n'
+            '    auth = "none";\n    attributes = { site = "lab"; };\n')
+    hb = hawkbit_with_swupdate(tmp_path, keys).hawkbit
+    assert (hb.tenant, hb.poll_min_s, hb.url) == ("DEFAULT", 5, "http://papero.fritz.box:8080")
+    assert hb.controller_id is None and hb.controller_id_from == "/etc/machine-id"  # swupdate's id dropped
+    assert hb.auth == "none" and hb.token_file is None
+    assert not (tmp_path / "state").exists()  # the token was not needed, so it was not copied
+    assert hb.attributes == (("hwId", "ipse"), ("site", "lab"))
+
+
+def test_an_explicit_token_file_wins_over_the_swupdate_token(tmp_path: Path) -> None:
+    hb = hawkbit_with_swupdate(tmp_path, '    token_file = "/etc/otad/token";\n    auth = "target_token";\n').hawkbit
+    assert hb.token_file == "/etc/otad/token" and not (tmp_path / "state").exists()
+
+
+def test_a_malformed_swupdate_cfg_names_its_own_file_and_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="suricatta.polldelay: expected an integer") as info:
+        hawkbit_with_swupdate(tmp_path, swupdate=SWUPDATE.replace("polldelay\t= 20;", 'polldelay\t= "20";'))
+    assert info.value.where == f"{tmp_path / 'swupdate.cfg'}:{line_of(SWUPDATE, 'polldelay')}"
+
+
+def test_a_swupdate_default_otad_refuses_points_at_swupdate_cfg(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        hawkbit_with_swupdate(tmp_path, "    poll_max_s = 10;\n")
+    assert info.value.what.startswith("hawkbit.poll_max_s: expected a number >= poll_min_s (20.0)")
+    assert info.value.where == "otad.conf:3"  # the explicit key that does not fit the default
+    with pytest.raises(ConfigError) as info:
+        hawkbit_with_swupdate(tmp_path, swupdate=SWUPDATE.replace('"ipse"', '"ip~se"'))
+    assert f"(a default from {tmp_path / 'swupdate.cfg'})" in info.value.what
+    assert info.value.where == "otad.conf:2"  # the swupdate_cfg line
+
+
+def test_loading_leaves_swupdate_cfg_to_the_merge_which_leaves_nothing_to_merge(tmp_path: Path) -> None:
+    cfg = tmp_path / "swupdate.cfg"
+    cfg.write_text(SWUPDATE)
+    text = f'hawkbit = {{ swupdate_cfg = "{cfg}"; }};\nsystem = {{ state_dir = "{tmp_path / "state"}"; }};\n'
+    loaded = config.parse(text, source="otad.conf")
+    assert loaded.hawkbit.url is None and loaded.hawkbit.swupdate_cfg == str(cfg)  # not read yet
+    merged = apply_swupdate_cfg(loaded)
+    assert merged.hawkbit.url == "http://papero.fritz.box:8080" and merged.hawkbit.swupdate_cfg is None
+    assert apply_swupdate_cfg(merged) is merged
+    assert apply_swupdate_cfg(Config()) == Config()
+
+
+def test_a_section_built_in_code_counts_its_changed_keys_as_given(tmp_path: Path) -> None:
+    cfg = tmp_path / "swupdate.cfg"
+    cfg.write_text(SWUPDATE)
+    built = Config().replace("hawkbit", swupdate_cfg=str(cfg), tenant="lab").replace(
+        "system", state_dir=str(tmp_path / "state"))
+    hb = apply_swupdate_cfg(built).hawkbit
+    assert (hb.tenant, hb.controller_id) == ("lab", "123456")
+
+
+def test_otad_run_takes_server_id_and_token_from_swupdate_cfg(tmp_path: Path, pki: Pki,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    with DdiFake() as fake:
+        swupdate = tmp_path / "swupdate.cfg"
+        swupdate.write_text(f'suricatta : {{ url = "{fake.url}"; id = "{CONTROLLER_ID}"; tenant = "{fake.tenant}";\n'
+                            f'              targettoken = "{TARGET_TOKEN}"; polldelay = 1; }};\n')
+        sim = SimDevice.create(tmp_path / "sim", trust_file=pki.ca_pem,
+                               extra_config=f'hawkbit = {{ swupdate_cfg = "{swupdate}"; }};\n')
+        sim.boot()
+        stored = Path(token_path(str(sim.layout.state_dir), "target_token"))
+        rc, _, _ = run_cli(["--config", str(sim.layout.config), "status"], capsys)
+        assert rc == 0 and not stored.exists(), "only the daemon's start merges swupdate.cfg"
+        fake.auth = f"TargetToken {TARGET_TOKEN}"
+        rc, _, err = run_cli(["--config", str(sim.layout.config), "run", "--once", "--no-reboot"], capsys)
+        assert rc == 0, err
+        assert stored.read_text() == f"{TARGET_TOKEN}\n" and stored.stat().st_mode & 0o777 == 0o600
+        assert any(r.path.startswith(f"/{fake.tenant}/controller/v1/{CONTROLLER_ID}") for r in fake.requests)
+        assert not fake.server_errors
