@@ -1,9 +1,12 @@
-"""/etc/otad/otad.conf (libconfig) → a frozen, typed `Config`, parsed once.
+"""/etc/otad/otad.conf (libconfig) → a frozen, typed `Config`, parsed once: data and validation.
 
 One dataclass per section (`slots` is a list of groups); field names carry their units. Every
 path otad touches is a field, which is what lets tests and the simulator run the real code
 against files. An unknown section or key, a value of the wrong type or a bad value is a
 ConfigError naming file:line. Whether a named file or device exists is checked where it is used.
+Loading reads the one file and writes nothing; what the values mean is the users' business (the
+slot table: otad.boot.slots, swupdate.cfg's defaults: otad.hawkbit.suricatta), so this module
+imports none of them.
 """
 
 from __future__ import annotations
