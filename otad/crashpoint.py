@@ -65,7 +65,7 @@ def _append(path: str, line: str) -> None:
 
 def _where() -> str:
     """Which file a durable write is replacing and the otad functions that led here (only
-    computed while listing): ``state.json: state.transition < boot.mark.arm_after_install``."""
+    computed while listing): ``state.json: state.transition < boot.trial.arm_after_install``."""
     frame: Optional[FrameType] = sys._getframe(3)  # _where ← _hit ← reached ← the caller
     assert frame is not None
     path = frame.f_locals.get("path") if frame.f_code.co_name == "atomic_write" else None

@@ -3,7 +3,7 @@
 Owns the `Phase` enum, the one transition table and `StateStore.transition`, the only code that
 writes the file (always through `durable.atomic_write`). An unreadable file is an error, never
 silently reset: the trial record is what makes an honest confirm possible. What a phase means
-for the boot env is `otad.boot.mark`'s business; install records are `otad.install.status`'s.
+for the boot env is `otad.boot.trial`'s business; install records are `otad.install.status`'s.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class Phase(Enum):
     DOWNLOADING = "downloading"  # daemon: action persisted, bundle streaming (no slot written yet)
     DOWNLOADED = "downloaded"  # daemon: bundle verified and kept, waiting to install
     INSTALLED = "installed"  # daemon: images written and verified into the target slot
-    ARMING = "arming"  # intent: about to switch the env to the target slot (see otad.boot.mark)
+    ARMING = "arming"  # intent: about to switch the env to the target slot (see otad.boot.trial)
     TRIAL_ARMED = "trial_armed"  # env switched with the bootcount armed; waiting for reboot + confirm
     FINAL_PENDING = "final_pending"  # daemon: trial decided, final feedback for `action_id` not yet sent
 

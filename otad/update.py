@@ -18,9 +18,9 @@ from typing import Callable, Dict, Optional, Tuple, Union
 from otad.boot.bootchooser import Bootchooser
 from otad.boot.fwenvconfig import load_fw_env_config
 from otad.boot.health import HealthResult, run_checks
-from otad.boot.mark import (ConfirmOutcome, MarkOutcome, SlotStatusReport, arm_after_install, check_can_install,
-                            confirm, mark_bad, status)
-from otad.boot.slots import BootedSlot, Slot, SlotTable, booted_slot
+from otad.boot.slots import BootedSlot, Slot, SlotInstall, SlotTable, booted_slot
+from otad.boot.slotstatus import SlotStatusReport, status
+from otad.boot.trial import ConfirmOutcome, MarkOutcome, arm_after_install, check_can_install, confirm, mark_bad
 from otad.boot.ubootenv import UBootEnv
 from otad.boot.watchdog import DeviceWatchdog, NullWatchdog, ProgressPetter, Watchdog
 from otad.config import Config
@@ -31,8 +31,8 @@ from otad.install.plan import InstallPlan, InstallRequest, plan_install
 from otad.install.options import hardware_identity, make_request, status_file
 from otad.install.pipeline import Reader
 from otad.install.resume import discard_journal
-from otad.install.status import FAILED, TargetStatusStore
-from otad.lock import HeldLock, WriterLock
+from otad.install.status import FAILED, TargetRecord, TargetStatusStore, shown_state
+from otad.lock import Holder, HeldLock, WriterLock
 from otad.progress import ProgressListener, fan_out, ignore
 from otad.signals import shielded
 from otad.state import State, StateStore
@@ -70,6 +70,34 @@ def detect_booted(cfg: Config) -> BootedSlot:
 
 def _targets(cfg: Config) -> TargetStatusStore:
     return TargetStatusStore(status_file(cfg))
+
+
+def slot_installs(targets: TargetStatusStore, table: SlotTable, device_dir: str,
+                  writer: Optional[Holder] = None) -> Dict[str, SlotInstall]:
+    """What the install records say each slot holds, by slot name, for boot/ (which reads no
+    records). `writer`: who holds the writer lock now; the slot it installs into is `installing`
+    whatever its record says yet, and a record left `installing` by nobody is `interrupted`."""
+    installs: Dict[str, SlotInstall] = {}
+    for slot in table.slots:
+        record = _install_record(targets, slot, device_dir)
+        shown = shown_state(record, being_written=writer is not None and writer.installing_into(slot.name))
+        if record is not None:
+            installs[slot.name] = SlotInstall(shown or record.state, record.version, record.reason, record.updated_at)
+        elif shown is not None:
+            installs[slot.name] = SlotInstall(shown)  # being written before its record is
+    return installs
+
+
+def _install_record(targets: TargetStatusStore, slot: Slot, device_dir: str) -> Optional[TargetRecord]:
+    """The install record of the slot's device (records are keyed by the path written to)."""
+    path = slot.device
+    if path.startswith("/dev/"):
+        path = os.path.join(device_dir, path[len("/dev/"):])
+    for key in (path, slot.device, os.path.realpath(path)):
+        record = targets.get(key)
+        if record is not None:
+            return record
+    return None
 
 
 @dataclass(frozen=True)
@@ -327,8 +355,9 @@ def mark_bad_now(cfg: Config, slot_name: Optional[str] = None, *, writer: HeldLo
     booted = detect_booted(cfg)
     slot = SlotTable.from_config(cfg).by_name(slot_name) if slot_name else None
     writer.doing(f"marking slot {(slot or booted.slot).name} bad", slot=(slot or booted.slot).name)
-    return mark_bad(StateStore(cfg.system.state_dir), Bootchooser.from_config(cfg), booted, slot,
-                    targets=_targets(cfg), device_dir=cfg.system.device_dir)
+    chooser = Bootchooser.from_config(cfg)
+    return mark_bad(StateStore(cfg.system.state_dir), chooser, booted, slot,
+                    installs=slot_installs(_targets(cfg), chooser.table, cfg.system.device_dir))
 
 
 def slot_status(cfg: Config) -> SlotStatusReport:
@@ -341,5 +370,6 @@ def slot_status(cfg: Config) -> SlotStatusReport:
     except OtadError as exc:
         problem = str(exc)
     writer = WriterLock(cfg.system.state_dir).holder()
-    return status(StateStore(cfg.system.state_dir), Bootchooser.from_config(cfg), booted, booted_problem=problem,
-                  targets=_targets(cfg), device_dir=cfg.system.device_dir, writer=writer)
+    chooser = Bootchooser.from_config(cfg)
+    return status(StateStore(cfg.system.state_dir), chooser, booted, booted_problem=problem,
+                  installs=slot_installs(_targets(cfg), chooser.table, cfg.system.device_dir, writer), writer=writer)

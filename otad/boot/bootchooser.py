@@ -2,7 +2,7 @@
 
 Owns which env variables arm, commit and abort a trial (docs/architecture.md, "A/B, the boot
 environment and the trial") and makes each of those one verified `UBootEnv.update`. When to do
-which (state, health checks, the booted slot) is `otad.boot.mark`'s; the env's bytes are
+which (state, health checks, the booted slot) is `otad.boot.trial`'s; the env's bytes are
 `envimage`'s.
 """
 
@@ -29,7 +29,7 @@ BOOTCOUNT = "bootcount"
 BOOTLIMIT = "bootlimit"
 # otad's own record of the slot a trial came from. U-Boot's altbootcmd leaves it alone; only
 # arm_trial sets it and only mark_good/mark_bad drop it, so its presence says "otad's last
-# write to the env was an arm" (otad.boot.mark relies on that after a power cut).
+# write to the env was an arm" (otad.boot.trial relies on that after a power cut).
 PREV = "otad_prev"
 MAX_BOOTLIMIT = 99
 

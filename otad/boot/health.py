@@ -2,7 +2,7 @@
 
 Owns running each check (``/bin/sh -c``, own session, bounded output, the whole process group
 killed after it) and turning failures into short reasons. What a failed check means for the
-slots is `otad.boot.mark`'s; which commands to run is the config's.
+slots is `otad.boot.trial`'s; which commands to run is the config's.
 """
 
 from __future__ import annotations

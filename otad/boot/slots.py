@@ -1,9 +1,10 @@
 """The A/B slot table and which slot is running.
 
 Owns the slots of the device (name, block device, the env value that boots it, the sw-description
-selection that installs into it) and finding the booted slot from the kernel command line or the
-mounted root, never from the U-Boot env. Arming, confirming and detecting a fallback belong to the
-trial logic; reading and writing the env to ubootenv.py.
+selection that installs into it), what the install records say a slot holds (`SlotInstall`,
+handed over by otad.update), and finding the booted slot from the kernel command line or the
+mounted root, never from the U-Boot env. Arming, confirming and detecting a fallback belong to
+trial.py; reading and writing the env to ubootenv.py.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ __all__ = [
     "SLOT_PARAM",
     "BootedSlot",
     "Slot",
+    "SlotInstall",
     "SlotTable",
     "booted_slot",
     "env_mismatch",
@@ -123,6 +125,31 @@ class SlotTable:
 
     def describe(self) -> str:
         return ", ".join(f"{s.name}={s.device} ({s.boot_value})" for s in self.slots)
+
+
+@dataclass(frozen=True)
+class SlotInstall:
+    """The install in one slot as otad's install records tell it; otad.update reads them (boot/
+    reads none). `state` is install/status.py's, as `otad status` shows it: installing (a writer
+    holding the lock writes the slot now), interrupted (stopped, or killed half-way), failed, or
+    installed (written, hashed and synced: the only state whose `version` the slot holds)."""
+
+    state: str
+    version: Optional[str] = None
+    reason: Optional[str] = None
+    updated_at: Optional[float] = None  # wall clock, informational only
+
+    @property
+    def complete(self) -> bool:
+        return self.state == "installed"
+
+    @property
+    def being_written(self) -> bool:
+        return self.state == "installing"
+
+    @property
+    def interrupted(self) -> bool:
+        return self.state == "interrupted"
 
 
 def _table_problem(slots: Sequence[Slot]) -> Optional[str]:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional, Set, Tuple
 
 from otad import RELEASE_DATE, crashpoint, update
-from otad.boot.mark import Verdict
+from otad.boot.trial import Verdict
 from otad.config import Config, parse_date
 from otad.errors import BusyError, Cancelled, ConfigError, Interrupted, OtadError
 from otad.hawkbit.actions import ActionLog

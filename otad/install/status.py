@@ -5,8 +5,8 @@ marked `installing` before its first byte is written and `installed` only after 
 written, hashed and synced, so after a crash or a failed install the record says the target
 holds no valid image; a stop request (SIGINT, SIGTERM, SIGHUP) marks it `interrupted`. A record
 still `installing` while no writer holds the lock (otad.lock) is an install that was killed:
-`shown_state` calls it `interrupted` too. The A/B slot model reads these records; it does not
-write them.
+`shown_state` calls it `interrupted` too. otad.update hands what they say to the A/B slot
+model as `SlotInstall`s: boot/ reads no records.
 """
 
 from __future__ import annotations

@@ -65,7 +65,7 @@ BRACKETED = ("state.json", "uboot.env", "uboot-redund.env", "daemon.json", "writ
 @dataclass(frozen=True)
 class Point:
     name: str  # "durable.renamed#3"
-    where: str  # "state.json: state.transition < boot.mark.arm_after_install < ..."
+    where: str  # "state.json: state.transition < boot.trial.arm_after_install < ..."
     run: str = ""  # which otad run of a scenario reached it (the daemon scenario has two)
 
     @property

@@ -1,4 +1,4 @@
-"""Deciding a trial after a boot, marking slots by hand, arming after an install, and `status`.
+"""The trial of a freshly installed slot: arming it, deciding it after a boot, marking a slot bad.
 
 Owns the decision table below (summed up in docs/architecture.md, "A/B, the boot environment
 and the trial"): what the state, the env and the booted slot together mean, and the
@@ -45,21 +45,16 @@ the running slot is committed only if healthy; else U-Boot's counter is left to 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import os
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Union
 
 from otad import crashpoint
 from otad.boot.bootchooser import Bootchooser, BootEnv
 from otad.boot.health import HealthResult
-from otad.boot.slots import BootedSlot, Slot, SlotTable, env_mismatch
-from otad.errors import EnvError, OtadError, SlotError, StateError
-from otad.install.status import INSTALLED, INSTALLING, INTERRUPTED, NOT_INSTALLED, TargetRecord, TargetStatusStore, \
-    shown_state
-from otad.lock import Holder
+from otad.boot.slots import BootedSlot, Slot, SlotInstall, SlotTable
+from otad.errors import OtadError, SlotError, StateError
 from otad.state import LastResult, Outcome, Phase, State, StateStore
 
 log = logging.getLogger(__name__)
@@ -364,30 +359,30 @@ class MarkOutcome:
 
 
 def mark_bad(store: StateStore, chooser: Bootchooser, booted: BootedSlot, slot: Optional[Slot] = None, *,
-             targets: Optional[TargetStatusStore] = None, device_dir: str = "/dev",
-             reason: str = "marked bad by hand") -> MarkOutcome:
+             installs: Optional[Mapping[str, SlotInstall]] = None, reason: str = "marked bad by hand") -> MarkOutcome:
     """Make the env boot the slot other than `slot` (default: the booted one), uncounted.
 
     Env first, then state (as in `confirm`). Refused when `slot` is the fallback of an armed
     trial (that would commit the untested target) or when the slot to switch to holds no
-    valid image according to the install records.
+    valid image according to the install records (`installs`, by slot name).
     """
     slot = slot if slot is not None else booted.slot
     other = chooser.table.other(slot)
+    installs = installs or {}
     with store.lock():
         state = store.load()
         if state.trial and slot.name == state.previous_slot:
             raise SlotError(f"slot {slot.name} is the fallback of the armed trial of slot {state.target_slot}; "
                             f"marking it bad would commit slot {state.target_slot} untested (confirm it or "
                             f"mark slot {state.target_slot} bad instead)")
-        record = None if other == booted.slot else _install_record(targets, other, device_dir)
-        if record is not None and record.state in NOT_INSTALLED:
-            raise SlotError(f"slot {other.name} holds no valid image (its install is {record.state}); "
+        install = None if other == booted.slot else installs.get(other.name)
+        if install is not None and not install.complete:
+            raise SlotError(f"slot {other.name} holds no valid image (its install is {install.state}); "
                             f"refusing to make it boot next", where=other.device)
         chooser.mark_bad(slot)
         message = f"slot {slot.name} marked bad ({reason}); slot {other.name} boots next"
         if state.trial or state.phase is Phase.IDLE:
-            version = state.version if state.trial else _installed_version(targets, slot, device_dir)
+            version = state.version if state.trial else _installed_version(installs.get(slot.name))
             result = LastResult(Outcome.MARKED_BAD, slot.name, version, message, store.now())
             to = Phase.FINAL_PENDING if state.trial and state.action_id is not None else Phase.IDLE
             state = store.transition(to, last_result=result)
@@ -395,158 +390,5 @@ def mark_bad(store: StateStore, chooser: Bootchooser, booted: BootedSlot, slot: 
         return MarkOutcome(slot.name, other.name, slot == booted.slot, message, state)
 
 
-# --------------------------------------------------------------------------- status
-
-
-@dataclass(frozen=True)
-class SlotReport:
-    """One slot for `otad status`. `state`: trial (armed, undecided), good (running or
-    committed), installing (a writer holding the lock installs into it), interrupted (an
-    install stopped or was killed half-way), bad (failed a trial, marked bad, or holds a failed
-    install), inactive. `install_state` is the install record's, as `shown_state` tells it;
-    `installed_version` is set only for a complete, verified install."""
-
-    name: str
-    device: str
-    boot_value: str
-    booted: bool
-    next_boot: bool
-    state: str
-    installed_version: Optional[str]
-    install_state: Optional[str]
-    note: Optional[str]
-
-    def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-@dataclass(frozen=True)
-class SlotStatusReport:
-    """Everything `otad status` shows; a part that could not be read has a `*_problem` instead.
-    `writer` is the holder of the writer lock (otad.lock), if any."""
-
-    booted: Optional[str]
-    booted_evidence: Optional[str]
-    env_slot: Optional[str]
-    env: Mapping[str, Optional[str]]
-    phase: Optional[str]
-    pending_trial: Optional[Mapping[str, Any]]
-    last_result: Optional[LastResult]
-    slots: Tuple[SlotReport, ...]
-    mismatch: Optional[str]
-    booted_problem: Optional[str] = None
-    env_problem: Optional[str] = None
-    state_problem: Optional[str] = None
-    writer: Optional[Holder] = None
-
-    def to_dict(self) -> Dict[str, Any]:
-        return {
-            "booted": self.booted, "booted_evidence": self.booted_evidence, "env_slot": self.env_slot,
-            "env": dict(self.env), "phase": self.phase,
-            "pending_trial": dict(self.pending_trial) if self.pending_trial else None,
-            "last_result": self.last_result.to_dict() if self.last_result else None,
-            "slots": [s.to_dict() for s in self.slots], "mismatch": self.mismatch,
-            "booted_problem": self.booted_problem, "env_problem": self.env_problem,
-            "state_problem": self.state_problem, "writer": self.writer.to_dict() if self.writer else None,
-        }
-
-
-def status(store: StateStore, chooser: Bootchooser, booted: Optional[BootedSlot], *,
-           booted_problem: Optional[str] = None, targets: Optional[TargetStatusStore] = None,
-           device_dir: str = "/dev", writer: Optional[Holder] = None) -> SlotStatusReport:
-    """Gather the slot picture; never raises for an unreadable env or state (it reports them).
-    `writer`: who holds the writer lock now (an install into a slot shows as `installing`)."""
-    env: Optional[BootEnv] = None
-    state: Optional[State] = None
-    env_problem = state_problem = None
-    try:
-        env = chooser.read()
-    except EnvError as exc:
-        env_problem = str(exc)
-    try:
-        state = store.load()
-    except StateError as exc:
-        state_problem = str(exc)
-    mismatch = None
-    if booted is not None and env is not None:
-        mismatch = env_mismatch(chooser.table, booted, env.slot_value, variable=chooser.slot_variable)
-    slots = tuple(_slot_report(s, booted, env, state, targets, device_dir, writer) for s in chooser.table.slots)
-    pending = None
-    if state is not None and state.trial:
-        pending = {"phase": state.phase.value, "target_slot": state.target_slot,
-                   "previous_slot": state.previous_slot, "version": state.version,
-                   "armed_at": state.armed_at, "action_id": state.action_id}
-    return SlotStatusReport(
-        booted=booted.slot.name if booted else None, booted_evidence=booted.evidence if booted else None,
-        env_slot=env.slot.name if env and env.slot else None, env=dict(env.values) if env else {},
-        phase=state.phase.value if state else None, pending_trial=pending,
-        last_result=state.last_result if state else None, slots=slots, mismatch=mismatch,
-        booted_problem=booted_problem, env_problem=env_problem, state_problem=state_problem, writer=writer,
-    )
-
-
-def _slot_report(slot: Slot, booted: Optional[BootedSlot], env: Optional[BootEnv], state: Optional[State],
-                 targets: Optional[TargetStatusStore], device_dir: str, writer: Optional[Holder]) -> SlotReport:
-    record = _install_record(targets, slot, device_dir)
-    is_booted = booted is not None and booted.slot == slot
-    next_boot = env is not None and env.slot == slot
-    install_state = shown_state(record, being_written=writer is not None and writer.installing_into(slot.name))
-    note: Optional[str]
-    if install_state == INSTALLING:
-        kind, note = INSTALLING, _writing(writer)
-    elif install_state == INTERRUPTED and record is not None:
-        why = record.reason or "its process ended mid-write (killed, crashed or power cut)"
-        kind, note = INTERRUPTED, f"version {record.version or '?'} half-written: {why}"
-    else:
-        kind, note = _slot_state(slot, is_booted, next_boot, env, state, record)
-    installed = record.version if record is not None and install_state == INSTALLED else None
-    return SlotReport(slot.name, slot.device, slot.boot_value, is_booted, next_boot, kind, installed,
-                      install_state, note)
-
-
-def _writing(writer: Optional[Holder]) -> str:
-    """``pid 4242, 37 %`` (or what was read so far when the bundle's size is not known: stdin)."""
-    assert writer is not None
-    if writer.percent is not None:
-        return f"pid {writer.pid}, {writer.percent} %"
-    if writer.done_bytes:
-        return f"pid {writer.pid}, {writer.done_bytes >> 10} KiB read"
-    return f"pid {writer.pid}"
-
-
-def _slot_state(slot: Slot, is_booted: bool, next_boot: bool, env: Optional[BootEnv], state: Optional[State],
-                record: Optional[TargetRecord]) -> Tuple[str, Optional[str]]:
-    if state is not None and state.trial and state.target_slot == slot.name:
-        return "trial", f"{state.phase.value}, version {state.version or '?'}"
-    if next_boot and env is not None and env.upgrade_available:
-        return "trial", "upgrade_available is set (not by otad)"
-    if record is not None and record.state in NOT_INSTALLED:
-        return "bad", f"install {record.state}" + (f": {record.reason}" if record.reason else "")
-    last = state.last_result if state is not None else None
-    newer_install = record is not None and record.updated_at is not None and last is not None \
-        and record.updated_at > last.at
-    if last is not None and last.slot == slot.name and not newer_install:
-        if last.outcome.failed and last.outcome is not Outcome.ABORTED:
-            return "bad", f"{last.outcome.value}: {last.reason}"
-    if is_booted or next_boot:
-        return "good", None
-    return "inactive", None
-
-
-def _install_record(targets: Optional[TargetStatusStore], slot: Slot, device_dir: str) -> Optional[TargetRecord]:
-    """The install record of the slot's device (records are keyed by the path written to)."""
-    if targets is None:
-        return None
-    path = slot.device
-    if path.startswith("/dev/"):
-        path = os.path.join(device_dir, path[len("/dev/"):])
-    for key in (path, slot.device, os.path.realpath(path)):
-        record = targets.get(key)
-        if record is not None:
-            return record
-    return None
-
-
-def _installed_version(targets: Optional[TargetStatusStore], slot: Slot, device_dir: str) -> Optional[str]:
-    record = _install_record(targets, slot, device_dir)
-    return record.version if record is not None and record.state == INSTALLED else None
+def _installed_version(install: Optional[SlotInstall]) -> Optional[str]:
+    return install.version if install is not None and install.complete else None

@@ -1,7 +1,7 @@
-"""Trial decisions after a boot, arming, mark-bad and status, against real env and state files.
+"""Trial decisions after a boot, arming and mark-bad, against real env and state files.
 
 Every combination of (phase, booted slot, env slot, upgrade_available, bootcount, otad_prev,
-health) is checked against the table of otad.boot.mark's docstring, and a power cut before each
+health) is checked against the table of otad.boot.trial's docstring, and a power cut before each
 write of a whole update is followed by reboots through the U-Boot emulator until things settle.
 """
 
@@ -15,19 +15,19 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 import pytest
 
 from otad import durable
-from otad.boot import mark
+from otad.boot import slotstatus, trial
 from otad.boot.bootchooser import Bootchooser
 from otad.boot.envimage import build_image
 from otad.boot.fwenvconfig import EnvCopyLocation, EnvLayout
 from otad.boot.health import HealthResult
-from otad.boot.mark import ConfirmOutcome, Verdict
+from otad.boot.trial import ConfirmOutcome, Verdict
 from otad.boot.slots import BootedSlot, Slot, SlotTable
 from otad.boot.ubootenv import UBootEnv
 from otad.errors import EnvError, SlotError, StateError
-from otad.install.status import FAILED, INSTALLED, INSTALLING, INTERRUPTED, TargetStatusStore
-from otad.lock import Holder
+from otad.install.status import FAILED, INSTALLED, INTERRUPTED, TargetStatusStore
 from otad.sim.uboot import UBootEmulator
 from otad.state import LastResult, Outcome, Phase, State, StateStore
+from otad.update import slot_installs
 
 SIZE = 0x4000
 A = Slot("a", "/dev/mmcblk0p2", "2", ("stable", "copy1"))
@@ -86,11 +86,11 @@ class Rig:
         return slot
 
     def confirm(self, booted: Slot, health: HealthResult = HEALTHY) -> ConfirmOutcome:
-        return mark.confirm(self.store(), self.chooser(), BootedSlot(booted, "test"), lambda: health)
+        return trial.confirm(self.store(), self.chooser(), BootedSlot(booted, "test"), lambda: health)
 
     def arm(self, version: str = "2.0", bootenv: Optional[Mapping[str, Optional[str]]] = None,
             target: Slot = B, previous: Slot = A, **kwargs: Any) -> State:
-        return mark.arm_after_install(self.store(), self.chooser(), target, previous, version,
+        return trial.arm_after_install(self.store(), self.chooser(), target, previous, version,
                                       bootenv or {}, **kwargs)
 
     def files(self) -> Tuple[bytes, bytes]:
@@ -184,7 +184,7 @@ Row = Tuple[Verdict, Optional[Outcome], bool, bool]
 
 
 def expected_row(phase: str, booted: str, env: str, ua: int, n: int, prev: Optional[str], healthy: bool) -> Row:
-    """otad.boot.mark's docstring table, written out independently (T = b, P = a)."""
+    """otad.boot.trial's docstring table, written out independently (T = b, P = a)."""
     if env in ("unset", "bogus"):
         return Verdict.ENV_UNKNOWN, None, False, False
     if phase == "arming":
@@ -235,7 +235,7 @@ def test_every_combination_has_the_documented_outcome(tmp_path: Path, phase: str
         health_calls.append(1)
         return HEALTHY if healthy else SICK
 
-    outcome = mark.confirm(rig.store(), rig.chooser(), BootedSlot(slot, "test"), health)
+    outcome = trial.confirm(rig.store(), rig.chooser(), BootedSlot(slot, "test"), health)
     verdict, recorded, env_written, reboot = expected_row(phase, booted, env, ua, n, prev, healthy)
 
     assert (outcome.verdict, outcome.reboot) == (verdict, reboot), outcome.message
@@ -264,14 +264,14 @@ def test_every_combination_has_the_documented_outcome(tmp_path: Path, phase: str
     # Deciding again (e.g. otad restarted in the same boot) is quiet: no writes, nothing new.
     # One exception: an interrupted arming is aborted first; a bootcount someone else armed on
     # the running slot (a stray trial) is then the next run's business.
-    again = mark.confirm(rig.store(), rig.chooser(), BootedSlot(slot, "test"), health)
+    again = trial.confirm(rig.store(), rig.chooser(), BootedSlot(slot, "test"), health)
     if phase == "arming" and verdict is Verdict.ABORTED and (booted, env, ua) == ("a", "a", 1):
         assert again.verdict is (Verdict.STRAY_CLEARED if healthy else Verdict.STRAY_UNHEALTHY)
         assert rig.state() == state
-        again = mark.confirm(rig.store(), rig.chooser(), BootedSlot(slot, "test"), health)
+        again = trial.confirm(rig.store(), rig.chooser(), BootedSlot(slot, "test"), health)
     files = rig.files()
     assert again.verdict in (Verdict.NOTHING, Verdict.WAITING, Verdict.ENV_UNKNOWN, Verdict.STRAY_UNHEALTHY)
-    assert mark.confirm(rig.store(), rig.chooser(), BootedSlot(slot, "test"), health).verdict is again.verdict
+    assert trial.confirm(rig.store(), rig.chooser(), BootedSlot(slot, "test"), health).verdict is again.verdict
     assert rig.files() == files
 
 
@@ -290,7 +290,7 @@ def test_daemon_phases_without_a_trial_decide_like_idle(tmp_path: Path, phase: P
 
 
 def test_table_in_the_docstring_names_every_verdict() -> None:
-    doc = mark.__doc__ or ""
+    doc = trial.__doc__ or ""
     for verdict in Verdict:
         assert verdict.value in doc, verdict
 
@@ -416,7 +416,7 @@ def test_power_cut_before_any_write_of_an_update_settles_on_a_good_slot(
             assert running is A and result is not None and result.slot == "b" and result.outcome.failed, where
             if not comes_up:
                 assert result.outcome is Outcome.FELL_BACK, where
-        report = mark.status(rig.store(), rig.chooser(), BootedSlot(running, "test"))
+        report = slotstatus.status(rig.store(), rig.chooser(), BootedSlot(running, "test"))
         assert report.pending_trial is None and report.mismatch is None, where
         assert [s.state for s in report.slots if s.booted] == ["good"], where
         # ... and it stays there: no counting, no env writes, no flip.
@@ -431,7 +431,7 @@ def test_power_cut_between_the_writes_of_mark_bad_still_ends_on_the_previous_slo
     assert rig.boot() is B
     cutter = cutter_factory(2)  # the env write lands, the state write does not
     with pytest.raises(PowerCut):
-        mark.mark_bad(rig.store(), rig.chooser(), BootedSlot(B, "test"))
+        trial.mark_bad(rig.store(), rig.chooser(), BootedSlot(B, "test"))
     cutter.armed = False
     assert rig.state().phase is Phase.TRIAL_ARMED
     final = settle(rig, cutter, healthy=True, target_comes_up=True)
@@ -479,23 +479,23 @@ def test_install_into_the_fallback_of_an_undecided_trial_is_refused(rig: Rig) ->
     rig.arm("2.0")
     rig.boot()  # b runs its trial, not yet confirmed
     with pytest.raises(SlotError, match="slot a is the fallback of the undecided trial of slot b"):
-        mark.check_can_install(rig.store(), A)
+        trial.check_can_install(rig.store(), A)
     with pytest.raises(SlotError, match="fallback"):
         rig.arm("3.0", target=A, previous=B)
-    mark.check_can_install(rig.store(), B)
+    trial.check_can_install(rig.store(), B)
 
 
 def test_install_into_the_slot_the_env_boots_uncounted_is_refused(rig: Rig) -> None:
-    mark.mark_bad(rig.store(), rig.chooser(), BootedSlot(A, "test"))  # b boots next, uncounted
+    trial.mark_bad(rig.store(), rig.chooser(), BootedSlot(A, "test"))  # b boots next, uncounted
     with pytest.raises(SlotError, match="selects slot b for the next boot without the bootcount"):
-        mark.check_can_install(rig.store(), B, rig.chooser())
-    mark.mark_bad(rig.store(), rig.chooser(), BootedSlot(A, "test"), B)  # back to a
-    mark.check_can_install(rig.store(), B, rig.chooser())
+        trial.check_can_install(rig.store(), B, rig.chooser())
+    trial.mark_bad(rig.store(), rig.chooser(), BootedSlot(A, "test"), B)  # back to a
+    trial.check_can_install(rig.store(), B, rig.chooser())
 
 
 def test_reinstall_into_an_armed_target_before_the_reboot_is_allowed(rig: Rig) -> None:
     rig.arm("2.0")
-    mark.check_can_install(rig.store(), B, rig.chooser())  # counted: U-Boot would still fall back
+    trial.check_can_install(rig.store(), B, rig.chooser())  # counted: U-Boot would still fall back
 
 
 def test_arm_from_final_pending_is_an_illegal_transition(rig: Rig) -> None:
@@ -533,7 +533,7 @@ def test_confirm_with_a_corrupt_state_file_is_a_state_error_and_touches_nothing(
 def test_mark_bad_of_the_running_trial_slot_records_it_and_asks_for_a_reboot(rig: Rig) -> None:
     rig.arm("2.0")
     rig.boot()
-    outcome = mark.mark_bad(rig.store(), rig.chooser(), BootedSlot(B, "test"))
+    outcome = trial.mark_bad(rig.store(), rig.chooser(), BootedSlot(B, "test"))
     assert (outcome.slot, outcome.next_slot, outcome.reboot) == ("b", "a", True)
     assert rig.env() == STEADY
     result = rig.state().last_result
@@ -543,7 +543,7 @@ def test_mark_bad_of_the_running_trial_slot_records_it_and_asks_for_a_reboot(rig
 
 def test_mark_bad_of_the_armed_target_before_the_reboot_disarms_it(rig: Rig) -> None:
     rig.arm("2.0")
-    outcome = mark.mark_bad(rig.store(), rig.chooser(), BootedSlot(A, "test"), B)
+    outcome = trial.mark_bad(rig.store(), rig.chooser(), BootedSlot(A, "test"), B)
     assert not outcome.reboot and rig.env() == STEADY
     assert rig.state().phase is Phase.IDLE
 
@@ -552,7 +552,7 @@ def test_mark_bad_of_the_fallback_during_a_trial_is_refused(rig: Rig) -> None:
     rig.arm("2.0")
     before = rig.files()
     with pytest.raises(SlotError, match="slot a is the fallback of the armed trial of slot b"):
-        mark.mark_bad(rig.store(), rig.chooser(), BootedSlot(A, "test"))
+        trial.mark_bad(rig.store(), rig.chooser(), BootedSlot(A, "test"))
     assert rig.files() == before
 
 
@@ -560,7 +560,8 @@ def test_mark_bad_without_a_trial_switches_slots_and_records_it(rig: Rig, tmp_pa
     targets = TargetStatusStore(str(tmp_path / "targets.json"))
     targets.mark("/dev/mmcblk0p2", INSTALLED, version="1.0")
     targets.mark("/dev/mmcblk0p3", INSTALLED, version="0.9")
-    outcome = mark.mark_bad(rig.store(), rig.chooser(), BootedSlot(A, "test"), targets=targets)
+    outcome = trial.mark_bad(rig.store(), rig.chooser(), BootedSlot(A, "test"),
+                                 installs=slot_installs(targets, TABLE, "/dev"))
     assert outcome.reboot and outcome.next_slot == "b"
     assert rig.env() == dict(STEADY, rootpart="3")
     result = rig.state().last_result
@@ -572,113 +573,23 @@ def test_mark_bad_refuses_to_switch_to_a_slot_whose_install_failed(rig: Rig, tmp
     targets.mark(str(tmp_path / "dev" / "mmcblk0p3"), FAILED, version="2.0", reason="hash mismatch")
     before = rig.files()
     with pytest.raises(SlotError, match="slot b holds no valid image .*failed") as info:
-        mark.mark_bad(rig.store(), rig.chooser(), BootedSlot(A, "test"), targets=targets,
-                      device_dir=str(tmp_path / "dev"))
+        trial.mark_bad(rig.store(), rig.chooser(), BootedSlot(A, "test"),
+                       installs=slot_installs(targets, TABLE, str(tmp_path / "dev")))
     assert info.value.where == "/dev/mmcblk0p3"
     assert rig.files() == before
 
 
 def test_mark_bad_keeps_a_pending_final_of_the_daemon(rig: Rig) -> None:
     rig.set_state(NO_TRIAL_PHASES["final_pending"])
-    outcome = mark.mark_bad(rig.store(), rig.chooser(), BootedSlot(A, "test"))
+    outcome = trial.mark_bad(rig.store(), rig.chooser(), BootedSlot(A, "test"))
     assert outcome.state == NO_TRIAL_PHASES["final_pending"]
     assert rig.env()["rootpart"] == "3"
-
-
-# ----------------------------------------------------------------------------- status
-
-
-def test_status_during_a_trial(rig: Rig, tmp_path: Path) -> None:
-    targets = TargetStatusStore(str(tmp_path / "targets.json"))
-    targets.mark("/dev/mmcblk0p3", INSTALLED, version="2.0", sha256="ab" * 32)
-    rig.arm("2.0")
-    report = mark.status(rig.store(), rig.chooser(), BootedSlot(A, "kernel command line otad.rootpart=2"),
-                         targets=targets)
-    assert report.booted == "a" and report.booted_evidence == "kernel command line otad.rootpart=2"
-    assert report.env_slot == "b" and report.phase == "trial_armed"
-    assert dict(report.env) == {"rootpart": "3", "upgrade_available": "1", "bootcount": "0", "bootlimit": "3",
-                                "otad_prev": "2"}
-    assert report.pending_trial is not None and report.pending_trial["target_slot"] == "b"
-    assert report.mismatch == ("the U-Boot env's rootpart='3' selects slot b for the next boot; the running slot "
-                               "is a (kernel command line otad.rootpart=2)")
-    a, b = report.slots
-    assert (a.name, a.booted, a.next_boot, a.state) == ("a", True, False, "good")
-    assert (b.name, b.booted, b.next_boot, b.state, b.installed_version, b.install_state) == (
-        "b", False, True, "trial", "2.0", "installed")
-    json.dumps(report.to_dict())
-
-
-def test_status_after_a_fallback_shows_the_bad_slot_and_why(rig: Rig) -> None:
-    rig.arm("2.0")
-    for _ in range(4):
-        rig.boot()
-    rig.confirm(A)
-    report = mark.status(rig.store(), rig.chooser(), BootedSlot(A, "test"))
-    a, b = report.slots
-    assert a.state == "good" and b.state == "bad"
-    assert b.note is not None and b.note.startswith("fell_back: the trial of slot b")
-    assert report.last_result is not None and report.mismatch is None
-    assert report.to_dict()["last_result"]["outcome"] == "fell_back"
-
-
-def test_status_a_newer_install_clears_the_bad_mark(rig: Rig, tmp_path: Path) -> None:
-    rig.arm("2.0")
-    for _ in range(4):
-        rig.boot()
-    rig.confirm(A)
-    targets = TargetStatusStore(str(tmp_path / "targets.json"))
-    targets.mark("/dev/mmcblk0p3", INSTALLED, version="2.1")
-    b = mark.status(rig.store(), rig.chooser(), BootedSlot(A, "test"), targets=targets).slots[1]
-    assert (b.state, b.installed_version) == ("inactive", "2.1")
-
-
-WRITER_B = Holder(4242, "otad install big.swu", "installing into slot b", "b", 0.0, 370, 1000)
-
-
-@pytest.mark.parametrize("record,writer,shown", [
-    (INSTALLING, WRITER_B, ("installing", "installing", None, "pid 4242, 37 %")),
-    (INSTALLED, WRITER_B, ("installing", "installing", None, "pid 4242, 37 %")),  # planning, record not yet marked
-    (INSTALLING, None, ("interrupted", "interrupted", None,
-                        "version 2.0 half-written: its process ended mid-write (killed, crashed or power cut)")),
-    (INTERRUPTED, None, ("interrupted", "interrupted", None, "version 2.0 half-written: terminated")),
-    (INSTALLING, Holder(77, "otad env set a=1", "setting U-Boot env variables", None, 0.0),
-     ("interrupted", "interrupted", None,
-      "version 2.0 half-written: its process ended mid-write (killed, crashed or power cut)")),
-    (INSTALLING, Holder(77, "otad run", "arming slot b", "b", 0.0),
-     ("interrupted", "interrupted", None,
-      "version 2.0 half-written: its process ended mid-write (killed, crashed or power cut)")),
-    (INSTALLED, None, ("inactive", "installed", "2.0", None)),
-])
-def test_status_tells_installing_from_interrupted_from_installed(rig: Rig, tmp_path: Path, record: str,
-                                                                 writer: Optional[Holder],
-                                                                 shown: Tuple[str, str, Optional[str], str]) -> None:
-    targets = TargetStatusStore(str(tmp_path / "targets.json"))
-    targets.mark("/dev/mmcblk0p3", record, version="2.0", reason="terminated" if record == INTERRUPTED else None)
-    report = mark.status(rig.store(), rig.chooser(), BootedSlot(A, "test"), targets=targets, writer=writer)
-    b = report.slots[1]
-    assert (b.state, b.install_state, b.installed_version, b.note) == shown
-    assert report.writer == writer
-    doc = report.to_dict()
-    assert doc["slots"][1]["installed_version"] == shown[2]
-    assert doc["writer"] == (None if writer is None else {**writer.to_dict()})
-    json.dumps(doc)
 
 
 def test_mark_bad_refuses_to_boot_a_slot_whose_install_was_interrupted(rig: Rig, tmp_path: Path) -> None:
     targets = TargetStatusStore(str(tmp_path / "targets.json"))
     targets.mark("/dev/mmcblk0p3", INTERRUPTED, version="2.0", reason="terminated")
     with pytest.raises(SlotError, match="slot b holds no valid image .its install is interrupted."):
-        mark.mark_bad(rig.store(), rig.chooser(), BootedSlot(A, "test"), targets=targets)
+        trial.mark_bad(rig.store(), rig.chooser(), BootedSlot(A, "test"),
+                                 installs=slot_installs(targets, TABLE, "/dev"))
     assert rig.env()["rootpart"] == "2"
-
-
-def test_status_reports_unreadable_parts_instead_of_failing(rig: Rig) -> None:
-    rig.env_path.write_bytes(b"\xff" * SIZE)
-    Path(rig.state_dir).mkdir()
-    Path(rig.store().path).write_text("nope")
-    report = mark.status(rig.store(), rig.chooser(), None, booted_problem="cannot tell which slot is booted")
-    assert report.env_problem is not None and "erased" in report.env_problem
-    assert report.state_problem is not None and "not valid JSON" in report.state_problem
-    assert report.booted is None and report.booted_problem == "cannot tell which slot is booted"
-    assert [s.state for s in report.slots] == ["inactive", "inactive"]
-    json.dumps(report.to_dict())
