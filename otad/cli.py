@@ -277,17 +277,9 @@ def _writer(cfg: Any, activity: str, *, needed: bool = True, create: bool = True
     return WriterLock(cfg.system.state_dir).acquire(activity, create=create)
 
 
-def _reboot(cfg: Any, needed: bool, no_reboot: bool) -> None:
-    if not needed:
-        return
-    if no_reboot:
-        print("reboot needed (not rebooting: --no-reboot)")
-        return
-    import subprocess
-
-    print(f"rebooting: {cfg.system.reboot_command}")
-    sys.stdout.flush()
-    subprocess.run(cfg.system.reboot_command, shell=True, check=False)
+def _say(line: str) -> None:
+    """One line on stdout now, before whatever comes next (a reboot) can end the process."""
+    print(line, flush=True)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -300,50 +292,41 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    import dataclasses
+    from otad.report import status_report
 
-    from otad import update
-    from otad.console import human_bytes
-    from otad.errors import StateError
-    from otad.hawkbit.journal import DownloadJournal
-    from otad.hawkbit.publish import read_status
-
-    cfg = _load_config(args)
-    report = update.slot_status(cfg)
-    saved = DownloadJournal(cfg.system.state_dir).load(remove_unusable=False)
-    daemon_problem = None
-    try:
-        daemon = read_status(cfg.system.status_file)
-    except StateError as exc:
-        daemon, daemon_problem = None, str(exc)
+    report = status_report(_load_config(args))
     if args.json:
         import json
 
-        doc = report.to_dict()
-        doc["daemon"] = dataclasses.asdict(daemon) if daemon else None
-        doc["daemon_problem"] = daemon_problem
-        doc["resume"] = ({"action_id": saved.action_id, "artifact": saved.filename, "offset": saved.point.offset,
-                          "size": saved.size} if saved else None)
-        print(json.dumps(doc, indent=2, default=str))
-        return 0
-    print(f"booted:  {report.booted or 'unknown'}" + (f" ({report.booted_evidence})" if report.booted_evidence else ""))
-    print(f"next:    {report.env_slot or 'unknown'}")
-    for slot in report.slots:
+        print(json.dumps(report.to_dict(), indent=2, default=str))
+    else:
+        _print_status(report)
+    return 0
+
+
+def _print_status(report: Any) -> None:
+    from otad.console import human_bytes
+
+    slots, daemon, saved = report.slots, report.daemon, report.resume
+    print(f"booted:  {slots.booted or 'unknown'}" + (f" ({slots.booted_evidence})" if slots.booted_evidence else ""))
+    print(f"next:    {slots.env_slot or 'unknown'}")
+    for slot in slots.slots:
         version = f" version {slot.installed_version}" if slot.installed_version else ""
         marks = "".join(m for m, on in ((" [booted]", slot.booted), (" [next]", slot.next_boot)) if on)
         note = f" ({slot.note})" if slot.note else ""
         print(f"slot {slot.name} {slot.device}: {slot.state}{note}{version}{marks}")
-    if report.pending_trial:
-        print("trial:   " + ", ".join(f"{k}={v}" for k, v in report.pending_trial.items() if v is not None))
-    if report.last_result:
-        r = report.last_result
-        print(f"last:    {r.outcome.value} slot {r.slot} version {r.version or '-'}" + (f": {r.reason}" if r.reason else ""))
-    print("env:     " + " ".join(f"{k}={v if v is not None else '-'}" for k, v in report.env.items()))
+    if slots.pending_trial:
+        print("trial:   " + ", ".join(f"{k}={v}" for k, v in slots.pending_trial.items() if v is not None))
+    if slots.last_result:
+        r = slots.last_result
+        print(f"last:    {r.outcome.value} slot {r.slot} version {r.version or '-'}"
+              + (f": {r.reason}" if r.reason else ""))
+    print("env:     " + " ".join(f"{k}={v if v is not None else '-'}" for k, v in slots.env.items()))
     if report.writer is not None:
         done = f", {report.writer.percent} %" if report.writer.percent is not None else ""
         print(f"writer:  {report.writer.describe()}{done}")
     if daemon is None:
-        print("daemon:  not started" if daemon_problem is None else "daemon:  unknown")
+        print("daemon:  not started" if report.daemon_problem is None else "daemon:  unknown")
     else:
         parts = [daemon.phase + (f" action {daemon.action_id}" if daemon.action_id else "")
                  + (f" version {daemon.version}" if daemon.version else "")]
@@ -353,22 +336,16 @@ def _cmd_status(args: argparse.Namespace) -> int:
             parts.append(f"{human_bytes(daemon.bytes_done)}{of}{pct}")
             if daemon.rate_bps:
                 parts.append(f"{human_bytes(int(daemon.rate_bps))}/s")
-        if daemon.next_poll_in_s is not None and daemon.running:
-            import time
-
-            left = daemon.next_poll_in_s - max(0.0, time.time() - daemon.updated_at)
-            parts.append(f"next poll in {max(0.0, left):.0f} s")
+        if report.next_poll_in_s is not None:
+            parts.append(f"next poll in {report.next_poll_in_s:.0f} s")
         if daemon.last_error:
             parts.append(f"last error: {daemon.last_error}")
         print("daemon:  " + ", ".join(parts))
     if saved is not None:
-        print(f"resume:  action {saved.action_id} {saved.filename} goes on from {human_bytes(saved.point.offset)} "
+        print(f"resume:  action {saved.action_id} {saved.artifact} goes on from {human_bytes(saved.offset)} "
               f"of {human_bytes(saved.size)}")
-    for problem in (report.mismatch, report.booted_problem, report.env_problem, report.state_problem,
-                    daemon_problem):
-        if problem:
-            print(f"warning: {problem}")
-    return 0
+    for warning in report.warnings:
+        print(f"warning: {warning}")
 
 
 def _cmd_confirm(args: argparse.Namespace) -> int:
@@ -383,7 +360,7 @@ def _cmd_confirm(args: argparse.Namespace) -> int:
         print(json.dumps(outcome.to_dict(), indent=2))
     else:
         print(f"{outcome.verdict.value}: {outcome.message}")
-    _reboot(cfg, outcome.reboot, args.no_reboot)
+    update.reboot_if_asked(cfg, outcome.reboot, allowed=not args.no_reboot, say=_say)
     return 0
 
 
@@ -394,7 +371,7 @@ def _cmd_mark_bad(args: argparse.Namespace) -> int:
     with _writer(cfg, "marking a slot bad") as writer:
         outcome = update.mark_bad_now(cfg, args.slot, writer=writer)
     print(outcome.message)
-    _reboot(cfg, outcome.reboot, args.no_reboot)
+    update.reboot_if_asked(cfg, outcome.reboot, allowed=not args.no_reboot, say=_say)
     return 0
 
 

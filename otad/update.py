@@ -1,5 +1,5 @@
 """The A/B update as whole operations: install into the inactive slot and arm the trial,
-confirm after a boot, mark bad, report status.
+confirm after a boot, mark bad, reboot when a decision asks for it, report the slots.
 
 This is where the install path (`install/`) meets the boot side (`boot/`); `otad install`,
 `otad confirm`, `otad status`, `otad mark-bad` and the daemon all go through it, so the order
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Callable, Dict, Optional, Tuple, Union
@@ -349,6 +350,19 @@ def confirm_boot(cfg: Config, *, writer: HeldLock) -> ConfirmOutcome:
         return run_checks(health.checks, health.timeout_s)
 
     return confirm(StateStore(cfg.system.state_dir), Bootchooser.from_config(cfg), booted, check)
+
+
+def reboot_if_asked(cfg: Config, asked: bool, *, allowed: bool, say: Callable[[str], None]) -> None:
+    """Run `system.reboot_command` when a decision asked for the other slot to boot now
+    (`ConfirmOutcome.reboot`, `MarkOutcome.reboot`), unless not `allowed` (--no-reboot). `say`
+    gets one line first: the command may end this process."""
+    if not asked:
+        return
+    if not allowed:
+        say("reboot needed (not rebooting: --no-reboot)")
+        return
+    say(f"rebooting: {cfg.system.reboot_command}")
+    subprocess.run(cfg.system.reboot_command, shell=True, check=False)
 
 
 def mark_bad_now(cfg: Config, slot_name: Optional[str] = None, *, writer: HeldLock) -> MarkOutcome:
