@@ -25,7 +25,8 @@ from otad.boot.trial import ConfirmOutcome, MarkOutcome, arm_after_install, chec
 from otad.boot.ubootenv import UBootEnv
 from otad.boot.watchdog import DeviceWatchdog, NullWatchdog, ProgressPetter, Watchdog
 from otad.config import Config
-from otad.errors import REFUSED, WRITE_FAILED, ConfigError, EnvError, InstallError, Interrupted, OtadError, SlotError
+from otad.errors import REFUSED, WRITE_FAILED, ConfigError, EnvError, InstallError, Interrupted, OtadError, SlotError, \
+    StateError
 from otad.install.handlers.raw import resolve_device
 from otad.install.installer import InstallResult, Resuming, install_bundle
 from otad.install.plan import InstallPlan, InstallRequest, plan_install
@@ -36,7 +37,7 @@ from otad.install.status import FAILED, TargetRecord, TargetStatusStore, shown_s
 from otad.lock import Holder, HeldLock, WriterLock
 from otad.progress import ProgressListener, fan_out, ignore
 from otad.signals import shielded
-from otad.state import State, StateStore
+from otad.state import Phase, State, StateStore
 from otad.swu.manifest import HardwareRevision, SwDescription
 
 log = logging.getLogger(__name__)
@@ -112,8 +113,10 @@ class _Setup:
     chooser: Optional[Bootchooser] = None
 
 
-def _setup(cfg: Config, *, dry_run: bool, selection: Optional[Tuple[str, str]]) -> _Setup:
-    """Everything before the bundle: an error here refuses it with nothing written."""
+def _setup(cfg: Config, *, dry_run: bool, selection: Optional[Tuple[str, str]],
+           action_id: Optional[str] = None) -> _Setup:
+    """Everything before the bundle: an error here refuses it with nothing written. `action_id`:
+    the daemon's hawkBit action this install is for (None: a command's own install)."""
     try:
         if not cfg.ab_enabled:
             request = make_request(cfg, dry_run=dry_run, selection=selection)
@@ -121,7 +124,9 @@ def _setup(cfg: Config, *, dry_run: bool, selection: Optional[Tuple[str, str]]) 
         booted = detect_booted(cfg)
         target = SlotTable.from_config(cfg).other(booted.slot)
         chooser = Bootchooser.from_config(cfg)
-        check_can_install(StateStore(cfg.system.state_dir), target, chooser)
+        store = StateStore(cfg.system.state_dir)
+        _check_no_daemon_update(store.load(), action_id)
+        check_can_install(store, target, chooser)
         chosen = _slot_selection(cfg, target, selection)
         env_files = tuple(c.device for c in chooser.env.layout.copies)
         running = resolve_device(booted.slot.device, cfg.system.device_dir)
@@ -133,6 +138,31 @@ def _setup(cfg: Config, *, dry_run: bool, selection: Optional[Tuple[str, str]]) 
         return _Setup(request, target, booted.slot, chooser)
     except OtadError as exc:
         raise exc.at_stage(REFUSED)
+
+
+def _check_no_daemon_update(state: State, action_id: Optional[str]) -> None:
+    """Refuse another install while the daemon's update of another action is under way: its
+    download was cut off (DOWNLOADING), its verified install waits in the inactive slot for the
+    maintenance window (DOWNLOADED, INSTALLED), or its result is not reported yet (FINAL_PENDING).
+    Arming from there is no transition the state allows, and the slot is the daemon's; like
+    SWUpdate ("Installation in progress") and RAUC, say so before writing, not after."""
+    if state.action_id is None or state.action_id == action_id:
+        return
+    action = f"hawkBit action {state.action_id}" + (f" (version {state.version})" if state.version else "")
+    phase = state.phase
+    if phase is Phase.DOWNLOADING:
+        held = (f"{action} was being downloaded into the inactive slot when the daemon stopped; start the "
+                f"daemon (otad run) to go on with it, or cancel the action on the server and start the daemon, "
+                f"which then drops it")
+    elif phase in (Phase.DOWNLOADED, Phase.INSTALLED):
+        held = (f"{action} is installed in the inactive slot and waits for its maintenance window; cancel the "
+                f"action on the server to drop it (the daemon does at its next poll)")
+    elif phase is Phase.FINAL_PENDING:
+        held = (f"the result of {action} is not reported to the server yet; start the daemon (otad run), which "
+                f"reports it first")
+    else:
+        return
+    raise StateError(f"the daemon's update is in progress (state {phase.value}): {held}")
 
 
 def _slot_selection(cfg: Config, target: Slot, given: Optional[Tuple[str, str]]) -> Tuple[str, str]:
@@ -212,10 +242,10 @@ def install(cfg: Config, source: Reader, *, name: str, writer: Optional[HeldLock
     assert writer is not None or dry_run, "an install that writes holds the writer lock"
     if writer is not None:
         progress = fan_out([progress, writer.progress])
+    setup = _setup(cfg, dry_run=dry_run, selection=selection, action_id=action_id)
     targets = TargetStatusStore(None if dry_run else status_file(cfg))
     if resuming.point is None and not dry_run:
         discard_journal(cfg.system.state_dir)  # this install overwrites what a saved point relies on
-    setup = _setup(cfg, dry_run=dry_run, selection=selection)
     if setup.target is None or setup.booted is None or setup.chooser is None:
         try:
             result = install_bundle(source, setup.request, name=name, total_bytes=total_bytes, progress=progress,

@@ -9,6 +9,7 @@ changed a byte of the device (slots, env, otad's state).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Optional, Sequence, Tuple, Union
@@ -16,6 +17,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 import pytest
 
 from otad.errors import REFUSED, VERIFICATION
+from otad.state import LastResult, Outcome, Phase, State, StateStore
 from tests.bundles import ImageSpec, description, signed_members, write_bundle
 from tests.conftest import Device
 from tests.pki import Pki, make_pki
@@ -61,6 +63,20 @@ def trial_of_b_running(world: World, tmp_path: Path, pki: Pki, capsys) -> None:
     first.mkdir()
     assert world.otad(capsys, "install", ab_bundle(first, pki))[0] == 0
     assert world.power_on() == "3"
+
+
+def daemon_holds(phase: Phase) -> Callable[[World], None]:
+    """The state the daemon leaves with hawkBit action 42 in `phase` (stopped mid-download,
+    waiting for its window, its result not reported yet), and its download journal."""
+    def prepare(world: World) -> None:
+        assert isinstance(world, AbDevice)
+        result = LastResult(Outcome.CONFIRMED, "b", "1.4", "committed", 1.0) if phase is Phase.FINAL_PENDING else None
+        state = State(phase, action_id="42", version="1.5", last_result=result)
+        (world.root / "state").mkdir()
+        (world.root / "state" / "state.json").write_text(json.dumps(state.to_dict()))
+        (world.root / "state" / "resume.json").write_text('{"the daemon\'s": "journal"}')
+        assert StateStore(str(world.root / "state")).load() == state
+    return prepare
 
 
 @dataclass(frozen=True)
@@ -116,6 +132,20 @@ CASES: Dict[str, Case] = {
         t, p, bootenv='bootenv = ( { name = "bootlimit"; value = "0"; } );'), REFUSED, "bootlimit = '0'"),
     "A/B: -e names the other slot's selection": Case("ab", lambda t, p: ab_bundle(t, p), USAGE,
                                                      "is slot a's selection", ("-e", "stable,copy1")),
+    "A/B: the daemon stopped mid-download": Case(
+        "ab", lambda t, p: ab_bundle(t, p), REFUSED, "the daemon's update is in progress (state downloading): "
+        "hawkBit action 42 (version 1.5) was being downloaded into the inactive slot when the daemon stopped; "
+        "start the daemon (otad run) to go on with it, or cancel the action", prepare=daemon_holds(Phase.DOWNLOADING)),
+    "A/B: the daemon's install waits for its window": Case(
+        "ab", lambda t, p: ab_bundle(t, p), REFUSED, "(state downloaded): hawkBit action 42 (version 1.5) is "
+        "installed in the inactive slot and waits for its maintenance window; cancel the action on the server",
+        prepare=daemon_holds(Phase.DOWNLOADED)),
+    "A/B: the daemon's install is about to be armed": Case(
+        "ab", lambda t, p: ab_bundle(t, p), REFUSED, "(state installed): hawkBit action 42",
+        prepare=daemon_holds(Phase.INSTALLED)),
+    "A/B: the daemon's result is not reported yet": Case(
+        "ab", lambda t, p: ab_bundle(t, p), REFUSED, "(state final_pending): the result of hawkBit action 42 "
+        "(version 1.5) is not reported to the server yet; start the daemon", prepare=daemon_holds(Phase.FINAL_PENDING)),
 }
 AB_STATEFUL = {  # cases whose device is prepared by installing first
     "A/B: the target is the fallback of an undecided trial": Case("ab", lambda t, p: ab_bundle(t, p, version="3.0"),
