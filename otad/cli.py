@@ -246,7 +246,7 @@ def _cmd_install(args: argparse.Namespace) -> int:
     # A dry run writes nothing, so it neither takes the lock nor waits for it.
     with _writer(cfg, "installing", needed=not args.dry_run) as writer:
         source, size = _open_bundle(args.bundle)
-        with source, update.open_watchdog(cfg) as watchdog:
+        with source, update.open_watchdog(cfg, unless_held=True) as watchdog:
             progress = fan_out([ProgressDisplay(), ProgressPetter(watchdog)])
             done = update.install(cfg, source, name=args.bundle, writer=writer, total_bytes=size, progress=progress,
                                   dry_run=args.dry_run, no_switch=args.no_switch)

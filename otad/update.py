@@ -23,7 +23,7 @@ from otad.boot.slots import BootedSlot, Slot, SlotInstall, SlotTable, booted_slo
 from otad.boot.slotstatus import SlotStatusReport, status
 from otad.boot.trial import ConfirmOutcome, MarkOutcome, arm_after_install, check_can_install, confirm, mark_bad
 from otad.boot.ubootenv import UBootEnv
-from otad.boot.watchdog import DeviceWatchdog, NullWatchdog, ProgressPetter, Watchdog
+from otad.boot.watchdog import DeviceWatchdog, NullWatchdog, ProgressPetter, Watchdog, open_unless_held
 from otad.config import Config
 from otad.errors import REFUSED, WRITE_FAILED, ConfigError, EnvError, InstallError, Interrupted, OtadError, SlotError, \
     StateError
@@ -351,12 +351,16 @@ def running_version(cfg: Config) -> Optional[str]:
     return record.version if record is not None and record.state == "installed" else None
 
 
-def open_watchdog(cfg: Config) -> Union[DeviceWatchdog, NullWatchdog]:
+def open_watchdog(cfg: Config, *, unless_held: bool = False) -> Union[DeviceWatchdog, NullWatchdog]:
     """The hardware watchdog when the config enables it, else one that does nothing. Use it as
-    a context manager: a clean exit stops the timer, a crash leaves it running (the board resets)."""
+    a context manager: a clean exit stops the timer, a crash leaves it running (the board resets).
+    `unless_held`: for a command beside the daemon, which holds the device while it runs and pets
+    it: a device held by another process is left to it (one INFO line), not an error."""
     wd = cfg.watchdog
     if not wd.enabled:
         return NullWatchdog()
+    if unless_held:
+        return open_unless_held(wd.device, timeout_s=wd.timeout_s, nowayout=wd.nowayout)
     return DeviceWatchdog.open(wd.device, timeout_s=wd.timeout_s, nowayout=wd.nowayout)
 
 
