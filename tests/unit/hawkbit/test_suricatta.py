@@ -311,29 +311,9 @@ def test_a_token_removed_after_reading_is_a_config_error(tmp_path: Path) -> None
 # ----------------------------------------------------------------------------- apply_swupdate_cfg
 
 
-# A swupdate.cfg as SWUpdate's example writes it (suricatta section, `name : { }` form).
-SWUPDATE = """\
-globals :
-{
-\tverbose = true;
-};
-identify : (
-\t{ name = "hwId"; value = "ipse"; },
-\t{ name = "site"; value = "factory"; }
-);
-suricatta :
-{
-\ttenant\t\t= "default";
-\tid\t\t= "123456";
-\turl \t\t= "papero.fritz.box:8080";
-\tpolldelay\t= 20;
-\tretry\t\t= 4;
-\ttargettoken \t= "3bc13b476cb3962a0c63a5c92beacfh7";
-};
-"""
-
-
-def hawkbit_with_swupdate(tmp_path: Path, keys: str = "", swupdate: str = SWUPDATE) -> Config:
+def hawkbit_with_swupdate(tmp_path: Path, keys: str = "", swupdate: str = WITH_TOKEN) -> Config:
+    """otad.conf's hawkbit `keys` over SWUpdate's example swupdate.cfg (its target token on), as
+    `otad run` merges them."""
     cfg = tmp_path / "swupdate.cfg"
     cfg.write_text(swupdate)
     # hawkbit comes before system on purpose: the token still goes under system.state_dir.
@@ -346,7 +326,8 @@ def test_swupdate_cfg_supplies_defaults_and_its_token_goes_to_a_0600_file(tmp_pa
     hb = hawkbit_with_swupdate(tmp_path).hawkbit
     assert (hb.url, hb.tenant, hb.controller_id) == ("http://papero.fritz.box:8080", "default", "123456")
     assert (hb.poll_min_s, hb.max_download_attempts) == (20.0, 5)
-    assert hb.attributes == (("hwId", "ipse"), ("site", "factory"))
+    assert hb.attributes == (("versionSpC", "1.0"), ("hwId", "ipse"), ("hwVersion", "333"), ("serialNo", "1234567890"),
+                             ("swCompatibility", "unknown"))
     assert hb.auth == "target_token" and hb.token_file == str(tmp_path / "state" / "hawkbit-target-token")
     assert Path(hb.token_file).read_text() == "3bc13b476cb3962a0c63a5c92beacfh7\n"
     assert (Path(hb.token_file).stat().st_mode & 0o777) == 0o600
@@ -361,7 +342,7 @@ def test_explicit_hawkbit_keys_override_swupdate_cfg(tmp_path: Path) -> None:
     assert hb.controller_id is None and hb.controller_id_from == "/etc/machine-id"  # swupdate's id dropped
     assert hb.auth == "none" and hb.token_file is None
     assert not (tmp_path / "state").exists()  # the token was not needed, so it was not copied
-    assert hb.attributes == (("hwId", "ipse"), ("site", "lab"))
+    assert dict(hb.attributes)["site"] == "lab" and dict(hb.attributes)["hwId"] == "ipse"
 
 
 def test_an_explicit_token_file_wins_over_the_swupdate_token(tmp_path: Path) -> None:
@@ -371,8 +352,8 @@ def test_an_explicit_token_file_wins_over_the_swupdate_token(tmp_path: Path) -> 
 
 def test_a_malformed_swupdate_cfg_names_its_own_file_and_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="suricatta.polldelay: expected an integer") as info:
-        hawkbit_with_swupdate(tmp_path, swupdate=SWUPDATE.replace("polldelay\t= 20;", 'polldelay\t= "20";'))
-    assert info.value.where == f"{tmp_path / 'swupdate.cfg'}:{line_of(SWUPDATE, 'polldelay')}"
+        hawkbit_with_swupdate(tmp_path, swupdate=WITH_TOKEN.replace("polldelay\t= 20;", 'polldelay\t= "20";'))
+    assert info.value.where == f"{tmp_path / 'swupdate.cfg'}:{line_of(WITH_TOKEN, 'polldelay')}"
 
 
 def test_a_swupdate_default_otad_refuses_points_at_swupdate_cfg(tmp_path: Path) -> None:
@@ -381,14 +362,14 @@ def test_a_swupdate_default_otad_refuses_points_at_swupdate_cfg(tmp_path: Path) 
     assert info.value.what.startswith("hawkbit.poll_max_s: expected a number >= poll_min_s (20.0)")
     assert info.value.where == "otad.conf:3"  # the explicit key that does not fit the default
     with pytest.raises(ConfigError) as info:
-        hawkbit_with_swupdate(tmp_path, swupdate=SWUPDATE.replace('"ipse"', '"ip~se"'))
+        hawkbit_with_swupdate(tmp_path, swupdate=WITH_TOKEN.replace('"ipse"', '"ip~se"'))
     assert f"(a default from {tmp_path / 'swupdate.cfg'})" in info.value.what
     assert info.value.where == "otad.conf:2"  # the swupdate_cfg line
 
 
 def test_loading_leaves_swupdate_cfg_to_the_merge_which_leaves_nothing_to_merge(tmp_path: Path) -> None:
     cfg = tmp_path / "swupdate.cfg"
-    cfg.write_text(SWUPDATE)
+    cfg.write_text(WITH_TOKEN)
     text = f'hawkbit = {{ swupdate_cfg = "{cfg}"; }};\nsystem = {{ state_dir = "{tmp_path / "state"}"; }};\n'
     loaded = config.parse(text, source="otad.conf")
     assert loaded.hawkbit.url is None and loaded.hawkbit.swupdate_cfg == str(cfg)  # not read yet
@@ -400,7 +381,7 @@ def test_loading_leaves_swupdate_cfg_to_the_merge_which_leaves_nothing_to_merge(
 
 def test_a_section_built_in_code_counts_its_changed_keys_as_given(tmp_path: Path) -> None:
     cfg = tmp_path / "swupdate.cfg"
-    cfg.write_text(SWUPDATE)
+    cfg.write_text(WITH_TOKEN)
     built = Config().replace("hawkbit", swupdate_cfg=str(cfg), tenant="lab").replace(
         "system", state_dir=str(tmp_path / "state"))
     hb = apply_swupdate_cfg(built).hawkbit
