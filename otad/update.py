@@ -23,10 +23,10 @@ from otad.boot.slots import BootedSlot, Slot, SlotInstall, SlotTable, booted_slo
 from otad.boot.slotstatus import SlotStatusReport, status
 from otad.boot.trial import ConfirmOutcome, MarkOutcome, arm_after_install, check_can_install, confirm, mark_bad
 from otad.boot.ubootenv import UBootEnv
-from otad.boot.watchdog import DeviceWatchdog, NullWatchdog, ProgressPetter, Watchdog, open_unless_held
+from otad.boot.watchdog import DeviceWatchdog, NullWatchdog, ProgressPetter, Watchdog, held_elsewhere
 from otad.config import Config
 from otad.errors import REFUSED, WRITE_FAILED, ConfigError, EnvError, InstallError, Interrupted, OtadError, SlotError, \
-    StateError
+    StateError, WatchdogError
 from otad.install.handlers.raw import resolve_device
 from otad.install.installer import InstallResult, Resuming, install_bundle
 from otad.install.plan import InstallPlan, InstallRequest, plan_install
@@ -359,9 +359,14 @@ def open_watchdog(cfg: Config, *, unless_held: bool = False) -> Union[DeviceWatc
     wd = cfg.watchdog
     if not wd.enabled:
         return NullWatchdog()
-    if unless_held:
-        return open_unless_held(wd.device, timeout_s=wd.timeout_s, nowayout=wd.nowayout)
-    return DeviceWatchdog.open(wd.device, timeout_s=wd.timeout_s, nowayout=wd.nowayout)
+    try:
+        return DeviceWatchdog.open(wd.device, timeout_s=wd.timeout_s, nowayout=wd.nowayout)
+    except WatchdogError as exc:
+        if not (unless_held and held_elsewhere(exc)):
+            raise
+    log.info("watchdog %s: held by another process (otad run, or a watchdog daemon), which pets it; "
+             "not opened here", wd.device)
+    return NullWatchdog()
 
 
 def pet_on_progress(watchdog: Watchdog, *, clock: Callable[[], float]) -> ProgressListener:

@@ -17,7 +17,7 @@ import time
 from array import array
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Callable, Optional, Protocol, Tuple, Type, Union
+from typing import Any, Callable, Optional, Protocol, Tuple, Type
 
 from otad.errors import WatchdogError
 from otad.progress import Progress
@@ -417,39 +417,11 @@ class NullWatchdog:
         self.close(magic=_clean_exit(exc))
 
 
-class _HeldElsewhere(Exception):
-    """open(2) said EBUSY: another process holds the device."""
-
-
-def open_unless_held(
-    path: str = "/dev/watchdog",
-    *,
-    timeout_s: int = 15,
-    nowayout: bool = False,
-    ioctl: Ioctl = fcntl.ioctl,
-    opener: Opener = os.open,
-    writer: Writer = os.write,
-    closer: Closer = os.close,
-) -> Union[DeviceWatchdog, NullWatchdog]:
-    """`DeviceWatchdog.open`, for a command that runs beside the daemon (`otad install`): when
-    another process holds the device open (EBUSY; the kernel lets one in), that process pets it,
-    so this one goes on with a NullWatchdog and one INFO line. Any other failure is raised."""
-
-    def open_once(device: str, flags: int) -> int:
-        try:
-            return opener(device, flags)
-        except OSError as exc:
-            if exc.errno == errno.EBUSY:
-                raise _HeldElsewhere() from exc
-            raise
-
-    try:
-        return DeviceWatchdog.open(path, timeout_s=timeout_s, nowayout=nowayout, ioctl=ioctl, opener=open_once,
-                                   writer=writer, closer=closer)
-    except _HeldElsewhere:
-        log.info("watchdog %s: held by another process (otad run, or a watchdog daemon), which pets it; "
-                 "not opened here", path)
-        return NullWatchdog()
+def held_elsewhere(exc: WatchdogError) -> bool:
+    """`DeviceWatchdog.open` failed because another process holds the device open (EBUSY: the
+    kernel lets one in), which then pets it: a command beside the daemon may go on without it."""
+    cause = exc.__cause__
+    return isinstance(cause, OSError) and cause.errno == errno.EBUSY
 
 
 class ProgressPetter:

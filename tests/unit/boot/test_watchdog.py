@@ -20,7 +20,7 @@ from otad.boot.watchdog import (
     ProgressPetter,
     Watchdog,
     WatchdogInfo,
-    open_unless_held,
+    held_elsewhere,
 )
 from otad.errors import WatchdogError
 from otad.progress import Progress
@@ -204,35 +204,20 @@ def test_second_open_is_busy_and_names_the_likely_owner(device: FakeWatchdogDevi
     first.close()
 
 
-def test_a_command_beside_the_owner_leaves_the_watchdog_to_it(device: FakeWatchdogDevice, clock: FakeClock,
-                                                              caplog: pytest.LogCaptureFixture) -> None:
-    syscalls = dict(ioctl=device.ioctl, opener=device.opener, writer=device.write, closer=device.close)
-    daemon = open_on(device)  # an idle `otad run`: it holds the device and pets it
-    calls = list(device.calls)
-    caplog.clear()
-    with caplog.at_level(logging.INFO, logger="otad.boot.watchdog"):
-        with open_unless_held("/dev/watchdog", timeout_s=15, **syscalls) as beside:  # type: ignore[arg-type]
-            assert isinstance(beside, NullWatchdog)
-            ProgressPetter(beside, clock=clock)(Progress("image"))
-    assert [r.getMessage() for r in caplog.records] == [
-        "watchdog /dev/watchdog: held by another process (otad run, or a watchdog daemon), which pets it; "
-        "not opened here"]
-    assert device.calls == calls and device.running and not device.stopped  # untouched: not closed, no 'V'
-    clock.advance(10)
-    daemon.pet()
-    clock.advance(10)
-    assert not device.expired()  # the owner's petting still counts
-    daemon.close()
-    with open_unless_held("/dev/watchdog", timeout_s=15, **syscalls) as alone:  # type: ignore[arg-type]
-        assert isinstance(alone, DeviceWatchdog) and device.is_open  # nobody holds it: opened for real
-    assert device.stopped
-
-
-def test_open_unless_held_raises_every_other_open_error(tmp_path: Path) -> None:
-    path = str(tmp_path / "watchdog")
-    with pytest.raises(WatchdogError, match="no such device") as info:
-        open_unless_held(path)
-    assert info.value.where == path
+def test_a_device_held_by_another_process_is_told_from_other_failures(device: FakeWatchdogDevice,
+                                                                      tmp_path: Path) -> None:
+    owner = open_on(device)  # an idle `otad run`: it holds the device and pets it
+    with pytest.raises(WatchdogError) as busy:
+        open_on(device)
+    assert held_elsewhere(busy.value)
+    assert device.running and not device.stopped  # the owner's timer is untouched
+    with pytest.raises(WatchdogError) as missing:
+        DeviceWatchdog.open(str(tmp_path / "watchdog"))
+    assert not held_elsewhere(missing.value)
+    owner.close()
+    with pytest.raises(WatchdogError) as early:
+        open_on(device, timeout_s=0)
+    assert not held_elsewhere(early.value)
 
 
 def test_missing_device_is_a_watchdog_error(tmp_path: Path) -> None:

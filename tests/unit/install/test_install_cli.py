@@ -291,3 +291,27 @@ def test_install_pets_the_watchdog_and_stops_it_cleanly(tmp_path, device, pki, c
     assert ("ioctl", "SETTIMEOUT", 30, 15) in fake.calls  # the Pi's driver grants at most 15 s
     assert ("keepalive",) in fake.calls
     assert fake.calls[-2:] == [("write", b"V"), ("close",)] and fake.stopped
+
+
+def test_install_beside_the_daemon_leaves_its_watchdog_to_it(tmp_path, device, pki, capsys, monkeypatch) -> None:
+    from otad import update
+    from otad.config import load
+    from otad.errors import WatchdogError
+    from otad.sim.watchdog import FakeWatchdogDevice
+
+    fake = FakeWatchdogDevice()
+    monkeypatch.setattr("otad.update.DeviceWatchdog", type("W", (), {
+        "open": staticmethod(lambda path, **kw: fake.open_watchdog(path, **kw))}))
+    daemon = fake.open_watchdog()  # an idle `otad run` holds /dev/watchdog and pets it
+    calls = list(fake.calls)
+    conf = device.config(pki)
+    conf.write_text(conf.read_text() + 'watchdog = { enabled = true; timeout_s = 15; };\n')
+    rc, _, err = run_cli(["--config", conf, "install", build(tmp_path, pki)], capsys)
+    assert rc == 0, err
+    assert err.count("otad: INFO: watchdog /dev/watchdog: held by another process (otad run, or a watchdog "
+                     "daemon), which pets it; not opened here") == 1
+    assert fake.calls == calls and fake.is_open and fake.running  # the daemon's fd and timer, untouched
+    with pytest.raises(WatchdogError, match="device busy"):  # the daemon never goes on without its watchdog
+        update.open_watchdog(load(str(conf)))
+    daemon.close()
+    assert fake.stopped
