@@ -190,6 +190,8 @@ class MultipartReader:
     def _what_follows(self, have_range: bool) -> Optional[str]:
         """After a header line: RFC (a blank line, then data), OLD_HAWKBIT (data at once, only
         after Content-Range) or None (another header line)."""
+        if len(self._s.peek(2)) < 2:  # a part always has more after its headers: data, then CRLF--B
+            raise self._fail("the body ends after a part header line")
         if self._prefix and have_range:
             head = self._s.peek(2 + len(self._prefix))
             if head.startswith(self._prefix):

@@ -14,7 +14,7 @@ import subprocess
 from typing import Callable, List, Optional, Tuple
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from otad.delta.multipart import OLD_HAWKBIT, RFC, MultipartReader, boundary_of, parse_content_range
@@ -166,6 +166,7 @@ def test_boundaries_and_content_ranges_are_parsed_strictly() -> None:
 
 
 @settings(max_examples=150, deadline=None)
+@example(spans=[(0, 99), (0, 663)], dialect="hawkbit", step=162)  # cut inside the blank line after a header
 @given(st.lists(st.tuples(st.integers(0, len(DATA) - 1), st.integers(1, 3000)), min_size=1, max_size=12),
        st.sampled_from(DIALECTS), st.integers(1, 5000))
 def test_any_ranges_in_any_dialect_come_back_exactly(spans: List[Tuple[int, int]], dialect: str, step: int) -> None:
