@@ -30,10 +30,11 @@ import re
 import secrets
 import signal
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import pexpect
 
@@ -243,6 +244,33 @@ class Board:
         self.expect(PROMPT, COMMAND_TIMEOUT_S, "shell prompt")
         return out.replace("\r", "").rstrip("\n"), status
 
+    def expect_exit(self, timeout: float) -> None:
+        """Until QEMU ends by itself (the guest powered off), then the board is off."""
+        self.expect(pexpect.EOF, timeout, "QEMU to exit (power off)")
+        self.power_cut()
+
     def run_detached(self, command: str) -> None:
         """Type a command and do not wait (reboot, poweroff, a command that resets the board)."""
         self.send(command + "\r")
+
+
+def in_parallel(jobs: Sequence[Callable[[], Any]]) -> List[Any]:
+    """Run each job (one board each) in its own thread; their results, or the first failure
+    re-raised once all have ended. One QEMU keeps one host core busy: two boards at most on 2 cores."""
+    results: List[Any] = [None] * len(jobs)
+    errors: List[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            results[i] = jobs[i]()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,), name=f"board-job-{i}") for i in range(len(jobs))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return results

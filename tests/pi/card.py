@@ -128,6 +128,9 @@ class Card:
             f.flush()
             _run(["mcopy", "-o", "-i", self._fat(), f.name, f"::/{name}"], f"{self.path} p1: write {name}")
 
+    def fat_delete(self, name: str) -> None:
+        _run(["mdel", "-i", self._fat(), f"::/{name}"], f"{self.path} p1: delete {name}")
+
     # ----------------------------------------------------------------- ext4 (p2, p3, p4): debugfs
 
     def _ext4(self, number: int) -> str:
