@@ -269,3 +269,12 @@ def test_script_parses_with_dash_n() -> None:
     for shell in ("sh", "dash"):
         if shutil.which(shell):
             subprocess.run([shell, "-n", str(SCRIPT)], check=True)
+
+
+def test_start_without_otad_installed_does_not_fail_the_boot(init: InitScript) -> None:
+    # A removed (not purged) package leaves the script behind; BusyBox's rcS runs it anyway.
+    init.set_defaults(OTAD=str(init.root / "bin" / "no-such-otad"))
+    result = init("start")
+    assert result.returncode == 0, result.stderr
+    assert "not installed" in result.stdout
+    assert init.calls() == [] and init.pid() is None

@@ -1,0 +1,71 @@
+"""debian/ agrees with the code: the package's version is otad's, its Depends name every
+third-party module otad imports (as Debian packages), and the init script and unit it installs
+are the repository's own files. The package itself is built and installed by tests/deb."""
+
+from __future__ import annotations
+
+import ast
+import re
+import sys
+from pathlib import Path
+from typing import Set
+
+import otad
+
+REPO = Path(__file__).resolve().parents[2]
+DEBIAN = REPO / "debian"
+# Module otad imports -> the Debian package that provides it.
+DEBIAN_PACKAGES = {"asn1crypto": "python3-asn1crypto", "cryptography": "python3-cryptography",
+                   "libconf": "python3-libconf", "requests": "python3-requests", "urllib3": "python3-urllib3",
+                   "zstandard": "python3-zstandard", "systemd": "python3-systemd"}
+OPTIONAL = {"systemd"}  # imported inside try/except ImportError (otad/notify.py): Suggests
+
+
+def third_party_imports() -> Set[str]:
+    """Top-level modules imported anywhere in otad/ outside the simulator (not in the package)."""
+    found = set()
+    for path in (REPO / "otad").rglob("*.py"):
+        if "sim" in path.relative_to(REPO / "otad").parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            found.update(name.split(".")[0] for name in names)
+    return {name for name in found if name not in sys.stdlib_module_names and name not in ("otad", "__future__")}
+
+
+def control_field(name: str) -> Set[str]:
+    text = (DEBIAN / "control").read_text().split("\nPackage: otad\n", 1)[1]
+    match = re.search(rf"^{name}:(.*(?:\n .*)*)", text, re.M)
+    assert match, f"debian/control: no {name} for otad"
+    return {re.split(r"[\s(]", item.strip())[0] for item in match.group(1).split(",") if item.strip()}
+
+
+def test_changelog_version_is_otads_version() -> None:
+    first = (DEBIAN / "changelog").read_text().splitlines()[0]
+    version = re.match(r"otad \(([^)]+)\)", first)
+    assert version, first
+    assert re.sub(r"-[^-]+$", "", version.group(1)) == otad.__version__
+
+
+def test_depends_names_every_imported_module() -> None:
+    imports = third_party_imports()
+    assert imports <= set(DEBIAN_PACKAGES), f"no Debian package known for {imports - set(DEBIAN_PACKAGES)}"
+    depends, suggests = control_field("Depends"), control_field("Suggests")
+    for module in imports:
+        assert DEBIAN_PACKAGES[module] in (suggests if module in OPTIONAL else depends), module
+    assert "python3" in depends
+
+
+def test_init_script_and_unit_are_the_repositorys() -> None:
+    assert (DEBIAN / "otad.init").resolve() == (REPO / "init.d" / "S98otad").resolve()
+    assert (DEBIAN / "otad.service").resolve() == (REPO / "init.d" / "otad.service").resolve()
+    header = (REPO / "init.d" / "S98otad").read_text().split("### BEGIN INIT INFO\n", 1)[1].split("### END")[0]
+    fields = dict(re.match(r"# ([\w-]+):\s+(.*)", line).groups() for line in header.splitlines()  # type: ignore[union-attr]
+                  if re.match(r"# [\w-]+:", line))
+    assert fields["Provides"] == "otad"
+    assert fields["Default-Start"] == "2 3 4 5" and fields["Default-Stop"] == "0 1 6"
+    assert "$remote_fs" in fields["Required-Start"]
