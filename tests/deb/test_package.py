@@ -159,7 +159,7 @@ def test_install_upgrade_remove_purge(chroot: Chroot, deb: Path, older_deb: Path
     # Set up as README.Debian says; otad writes the first uboot.env, Debian's fw_printenv reads it.
     chroot.run("cp /usr/share/otad/fw_env.config /etc/ && mkdir -p /boot/firmware && echo 'rpi0w 1.0' > /etc/hwrevision")
     (chroot.root / "tmp/defenv").write_text("bootdelay=2\n")
-    chroot.run("otad env set -f /tmp/defenv rootpart=2 bootlimit=3 bootcount=0 upgrade_available=0")
+    chroot.run("otad env set -f /tmp/defenv rootpart 2 bootlimit 3 bootcount 0 upgrade_available 0")
     assert chroot.out("fw_printenv").splitlines() == [
         "bootcount=0", "bootdelay=2", "bootlimit=3", "rootpart=2", "upgrade_available=0"]
     code, status = chroot.run("otad status")

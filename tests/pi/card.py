@@ -159,6 +159,16 @@ class Card:
         if self.ext4_read(number, path) != data:
             raise CardError(f"{self.path} p{number}: {path}: debugfs did not write it")
 
+    def ext4_mkdir(self, number: int, path: str) -> None:
+        """Create a directory (and its parents) if missing."""
+        parts = [p for p in path.split("/") if p]
+        for depth in range(1, len(parts) + 1):
+            sub = "/" + "/".join(parts[:depth])
+            if not self.ext4_exists(number, sub):
+                _run(["debugfs", "-w", "-R", f"mkdir {sub}", self._ext4(number)], f"{self.path} p{number}: mkdir {sub}")
+        if not self.ext4_exists(number, path):
+            raise CardError(f"{self.path} p{number}: {path}: debugfs did not create it")
+
     def ext4_copy_in(self, number: int, source: Path, path: str) -> None:
         """A large host file (a bundle) into an ext4 partition, streamed by debugfs."""
         _run(["debugfs", "-w", "-R", f"write {source} {path}", self._ext4(number)],
