@@ -38,7 +38,7 @@ def test_first_boot(make_board: Callable[..., Board], card_info: Dict[str, Any])
     assert "Loading Environment from FAT... OK" in uboot
     assert "Found U-Boot script /boot.scr" in uboot
     assert "Saving Environment" not in boot.console
-    # init.d/otad ran confirm before the daemon, both during boot (its log lines on the console).
+    # /etc/init.d/otad ran confirm before the daemon, both during boot (its log lines on the console).
     assert "otad: confirm: nothing: no trial: slot a runs and boots next" in boot.console
     assert re.search(r"otad: started \(pid \d+\)", boot.console)
 
