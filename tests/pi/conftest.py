@@ -5,8 +5,12 @@ nothing here is collected: these tests need root's card build, QEMU and minutes 
 Environment (set by scripts/pi-test):
   OTAD_PI_CARD      the card image scripts/pi-image built (never written: each board gets a copy)
   OTAD_PI_INFO      its info.json (versions, layout, keys)
+  OTAD_PI_BUNDLES   the good and the broken bundle of scripts/pi-image --bundle (os.pathsep
+                    between them), OTAD_PI_BUNDLE_VERSION their version
   OTAD_PI_LOGS      where console logs are kept (default: the test's tmp_path)
-  OTAD_PI_BOOTARGS  extra kernel arguments for the emulator (default: EMULATOR_SPEEDUP below)
+  OTAD_PI_BOOTARGS  extra kernel arguments for the emulator's boards (default: none; e.g.
+                    modprobe.blacklist=hci_uart,btbcm,vc4,brcmfmac, which was measured and gave
+                    no consistent gain, docs/deploying.md section 8)
 """
 
 from __future__ import annotations
@@ -20,11 +24,6 @@ import pytest
 
 CARD = os.environ.get("OTAD_PI_CARD")
 collect_ignore_glob = [] if CARD else ["test_*.py"]
-
-# Drivers that only wait for hardware QEMU's raspi0 lacks (Bluetooth on the PL011, the VideoCore
-# display, the WLAN chip). Emulator only: a real Zero W needs its WLAN. Measured in
-# docs/deploying.md ("Emulated board").
-EMULATOR_SPEEDUP = "modprobe.blacklist=hci_uart,btbcm,vc4,brcmfmac"
 
 
 @pytest.fixture(scope="session")
@@ -58,8 +57,7 @@ def make_board(golden_card: Path, tmp_path: Path, log_dir: Path) -> Iterator[Cal
 
     def make(name: str = "pi", bootargs: Optional[str] = None, **options: Any) -> Board:
         card = Card.copy_of(golden_card, tmp_path / f"{name}.img")
-        card.prepare_for_emulator(os.environ.get("OTAD_PI_BOOTARGS", EMULATOR_SPEEDUP) if bootargs is None
-                                  else bootargs)
+        card.prepare_for_emulator(os.environ.get("OTAD_PI_BOOTARGS", "") if bootargs is None else bootargs)
         board = Board(card, log_dir, name=name, **options)
         boards.append(board)
         return board
