@@ -7,7 +7,7 @@ U-Boot; `power_cut()` kills QEMU at once (the card keeps what reached it), `powe
 it again on the same card, which can be changed in between (`board.card`). Every wait has a
 timeout; QEMU is killed by process group in `power_cut()` and `close()`, also when a test fails.
 
-What QEMU 7.2 needs (measured in the feasibility notes, docs/deploying.md "Emulated board"):
+What QEMU 7.2 needs (docs/deploying.md, section 8):
   * the console is the second -serial, the mini UART (U-Boot's and Linux's ttyS1); the first,
     the PL011, belongs to Bluetooth in the Zero W device tree;
   * `-device loader,addr=0x8000,cpu-num=0`: every reset starts at U-Boot's address, not at 0
@@ -25,7 +25,8 @@ What QEMU 7.2 needs (measured in the feasibility notes, docs/deploying.md "Emula
         board.power_on()
         boot = board.wait_boot()              # U-Boot's boot.scr line, then a root shell
         print(board.sh("otad status"))
-        board.sh("reboot", wait=False); board.wait_boot()
+        board.reboot()                        # `reboot` in the guest, then the next whole boot
+        board.power_cut(); board.card.set_env({"bootlimit": "1"}); board.power_on()
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ UBOOT_BANNER = re.compile(r"U-Boot 20\d\d\.\d\d")
 # boot.scr's line (etc/boot.cmd): what U-Boot decided for this boot.
 BOOT_LINE = re.compile(r"otad-boot: rootpart=(\S*) bootcount=(\S*) upgrade_available=(\S*) bootlimit=(\S*)\s")
 
-# Generous bounds for a 2-core host running two boards and other work; a boot takes ~60 s.
+# Generous bounds for a 2-core host running two boards and other work; a boot takes 75-100 s.
 UBOOT_TIMEOUT_S = 60.0  # power on or reset -> U-Boot banner
 SCRIPT_TIMEOUT_S = 60.0  # banner -> boot.scr's line (2 s bootdelay, USB scan)
 KERNEL_TIMEOUT_S = 60.0  # boot.scr's line -> "Starting kernel"
@@ -77,7 +78,8 @@ class BootLine:
 
 @dataclass
 class Boot:
-    """One boot as the console showed it, with seconds since power on or the reset."""
+    """One boot as the console showed it; `marks` are seconds since wait_boot() began (power
+    on, or the command that reset the board)."""
 
     line: BootLine
     marks: List[Tuple[str, float]] = field(default_factory=list)

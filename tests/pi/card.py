@@ -149,7 +149,8 @@ class Card:
 
     def ext4_write(self, number: int, path: str, data: bytes, mode: int = 0o644) -> None:
         """Create or replace one file (owner root), then read it back: debugfs exits 0 even when
-        a command failed."""
+        a command failed. Give the real path: debugfs does not follow a symlinked directory
+        when it creates a file (/bin, /sbin and /lib are symlinks into /usr on Debian 12)."""
         with tempfile.NamedTemporaryFile() as f:
             f.write(data)
             f.flush()
