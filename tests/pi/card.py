@@ -160,6 +160,12 @@ class Card:
         if self.ext4_read(number, path) != data:
             raise CardError(f"{self.path} p{number}: {path}: debugfs did not write it")
 
+    def ext4_delete(self, number: int, path: str) -> None:
+        """Remove a file or symlink (not a directory)."""
+        _run(["debugfs", "-w", "-R", f"rm {path}", self._ext4(number)], f"{self.path} p{number}: rm {path}")
+        if self.ext4_exists(number, path):
+            raise CardError(f"{self.path} p{number}: {path}: debugfs did not remove it")
+
     def ext4_mkdir(self, number: int, path: str) -> None:
         """Create a directory (and its parents) if missing."""
         parts = [p for p in path.split("/") if p]
