@@ -27,7 +27,7 @@ MIRROR = os.environ.get("MIRROR", "http://deb.debian.org/debian")
 # otad's dependencies are downloaded into apt's cache but not installed, so that `apt-get install
 # ./otad_*.deb` resolves and installs them itself, without the network.
 DEPENDENCIES = ("python3 python3-cryptography python3-asn1crypto python3-zstandard python3-requests python3-libconf "
-                "libubootenv-tool e2fsprogs")  # Depends and Recommends (apt installs both)
+                "libubootenv-tool e2fsprogs libzck1")  # Depends and Recommends (apt installs both)
 MMDEBSTRAP = ["mmdebstrap", "--variant=minbase", "--arch=amd64", "--skip=cleanup/apt",
               f"--customize-hook=chroot \"$1\" apt-get install --download-only -y -q {DEPENDENCIES}",
               SUITE]

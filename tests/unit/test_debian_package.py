@@ -19,6 +19,9 @@ DEBIAN_PACKAGES = {"asn1crypto": "python3-asn1crypto", "cryptography": "python3-
                    "libconf": "python3-libconf", "requests": "python3-requests", "urllib3": "python3-urllib3",
                    "zstandard": "python3-zstandard", "systemd": "python3-systemd"}
 OPTIONAL = {"systemd"}  # imported inside try/except ImportError (otad/notify.py): Suggests
+# Shared libraries otad loads with ctypes (each with a fallback, so Recommends) -> Debian package;
+# None: one python3 itself depends on.
+SHARED_LIBRARIES = {"crypto": None, "c": None, "zck": "libzck1"}
 
 
 def third_party_imports() -> Set[str]:
@@ -35,6 +38,15 @@ def third_party_imports() -> Set[str]:
                 names = [node.module]
             found.update(name.split(".")[0] for name in names)
     return {name for name in found if name not in sys.stdlib_module_names and name not in ("otad", "__future__")}
+
+
+def ctypes_libraries() -> Set[str]:
+    """Names otad hands to ctypes.util.find_library outside the simulator."""
+    found = set()
+    for path in (REPO / "otad").rglob("*.py"):
+        if "sim" not in path.relative_to(REPO / "otad").parts:
+            found.update(re.findall(r'find_library\("([\w+.-]+)"\)', path.read_text()))
+    return found
 
 
 def control_field(name: str) -> Set[str]:
@@ -58,6 +70,14 @@ def test_depends_names_every_imported_module() -> None:
     for module in imports:
         assert DEBIAN_PACKAGES[module] in (suggests if module in OPTIONAL else depends), module
     assert "python3" in depends
+
+
+def test_recommends_names_every_library_loaded_with_ctypes() -> None:
+    libraries = ctypes_libraries()
+    assert libraries and libraries <= set(SHARED_LIBRARIES), f"unknown: {libraries - set(SHARED_LIBRARIES)}"
+    recommends = control_field("Recommends")
+    for library in libraries:
+        assert SHARED_LIBRARIES[library] is None or SHARED_LIBRARIES[library] in recommends, library
 
 
 def test_init_script_and_unit_are_the_repositorys() -> None:
