@@ -3,8 +3,8 @@
 Owns loading the library and driving it: a write context with no compression, uncompressed
 SHA-256 digests and the default buzhash chunker, fed the whole source, read back as a
 ChunkIndex (the calls of SWUpdate's `create_zckindex`, plus the final `zck_end_chunk` that
-SWUpdate before 2024.05 forgets). Also writes .zck files with manual chunk ends (the `fine`
-profile on a build host). Where libzck cannot be loaded, `available()` is False and callers
+SWUpdate before 2024.05 forgets). Also writes .zck files on a build host, as the `zck` tool
+does (the `compatible` profile) or with manual chunk ends (the `fine` profile). Where libzck cannot be loaded, `available()` is False and callers
 use the pure-Python chunker (otad.delta.chunker).
 """
 
@@ -167,10 +167,11 @@ def index_source(f: BinaryIO, length: int, *, name: str = "source",
     return zck.ChunkIndex.of_source(lengths, bytes(digests))
 
 
-def write_fixed(f: BinaryIO, length: int, out: BinaryIO, chunk_bytes: int, *, name: str = "image",
-                tmpdir: Optional[str] = None) -> None:
-    """Write a .zck of `f`'s first `length` bytes with libzck itself (zstd, `zck -u -h sha256`
-    settings) but chunks ending every `chunk_bytes`: the `fine` profile, as SWUpdate reads it."""
+def write_zck(f: BinaryIO, length: int, out: BinaryIO, chunk_bytes: Optional[int] = None, *, name: str = "image",
+              tmpdir: Optional[str] = None) -> None:
+    """Write a .zck of `f`'s first `length` bytes with libzck itself, as `zck -u -h sha256` does:
+    zstd, uncompressed SHA-256 digests, and libzck's own (buzhash) chunk ends — or, with
+    `chunk_bytes`, chunks ending every `chunk_bytes` (the `fine` profile, as SWUpdate reads it)."""
     old_tmp = os.environ.get("TMPDIR")
     if tmpdir is not None:
         os.environ["TMPDIR"] = tmpdir  # libzck stages the compressed body there
@@ -179,8 +180,9 @@ def write_fixed(f: BinaryIO, length: int, out: BinaryIO, chunk_bytes: int, *, na
             c.set(_COMP_TYPE, _COMP_ZSTD, "ZCK_COMP_TYPE")
             c.set(_UNCOMP_HEADER, 1, "ZCK_UNCOMP_HEADER")
             c.set(_HASH_CHUNK_TYPE, zck.HASH_SHA256, "ZCK_HASH_CHUNK_TYPE")
-            c.set(_MANUAL_CHUNK, 1, "ZCK_MANUAL_CHUNK")
-            c.set(_CHUNK_MAX, chunk_bytes, "ZCK_CHUNK_MAX")  # the manual path ends chunks there itself
+            if chunk_bytes is not None:
+                c.set(_MANUAL_CHUNK, 1, "ZCK_MANUAL_CHUNK")
+                c.set(_CHUNK_MAX, chunk_bytes, "ZCK_CHUNK_MAX")  # the manual path ends chunks there itself
             c.no_write = True  # the staged body is the output: never truncate it
             _feed(c, f, length, name, None)
             c.close()

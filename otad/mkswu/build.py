@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from otad.errors import ConfigError, OtadError
+from otad.mkswu import delta
 from otad.mkswu.inputs import find_artifact, open_source
 from otad.mkswu.signing import Signer
 from otad.mkswu.staging import ZSTD_FRAME_MIB, Job, StoredArtifact, staging_dir, store
@@ -38,6 +39,7 @@ class BuildOptions:
     compress: bool = True
     variables: Mapping[str, str] = field(default_factory=dict)
     zstd_frame_mib: int = ZSTD_FRAME_MIB  # 0: one frame per artifact
+    delta: delta.DeltaOptions = delta.DeltaOptions()  # how `type = "delta"` entries are built
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,8 @@ class BuildResult:
     sw_description: bytes
     signature: Optional[bytes]
     signed_by: Optional[str]
-    artifacts: Tuple[StoredArtifact, ...]
+    artifacts: Tuple[StoredArtifact, ...]  # the members after sw-description (and .sig), in order
+    zck_files: Tuple[str, ...] = ()  # .zck files written beside the bundle, to upload with it
 
 
 def build(options: BuildOptions) -> BuildResult:
@@ -55,18 +58,32 @@ def build(options: BuildOptions) -> BuildResult:
     template = read_template(options.template, options.variables, options.artifact_dirs)
     entries = find_entries(template)
     jobs = _plan(entries, options)
+    deltas = delta.plan(template, entries, options.delta, [j.member for j in jobs] + [DESCRIPTION, SIG_NAME])
     output = os.path.abspath(options.output)
     with staging_dir(output) as staging:
         stored: Dict[str, StoredArtifact] = {}
+        zcks: Dict[str, delta.ZckImage] = {}
         for job in jobs:
-            if job.member not in stored:
+            if job.member in stored:
+                continue
+            d = deltas.first(job.member) if job.delta else None
+            if d is not None:
+                zcks[job.member] = delta.write(job.source, d, staging, options.delta.profile)
+                stored[job.member] = zcks[job.member].header
+            else:
                 stored[job.member] = store(job, options.aes_key, staging, options.zstd_frame_mib << 20)
-        text = edit_template(template, entries, [entry_updates(e, stored[j.member]) for e, j in zip(entries, jobs)])
+        updates = [entry_updates(e, stored[j.member]) for e, j in zip(entries, jobs)]
+        for d in deltas.entries:
+            i = next(i for i, e in enumerate(entries) if e is d.entry)
+            updates[i] += delta.entry_updates(d, zcks[d.entry.filename])
+        text = edit_template(template, entries, updates, delta.full_modes(deltas, zcks))
         content = text.encode("utf-8")
         signature = options.signer.sign(content) if options.signer else None
-        size = _write_bundle(output, options.fmt, content, signature, list(stored.values()))
+        artifacts = list(stored.values()) + delta.members(deltas, zcks)
+        size = _write_bundle(output, options.fmt, content, signature, artifacts)
+        published = delta.publish(deltas, zcks, os.path.dirname(output))
     return BuildResult(output, size, content, signature, options.signer.describe() if options.signer else None,
-                       tuple(stored.values()))
+                       tuple(artifacts), tuple(published))
 
 
 def _plan(entries: Sequence[Entry], options: "BuildOptions") -> List[Job]:
@@ -74,15 +91,16 @@ def _plan(entries: Sequence[Entry], options: "BuildOptions") -> List[Job]:
     jobs: Dict[str, Job] = {}
     planned = []
     for entry in entries:
-        if entry.encrypted and options.aes_key is None:
+        encrypted = entry.encrypted and not entry.delta  # a delta entry's header: otad.mkswu.delta refuses both
+        if encrypted and options.aes_key is None:
             raise entry.fail("encrypted = true, but no AES key was given (-K FILE)")
-        compression = entry.compression if options.compress else None
+        compression = entry.compression if options.compress and not entry.delta else None
         # swugenerator's names: x → x.zlib / x.zstd when it compresses, then + .enc when it encrypts.
-        member = entry.filename + (f".{compression}" if compression else "") + (".enc" if entry.encrypted else "")
+        member = entry.filename + (f".{compression}" if compression else "") + (".enc" if encrypted else "")
         if len(member.encode("utf-8")) > _MAX_NAME:
             raise entry.fail(f"member name {member!r} is longer than {_MAX_NAME} bytes")
         job = Job(member, find_artifact(entry.filename, options.artifact_dirs, entry.where), compression,
-                  entry.encrypted)
+                  encrypted, entry.delta)
         known = jobs.setdefault(member, job)
         if known != job:
             raise entry.fail(f"member {member!r} would be both {known.source} ({known.how()}) and "
@@ -140,6 +158,7 @@ class _HashingReader:
 def _add_member(cpio: CpioWriter, artifact: StoredArtifact) -> None:
     """Copy a member, checking that it still is what sw-description says."""
     with open_source(artifact.path) as src:
+        src.seek(artifact.offset)
         reader = _HashingReader(src, artifact.path)
         try:
             cpio.add_stream(artifact.member, artifact.size, reader, checksum=artifact.checksum)

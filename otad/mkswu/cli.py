@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from typing import Optional, Sequence
 
 from otad.mkswu.build import FORMATS, BuildOptions, build
+from otad.mkswu.delta import COMPATIBLE, FINE, FINE_KIB, LAYOUTS, SELF_CONTAINED, DeltaOptions, Profile, parse_profile
 from otad.mkswu.signing import SIGN_FORMS, load_signer
 from otad.mkswu.staging import ZSTD_FRAME_MIB
 from otad.mkswu.template import load_variables
@@ -37,12 +39,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--zstd-frame-mib", type=_frame_mib, default=ZSTD_FRAME_MIB, metavar="N",
                         help=f"start a new zstd frame every N MiB of input, where an interrupted download can "
                              f"resume (default: {ZSTD_FRAME_MIB}; 0: one frame, as the zstd CLI)")
+    parser.add_argument("--delta", type=_profile, default=Profile(COMPATIBLE), metavar="PROFILE",
+                        help=f"how `type = \"delta\"` images are chunked: {COMPATIBLE} (libzck's chunks, as zck "
+                             f"and swugenerator make them; default) or {FINE}[:KIB] (fixed KIB KiB chunks on "
+                             f"4 KiB blocks, default {FINE_KIB}: otad downloads less, SWUpdate more)")
+    parser.add_argument("--delta-layout", choices=LAYOUTS, default=SELF_CONTAINED,
+                        help="where the chunks go: into the bundle as its last member, with a MODE-full "
+                             "selection (self-contained; default), or a .zck beside the bundle for a second "
+                             "hawkBit artifact (artifact) or for the static properties.url (url)")
 
 
 def _frame_mib(text: str) -> int:
     if not text.isdigit() or int(text) > 4096:
         raise argparse.ArgumentTypeError(f"expected 0..4096, got {text!r}")
     return int(text)
+
+
+def _profile(text: str) -> Profile:
+    try:
+        return parse_profile(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def options_from_args(args: argparse.Namespace) -> BuildOptions:
@@ -55,7 +72,7 @@ def options_from_args(args: argparse.Namespace) -> BuildOptions:
         aes_key=load_key_file(args.encryption_key_file).key if args.encryption_key_file else None,
         fmt=args.format, compress=not args.no_compress,
         variables=load_variables(args.variables_file) if args.variables_file else {},
-        zstd_frame_mib=args.zstd_frame_mib,
+        zstd_frame_mib=args.zstd_frame_mib, delta=DeltaOptions(args.delta, args.delta_layout),
     )
 
 
@@ -65,10 +82,12 @@ def run(args: argparse.Namespace) -> int:
 
     result = build(options_from_args(args))
     for a in result.artifacts:
-        how = ", ".join(filter(None, [a.compression, "encrypted" if a.ivt else ""])) or "as is"
+        how = a.how or ", ".join(filter(None, [a.compression, "encrypted" if a.ivt else ""])) or "as is"
         print(f"{a.member}: {human_bytes(a.size)}, sha256 {a.sha256} ({a.source}, {how})")
     signed = f"signed ({result.signed_by})" if result.signed_by else "NOT signed"
     print(f"{result.output}: {len(result.artifacts)} artifact(s), {human_bytes(result.size)}, {signed}")
+    for path in result.zck_files:
+        print(f"{path}: {human_bytes(os.path.getsize(path))}, upload it with the bundle")
     return 0
 
 

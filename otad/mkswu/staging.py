@@ -35,8 +35,11 @@ class Job:
     source: str
     compression: Optional[str]  # applied by mkswu (None with --no-compress)
     encrypted: bool
+    delta: bool = False  # the member is the zchunk header of the artifact (otad.mkswu.delta)
 
     def how(self) -> str:
+        if self.delta:
+            return "zchunk header"
         return ", ".join([self.compression or "not compressed"] + (["encrypted"] if self.encrypted else []))
 
 
@@ -54,6 +57,8 @@ class StoredArtifact:
     ivt: Optional[str]
     plain_size: int  # bytes before encryption: properties.decrypted-size
     source_size: int  # bytes of the artifact: properties.decompressed-size
+    offset: int = 0  # where the member's bytes begin in `path`
+    how: str = ""  # what the member is, when it is not the artifact as stored (a zchunk header)
 
 
 class Digest:

@@ -12,7 +12,7 @@ import copy
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, FrozenSet, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 from otad.errors import ConfigError
 from otad.mkswu.inputs import chunks, find_artifact, open_source, read_input
@@ -201,7 +201,16 @@ class Entry:
     filename: str
     compression: Optional[str]  # what `compressed` asks for
     encrypted: bool
-    ubivol: bool
+    type: Optional[str]
+    values: Mapping[str, Any] = field(compare=False, repr=False)  # the entry's settings as read
+
+    @property
+    def ubivol(self) -> bool:
+        return self.type == "ubivol"
+
+    @property
+    def delta(self) -> bool:
+        return self.type == "delta"
 
     def fail(self, what: str) -> ConfigError:
         return ConfigError(f"{self.label} {self.filename!r}: {what}", self.where)
@@ -245,37 +254,37 @@ def _entry(template: Template, path: _Path, node: _Node) -> Entry:
         raise fail(f"compressed: unknown compression {compressed!r}: expected 'zlib' or 'zstd'")
     if not isinstance(encrypted, bool):
         raise fail(f"encrypted: expected true or false, got {encrypted!r}")
-    if values.get("type") == "delta":
-        raise fail("type 'delta' needs zchunk processing, which mkswu does not do")
     if not isinstance(values.get("properties", {}), dict):
         raise fail('properties: expected a group { key = "value"; }')
+    kind = values.get("type")
     compression = "zlib" if compressed is True else compressed or None  # true: SWUpdate's legacy zlib
-    return Entry(label, where, path, node, filename, compression, encrypted, values.get("type") == "ubivol")
+    return Entry(label, where, path, node, filename, compression, encrypted, kind if isinstance(kind, str) else None,
+                 values)
 
 
 # --- editing the template text ---------------------------------------------------------------
 
 @dataclass(frozen=True)
-class _Set:
-    """Set `name` to the string `value`, or merge `children` into the group `name`."""
+class Set:
+    """Set `name` to `value` (a string, or a boolean written bare), or merge `children` into the group `name`."""
 
     name: str
-    value: str = ""
-    children: Tuple["_Set", ...] = ()
+    value: Union[str, bool] = ""
+    children: Tuple["Set", ...] = ()
 
 
-def entry_updates(entry: Entry, stored: StoredArtifact) -> Tuple[_Set, ...]:
+def entry_updates(entry: Entry, stored: StoredArtifact) -> Tuple[Set, ...]:
     """What swugenerator writes into an entry: filename, sha256, ivt and size properties."""
-    sets = [_Set("filename", stored.member)] if stored.member != entry.filename else []
-    sets.append(_Set("sha256", stored.sha256))
+    sets = [Set("filename", stored.member)] if stored.member != entry.filename else []
+    sets.append(Set("sha256", stored.sha256))
     properties = []
     if entry.ubivol and stored.compression:  # ubivol sizes the volume before it decompresses
-        properties.append(_Set("decompressed-size", str(stored.source_size)))
+        properties.append(Set("decompressed-size", str(stored.source_size)))
     if stored.ivt:
-        sets.append(_Set("ivt", stored.ivt))
-        properties.append(_Set("decrypted-size", str(stored.plain_size)))
+        sets.append(Set("ivt", stored.ivt))
+        properties.append(Set("decrypted-size", str(stored.plain_size)))
     if properties:
-        sets.append(_Set("properties", children=tuple(properties)))
+        sets.append(Set("properties", children=tuple(properties)))
     return tuple(sets)
 
 
@@ -287,16 +296,18 @@ def _quote(value: str) -> str:
                          for c in value) + '"'
 
 
-def _render(s: _Set) -> str:
+def _render(s: Set) -> str:
     if s.children:
         return f"{s.name} = {{ {' '.join(map(_render, s.children))} }};"
+    if isinstance(s.value, bool):
+        return f"{s.name} = {'true' if s.value else 'false'};"
     return f"{s.name} = {_quote(s.value)};"
 
 
 Edit = Tuple[int, int, str]
 
 
-def _group_edits(text: str, node: _Node, sets: Sequence[_Set]) -> List[Edit]:
+def _group_edits(text: str, node: _Node, sets: Sequence[Set]) -> List[Edit]:
     edits: List[Edit] = []
     new: List[str] = []
     for s in sets:
@@ -304,7 +315,7 @@ def _group_edits(text: str, node: _Node, sets: Sequence[_Set]) -> List[Edit]:
         if setting is None:
             new.append(_render(s))
         elif not s.children:
-            edits.append((setting.value.start, setting.value.end, _quote(s.value)))
+            edits.append((setting.value.start, setting.value.end, _render(s).split(" = ", 1)[1][:-1]))
         else:
             assert setting.value.node is not None and setting.value.node.kind == "{", "checked by _entry"
             edits += _group_edits(text, setting.value.node, s.children)
@@ -337,7 +348,7 @@ def _apply(text: str, edits: List[Edit]) -> str:
     return "".join(pieces + [text[pos:]])
 
 
-def _set_values(group: Dict[str, Any], sets: Sequence[_Set]) -> None:
+def _set_values(group: Dict[str, Any], sets: Sequence[Set]) -> None:
     for s in sets:
         if s.children:
             _set_values(group.setdefault(s.name, {}), s.children)
@@ -345,14 +356,101 @@ def _set_values(group: Dict[str, Any], sets: Sequence[_Set]) -> None:
             group[s.name] = s.value
 
 
-def edit_template(template: Template, entries: Sequence[Entry], updates: Sequence[Tuple[_Set, ...]]) -> str:
-    """The template text with every entry updated; re-read to prove nothing else changed."""
+# --- new modes: a copy of a mode with some of its entries written anew ---------------------------
+
+@dataclass(frozen=True)
+class Replacement:
+    """An entry as a copied mode holds it: its settings but those in `drop` (names, or
+    `properties.NAME`), then `sets` (top-level settings only)."""
+
+    entry: Entry
+    drop: FrozenSet[str]
+    sets: Tuple[Set, ...]
+
+
+@dataclass(frozen=True)
+class ModeCopy:
+    """A new mode `name` in the same set as the mode at `mode`: that mode as edited, with the
+    entries of `replacements` (all inside it) replaced."""
+
+    mode: _Path
+    name: str
+    replacements: Tuple[Replacement, ...]
+
+
+def _value_at(node: _Node, path: _Path) -> _Value:
+    value: Optional[_Value] = None
+    for key in path:
+        assert node is not None, f"{_label(path)}: not a group or list"
+        value = node.settings[key].value if isinstance(key, str) else node.items[key]
+        node = value.node  # type: ignore[assignment]
+    assert value is not None
+    return value
+
+
+def _setting_text(text: str, setting: _Setting) -> str:
+    return text[setting.start:setting.end] + ("" if setting.terminated else ";")
+
+
+def _entry_text(text: str, r: Replacement) -> str:
+    names = {s.name for s in r.sets}
+    parts = []
+    for name, setting in r.entry.node.settings.items():
+        if name in r.drop or name in names:
+            continue
+        group = setting.value.node
+        if name == "properties" and group is not None:
+            kept = [_setting_text(text, p) for n, p in group.settings.items() if f"properties.{n}" not in r.drop]
+            parts += [f"properties = {{ {' '.join(kept)} }};"] if kept else []
+            continue
+        parts.append(_setting_text(text, setting))
+    return "{ " + " ".join(parts + [_render(s) for s in r.sets]) + " }"
+
+
+def _copy_text(template: Template, c: ModeCopy, edits: Sequence[Edit]) -> str:
+    """The mode's text with the entry edits inside it and the replaced entries written anew."""
+    mode = _value_at(template.root, c.mode)
+    spans = {r.entry.node.start: (r.entry.node.start, r.entry.node.end + 1, r) for r in c.replacements}
+    local: List[Edit] = [(a - mode.start, b - mode.start, _entry_text(template.text, r)) for a, b, r in spans.values()]
+    for start, end, new in edits:
+        inside = mode.start <= start and end <= mode.end
+        if inside and not any(a <= start and end <= b for a, b, _ in spans.values()):
+            local.append((start - mode.start, end - mode.start, new))
+    return _apply(template.text[mode.start:mode.end], local)
+
+
+def _copy_value(expected: Dict[str, Any], c: ModeCopy) -> Any:
+    mode = copy.deepcopy(_lookup(expected, c.mode))
+    for r in c.replacements:
+        entry = _lookup(mode, r.entry.path[len(c.mode):])
+        kept = {k: v for k, v in entry.items() if k not in r.drop and k != "properties"}
+        properties = {k: v for k, v in entry.get("properties", {}).items() if f"properties.{k}" not in r.drop}
+        kept.update({"properties": properties} if properties else {})
+        kept.update({s.name: s.value for s in r.sets})
+        entry.clear()
+        entry.update(kept)
+    return mode
+
+
+def edit_template(template: Template, entries: Sequence[Entry], updates: Sequence[Tuple[Set, ...]],
+                  copies: Sequence[ModeCopy] = ()) -> str:
+    """The template text with every entry updated and the new modes added beside theirs;
+    re-read to prove nothing else changed."""
     from otad import libconfig
 
     edits = [e for entry, sets in zip(entries, updates) for e in _group_edits(template.text, entry.node, sets)]
+    by_set: Dict[_Path, List[str]] = {}
+    for c in copies:
+        by_set.setdefault(c.mode[:-1], []).append(f"{c.name} = {_copy_text(template, c, edits)};")
+    for set_path, new in by_set.items():
+        node = _value_at(template.root, set_path).node
+        assert node is not None and node.kind == "{", f"{_label(set_path)}: not a group"
+        edits += _insertion(template.text, node, new)
     text = _apply(template.text, edits)
     expected = copy.deepcopy(dict(template.tree))
     for entry, sets in zip(entries, updates):
         _set_values(_lookup(expected, entry.path), sets)
+    for c in copies:
+        _lookup(expected, c.mode[:-1])[c.name] = _copy_value(expected, c)
     assert libconfig.loads(text, source=template.source) == expected, "template edit went wrong"
     return text

@@ -62,7 +62,7 @@ def test_libzck_writes_the_fine_profile_with_the_same_chunks(small: DeltaFixture
     with open(small.v2, "rb") as f:
         zckwriter.write_zck(f, size, str(ours), FixedChunker(16384))
     with open(small.v2, "rb") as f, open(theirs, "wb") as out:
-        libzck.write_fixed(f, size, out, 16384, tmpdir=str(tmp_path))
+        libzck.write_zck(f, size, out, 16384, tmpdir=str(tmp_path))
     verified_by_libzck(theirs, small.v2)
     a, b = zck.parse_header(ours.read_bytes(), exact=False), zck.parse_header(theirs.read_bytes(), exact=False)
     assert list(a.index.lengths) == list(b.index.lengths) and a.index.digests_uncompressed == b.index.digests_uncompressed

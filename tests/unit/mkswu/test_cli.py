@@ -91,7 +91,6 @@ BAD = {
                                    lambda t, p: [], ["member 'rootfs.img.zstd' would be both"]),
     "undefined variable": (template(image(device="@@SLOT@@")), lambda t, p: [],
                            ["sw-description.in:5:", "@@SLOT@@ is not defined"]),
-    "delta type": (template(image(attrs='type = "delta";')), lambda t, p: [], ["type 'delta' needs zchunk"]),
     "sign: unknown method": (GOOD, lambda t, p: ["-k", "GPG,key"], ["-k 'GPG,key': expected CMS,KEY,CERT"]),
     "sign: PKCS11": (GOOD, lambda t, p: ["-k", "PKCS11,1234"], ["PKCS11", "not supported by mkswu"]),
     "sign: key of another certificate": (GOOD, lambda t, p: ["-k", _mismatched_cms(t, p)],
