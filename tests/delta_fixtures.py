@@ -1,5 +1,5 @@
-"""Delta test fixtures built with Debian's tools: a rootfs-like tree, two ext4 images, zck, a delta bundle;
-and the opener that sends chunk requests through otad's DDI client.
+"""Delta test fixtures built with Debian's tools: a rootfs-like tree, two ext4 images, zck, a delta bundle
+(the opener that sends chunk requests through otad's DDI client is tests/delta_http.py's).
 
 The tree is the files of a few installed Debian packages (the same on every Debian 12 machine
 that ran scripts/setup), mtimes pinned. v1 is that tree as ext4 (`mke2fs -d` with a fixed
@@ -23,15 +23,9 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Sequence
+from typing import Dict, List, Sequence
 
 import pytest
-import requests
-
-from otad.delta.fetch import Opener, RangeResponse
-from otad.errors import ServerUnavailable
-from otad.hawkbit.ddi import DdiClient, HawkbitSettings
-from otad.hawkbit.download import _BODY_ERRORS, CHUNK_BYTES, _body_reader
 
 UUID = "6f1e6b9a-0d4e-4c3b-9a55-2f2d7c1b0a11"
 FAKE_TIME = "1700000000"
@@ -237,36 +231,6 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> DeltaFixture:
     return build(tmp_path_factory.mktemp("delta") / "small", "small")
 
 
-# --- chunk requests through otad's DDI client ---------------------------------------------------
-# The stage-2 hook (docs/delta.md §5) written as test code until hawkbit/ddi.py grows
-# it: requests go through DdiClient's own session, auth header, TLS settings and status-to-error
-# mapping, and bodies are read the way download.py reads them.
-
-class _DdiResponse:
-    def __init__(self, resp: requests.Response) -> None:
-        self.status = resp.status_code
-        self.headers = resp.headers
-        self._resp = resp
-        self._body: Callable[[], bytes] = _body_reader(resp, CHUNK_BYTES)
-
-    def read(self) -> bytes:
-        try:
-            return self._body()
-        except _BODY_ERRORS as exc:
-            raise ServerUnavailable(f"body broke off ({type(exc).__name__}: {exc})", self._resp.url) from exc
-
-    def close(self) -> None:
-        self._resp.close()
-
-
-def ddi_opener(client: DdiClient) -> Opener:
-    def open_url(url: str, headers: Mapping[str, str]) -> RangeResponse:
-        resp = client._request("GET", url, headers={"Accept": "application/octet-stream, */*", **headers},
-                               download=True)
-        return _DdiResponse(resp)
-    return open_url
-
-
-def client_for(url: str, **settings: object) -> DdiClient:
-    return DdiClient(HawkbitSettings(url=url.split("/file")[0], controller_id="dev-01", read_timeout_s=10.0,
-                                     **settings))  # type: ignore[arg-type]
+# Chunk requests through otad's DDI client: tests/delta_http.py (no pytest there, so the
+# benchmark's device process imports it without pytest's memory).
+from tests.delta_http import client_for, ddi_opener  # noqa: E402,F401 - re-exported for the tests
