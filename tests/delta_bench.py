@@ -213,9 +213,11 @@ def plan_rss(env: Env, header_file: Path, mode: str, cached: Optional[Path]) -> 
 def write_zck(image: Path, out: Path, chunk_bytes: Optional[int]) -> float:
     """A .zck of `image` by libzck (what mkswu runs); CPU seconds."""
     start = time.process_time()
-    if not out.exists():
-        with open(image, "rb") as f, open(out, "wb") as o:
+    if not out.exists():  # kept between runs: written under another name, then renamed
+        tmp = out.with_name(out.name + ".tmp")
+        with open(image, "rb") as f, open(tmp, "wb") as o:
             libzck.write_zck(f, image.stat().st_size, o, chunk_bytes, tmpdir=str(out.parent))
+        os.replace(tmp, out)
     return time.process_time() - start
 
 

@@ -237,3 +237,12 @@ def test_an_empty_image_is_refused(tmp_path, capsys) -> None:
     rc, _, err, bundle = make(tmp_path, ab(), {**ARTIFACTS, "rootfs.ext4": b""}, capsys=capsys)
     assert rc == 2 and "rootfs.ext4 is empty: nothing to chunk" in err
     assert list(bundle.parent.iterdir()) == []
+
+
+def test_otad_info_shows_the_delta_and_the_full_selections(tmp_path, pki, capsys) -> None:
+    from tests.conftest import run_cli
+
+    bundle = built(tmp_path, ab(), ARTIFACTS, "-k", cms(pki), capsys=capsys)
+    _, out, _ = run_cli(["info", bundle, "-k", pki.ca_pem], capsys)
+    assert "selection stable,copy2: " in out and "image rootfs.ext4 [delta] -> /dev/mmcblk0p3" in out
+    assert "selection stable,copy2-full: " in out and "image rootfs.ext4.zckbody [raw, zstd] -> /dev/mmcblk0p3" in out
