@@ -288,11 +288,15 @@ def run(spec: str, work: Path, scratch: Path, measure: Measure, pki: Tuple[Path,
         cpu = write_zck(fx.v2, out, kib << 10)
         header = header_of(out)
         with open(fx.v1, "rb") as f:
-            plan = Plan(header.index, srcindex.match_fine(header.index, f, size))
+            start = time.process_time()
+            found = srcindex.match_fine(header.index, f, size)
+            scan = time.process_time() - start
+        plan = Plan(header.index, found)
         res.sweep.append({"kib": kib, "header": header.length, "fetch": plan.fetch_bytes,
                           "total": header.length + plan.fetch_bytes, "zck": out.stat().st_size,
                           "chunks": len(header.index), "fetched": len(plan.fetched()),
-                          "requests_50": len(plan.requests(50)), "write_cpu_s": cpu})
+                          "requests_50": len(plan.requests(50)), "write_cpu_s": cpu,
+                          "scan_s_per_GiB": scan / size * 2**30})
     speeds(env, res)
     log(f"{spec}: planning RSS")
     fine_zck = work / f"v2.fine{default_kib}.zck"
@@ -400,18 +404,20 @@ def section(results: Sequence[SpecResult], meta: Dict[str, str], begin: str, end
     specs = [r.spec for r in results]
     L += ["### `fine` chunk size", "",
           "Plan only (no fetch): header + chunks otad fetches with the source scanned at every 4 KiB, and the .zck size "
-          "(what a full install of the self-contained bundle streams). The default is the smallest download.", "",
+          "(what a full install of the self-contained bundle streams), and the CPU of scanning the source: "
+          "a SHA-256 of one chunk's length at every 4 KiB, so it grows with the chunk size. `otad mkswu --delta "
+          f"fine` cuts {meta['fine_default']} KiB chunks (otad/mkswu/delta.py `FINE_KIB` says why).", "",
           "| chunk KiB | " + " | ".join(f"{s}: header + fetched = total (% zstd -9) | {s}: .zck MB | "
-                                        f"{s}: requests at 50 ranges" for s in specs) + " |",
-          "| --- |" + " --- | --- | --- |" * len(specs)]
+                                        f"{s}: requests at 50 ranges | {s}: source scan CPU" for s in specs) + " |",
+          "| --- |" + " --- | --- | --- | --- |" * len(specs)]
     kibs = sorted({w["kib"] for r in results for w in r.sweep})
     for kib in kibs:
         cells = []
         for r in results:
             w = next((w for w in r.sweep if w["kib"] == kib), None)
-            cells += ["–", "–", "–"] if w is None else [
+            cells += ["–"] * 4 if w is None else [
                 f"{w['header']:,} + {w['fetch']:,} = {w['total']:,} ({100 * w['total'] / r.zstd9:.1f} %)",
-                f"{w['zck'] / 1e6:.1f}", str(w["requests_50"])]
+                f"{w['zck'] / 1e6:.1f}", str(w["requests_50"]), f"{w['scan_s_per_GiB']:.1f} s/GiB"]
         L.append(f"| {kib} | " + " | ".join(cells) + " |")
     L += ["", "### CPU and memory", "",
           "| measure | " + " | ".join(specs) + " |", "| --- |" + " --- |" * len(specs)]

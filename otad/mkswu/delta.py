@@ -17,17 +17,24 @@ import os
 import re
 import tempfile
 from dataclasses import dataclass
-from typing import BinaryIO, Dict, List, Mapping, Optional, Sequence, Tuple, cast
+from typing import TYPE_CHECKING, BinaryIO, Dict, List, Mapping, Optional, Sequence, Tuple, cast
 
 from otad.errors import ConfigError, DeltaError, OtadError
 from otad.mkswu.inputs import chunks, open_source
 from otad.mkswu.staging import Digest, StoredArtifact
 from otad.mkswu.template import Entry, ModeCopy, Replacement, Set, Template
 
+if TYPE_CHECKING:
+    from otad.delta import zck
+
 COMPATIBLE, FINE = "compatible", "fine"
 SELF_CONTAINED, ARTIFACT, URL = "self-contained", "artifact", "url"
 LAYOUTS = (SELF_CONTAINED, ARTIFACT, URL)
-FINE_KIB = 16  # the smallest download on the fixtures of docs/performance.md's delta section
+# docs/performance.md ("fine chunk size"): 16 KiB is the smallest download on the 96 MiB fixture
+# and within 6 % of the smallest (24 KiB) on the 1 GiB one, where its header is 1.5 MB larger. The
+# device's source scan hashes one chunk's length at every 4 KiB: a third less CPU than at 24 KiB,
+# which on a Pi Zero (SHA-256 in software) weighs more than those bytes. 8 KiB doubles the header.
+FINE_KIB = 16
 MAX_FINE_KIB = 1024
 BODY_SUFFIX, ZCK_SUFFIX, FULL_SUFFIX = ".zckbody", ".zck", "-full"
 IMAGE_SHA256 = "image-sha256"  # otad-only property: the raw image's sha256 (SWUpdate ignores it)
@@ -140,8 +147,6 @@ def _group(template: Template, path: Sequence[object]) -> Mapping[str, object]:
 
 
 def _check(entry: Entry, layout: str) -> DeltaEntry:
-    from otad.swu.cpio import name_problem
-
     if entry.compression:
         raise entry.fail("compressed: a delta image is compressed chunk by chunk by zchunk; remove it")
     if entry.encrypted:
@@ -152,52 +157,70 @@ def _check(entry: Entry, layout: str) -> DeltaEntry:
     if len(entry.path) < 2 or entry.path[-2] != "images":
         raise entry.fail("type 'delta' is an image type: put it under `images`")
     props = entry.values.get("properties", {})
-    for key in ("chain", "source"):
+    for key, why in (("chain", "the handler that writes the image: raw or rawfile"),
+                     ("source", "the slot the device compares with: the booted one")):
         if not isinstance(props.get(key), str) or not props[key]:
-            raise entry.fail(f"properties.{key}: required by the delta handler "
-                             + ("(the handler that writes the image: raw or rawfile)" if key == "chain"
-                                else "(the slot the device compares with: the booted one)"))
+            raise entry.fail(f"properties.{key}: required by the delta handler ({why})")
     if props["chain"] == "delta":
         raise entry.fail("properties.chain: a delta image cannot chain to 'delta'")
-    url, zckfile = props.get("url"), props.get("zckfile")
-    for key, value in (("url", url), ("zckfile", zckfile)):
-        if value is not None and not isinstance(value, str):
-            raise entry.fail(f"properties.{key}: expected a string, got {value!r}")
+    for key in ("url", "zckfile"):
+        if props.get(key) is not None and not isinstance(props[key], str):
+            raise entry.fail(f"properties.{key}: expected a string, got {props[key]!r}")
+    name = _chunk_file(entry, layout, props.get("url"), props.get("zckfile"))
+    return DeltaEntry(entry, name, props["chain"], layout != URL, layout != URL and props.get("zckfile") is None)
+
+
+def _chunk_file(entry: Entry, layout: str, url: Optional[str], zckfile: Optional[str]) -> str:
+    """The name of the image's chunk file: the body member, the .zck artifact, the file for `url`."""
+    from otad.swu.cpio import name_problem
+
     if layout == URL:
         match = _URL.fullmatch(url or "")
         if not match:
             raise entry.fail(f"properties.url: --delta-layout url needs the http(s) URL the .zck will be served "
                              f"at, got {url!r}")
         name = match.group(1)
+    elif url not in (None, "dynamic"):
+        where = "the bundle itself" if layout == SELF_CONTAINED else "the second artifact"
+        raise entry.fail(f"properties.url: {url!r}: the chunks come from {where} (url = \"dynamic\"); for a "
+                         "static URL build with --delta-layout url")
     else:
-        if url not in (None, "dynamic"):
-            hint = "the chunks come from the bundle itself" if layout == SELF_CONTAINED else \
-                "the chunks come from the second artifact"
-            raise entry.fail(f"properties.url: {url!r}: {hint} (url = \"dynamic\"); for a static URL build with "
-                             "--delta-layout url")
-        suffix = BODY_SUFFIX if layout == SELF_CONTAINED else ZCK_SUFFIX
-        name = zckfile or entry.filename + suffix
+        name = zckfile or entry.filename + (BODY_SUFFIX if layout == SELF_CONTAINED else ZCK_SUFFIX)
         if layout == ARTIFACT and not name.endswith(ZCK_SUFFIX):
             raise entry.fail(f"properties.zckfile: {name!r}: a hawkBit chunk artifact must end in .zck "
                              "(SWUpdate and otad tell the bundle from the chunks by that)")
     problem = name_problem(name)
     if problem:
         raise entry.fail(f"chunk file {name!r}: {problem}")
-    return DeltaEntry(entry, name, props["chain"], layout != URL, layout != URL and zckfile is None)
+    return name
 
 
 def write(source: str, d: DeltaEntry, staging: str, profile: Profile) -> ZckImage:
     """The .zck of `source` in `staging`, its header and body measured as members."""
-    from otad.delta import libzck, zck, zckwriter
-
     fd, path = tempfile.mkstemp(prefix="delta-", suffix=ZCK_SUFFIX, dir=staging)
     os.close(fd)
+    header = _zchunk(source, path, staging, profile, d.entry)
+    size = os.path.getsize(path)
+    if size != header.file_length:
+        raise OtadError(f"{size} bytes written, the header describes {header.file_length}", path)
+    with open_source(source) as again:
+        image = Digest().feed(chunks(again, source)).sha256.hexdigest()
+    desc = f"zchunk {{}} of {os.path.basename(source)}, {profile}, {len(header.index)} chunks"
+    return ZckImage(path, _part(path, d.entry.filename, source, 0, header.length, desc.format("header")),
+                    _part(path, d.zckfile, source, header.length, size - header.length, desc.format("body")),
+                    image, len(header.index))
+
+
+def _zchunk(source: str, path: str, staging: str, profile: Profile, entry: Entry) -> "zck.ZckHeader":
+    """Write the .zck of `source` to `path` (libzck, else the Python writer); its header, checked."""
+    from otad.delta import libzck, zck, zckwriter
+
     try:
         with open_source(source) as opened:
             src = cast(BinaryIO, opened)
             length = os.fstat(src.fileno()).st_size
             if length == 0:
-                raise d.entry.fail(f"{source} is empty: nothing to chunk")
+                raise entry.fail(f"{source} is empty: nothing to chunk")
             if libzck.available():
                 with open(path, "wb") as out:
                     libzck.write_zck(src, length, out, profile.chunk_bytes, name=source, tmpdir=staging)
@@ -209,19 +232,11 @@ def write(source: str, d: DeltaEntry, staging: str, profile: Profile) -> ZckImag
             f.seek(0)
             header = zck.parse_header(f.read(lead.total_length), name=path)
         zck.check_delta_usable(header, path)
+        return header
     except DeltaError as exc:
         raise ConfigError(exc.what, source) from exc
     except OSError as exc:
         raise OtadError(f"cannot write: {exc.strerror}", path) from exc
-    size = os.path.getsize(path)
-    if size != header.file_length:
-        raise OtadError(f"{size} bytes written, the header describes {header.file_length}", path)
-    with open_source(source) as again:
-        image = Digest().feed(chunks(again, source)).sha256.hexdigest()
-    desc = f"zchunk {{}} of {os.path.basename(source)}, {profile}, {len(header.index)} chunks"
-    return ZckImage(path, _part(path, d.entry.filename, source, 0, header.length, desc.format("header")),
-                    _part(path, d.zckfile, source, header.length, size - header.length, desc.format("body")),
-                    image, len(header.index))
 
 
 def _part(path: str, member: str, source: str, offset: int, size: int, how: str) -> StoredArtifact:

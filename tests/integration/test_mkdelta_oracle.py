@@ -24,6 +24,7 @@ from otad import libconfig
 from otad.delta import srcindex, zck
 from otad.delta.plan import Plan
 from otad.mkswu import cli as mkswu
+from otad.mkswu.delta import FINE_KIB
 from otad.swu.cpio import CpioReader
 from tests.delta_fixtures import DeltaFixture, delta_bundle, delta_template, small  # noqa: F401 - fixture
 from tests.integration.test_swupdate_oracle import run_swupdate
@@ -90,7 +91,7 @@ def test_swupdate_installs_a_fine_bundle_downloading_more(small: DeltaFixture, p
         journal = [s.range for s in srv.journal if s.status == 206]
     assert target.read_bytes() == small.v2.read_bytes()
     header = zck.parse_header(dict(members(bundle))["rootfs.ext4"])
-    assert header.index.uniform_length() == 16 << 10
+    assert header.index.uniform_length() == FINE_KIB << 10
     with open(small.v1, "rb") as f:
         source = srcindex.chunk_source(f, small.v1.stat().st_size)
     size = source.digest_size  # swupdate 2022.12 never indexes its source's last chunk

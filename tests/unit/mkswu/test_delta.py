@@ -176,7 +176,7 @@ def test_two_delta_images_put_both_bodies_after_every_other_member(tmp_path, cap
     assert [e["filename"] for e in full] == ["rootfs.ext4.zckbody", "boot.img", "data.img.zckbody"]
 
 
-@pytest.mark.parametrize("text, expected", [("compatible", (delta.COMPATIBLE, None)), ("fine", ("fine", 16 << 10)),
+@pytest.mark.parametrize("text, expected", [("compatible", (delta.COMPATIBLE, None)), ("fine", ("fine", delta.FINE_KIB << 10)),
                                             ("fine:4", ("fine", 4096)), ("fine:1024", ("fine", 1 << 20))])
 def test_profiles(text, expected) -> None:
     profile = parse_profile(text)
