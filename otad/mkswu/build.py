@@ -58,8 +58,8 @@ def build(options: BuildOptions) -> BuildResult:
     template = read_template(options.template, options.variables, options.artifact_dirs)
     entries = find_entries(template)
     jobs = _plan(entries, options)
-    deltas = delta.plan(template, entries, options.delta, [j.member for j in jobs] + [DESCRIPTION, SIG_NAME])
     output = os.path.abspath(options.output)
+    deltas = delta.plan(template, entries, options.delta, [j.member for j in jobs] + [DESCRIPTION, SIG_NAME], output)
     with staging_dir(output) as staging:
         stored: Dict[str, StoredArtifact] = {}
         zcks: Dict[str, delta.ZckImage] = {}
@@ -81,7 +81,7 @@ def build(options: BuildOptions) -> BuildResult:
         signature = options.signer.sign(content) if options.signer else None
         artifacts = list(stored.values()) + delta.members(deltas, zcks)
         size = _write_bundle(output, options.fmt, content, signature, artifacts)
-        published = delta.publish(deltas, zcks, os.path.dirname(output))
+        published = delta.publish(deltas, zcks, output)
     return BuildResult(output, size, content, signature, options.signer.describe() if options.signer else None,
                        tuple(artifacts), tuple(published))
 

@@ -17,7 +17,7 @@ import os
 import re
 import tempfile
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, BinaryIO, Dict, List, Mapping, Optional, Sequence, Tuple, cast
+from typing import TYPE_CHECKING, BinaryIO, Dict, List, Mapping, Optional, Sequence, Tuple, Union, cast
 
 from otad.errors import ConfigError, DeltaError, OtadError
 from otad.mkswu.inputs import chunks, open_source
@@ -114,8 +114,10 @@ class DeltaPlan:
         return next((d for d in self.entries if d.entry.filename == member), None)
 
 
-def plan(template: Template, entries: Sequence[Entry], options: DeltaOptions, members: Sequence[str]) -> DeltaPlan:
-    """Check each delta entry for `options.layout`; `members` are the bundle's other members."""
+def plan(template: Template, entries: Sequence[Entry], options: DeltaOptions, members: Sequence[str],
+         bundle: str) -> DeltaPlan:
+    """Check each delta entry for `options.layout`; `members` are the bundle's other members,
+    `bundle` the file it is written to."""
     checked = [_check(e, options.layout) for e in entries if e.delta]
     by_member: Dict[str, DeltaEntry] = {}
     for d in checked:
@@ -125,6 +127,8 @@ def plan(template: Template, entries: Sequence[Entry], options: DeltaOptions, me
                                "one image has one chunk file")
         if options.layout == SELF_CONTAINED and d.zckfile in members:
             raise d.entry.fail(f"zckfile {d.zckfile!r} is the name of another member of the bundle")
+        if options.layout != SELF_CONTAINED and d.zckfile == os.path.basename(bundle):
+            raise d.entry.fail(f"the chunk file {d.zckfile!r} would replace the bundle itself (-o)")
     files = {d.zckfile: d for d in by_member.values()}
     if len(files) < len(by_member):
         clash = next(d for d in by_member.values() if files[d.zckfile] is not d)
@@ -267,7 +271,7 @@ def full_modes(result: DeltaPlan, zcks: Mapping[str, ZckImage]) -> List[ModeCopy
 
 
 def _full_modes(result: DeltaPlan, zcks: Mapping[str, ZckImage]) -> List[ModeCopy]:
-    modes: Dict[Tuple[object, ...], List[Replacement]] = {}
+    modes: Dict[Tuple[Union[str, int], ...], List[Replacement]] = {}
     for d in result.entries:
         path = d.entry.path
         if len(path) < 5 or not isinstance(path[-3], str):
@@ -278,7 +282,7 @@ def _full_modes(result: DeltaPlan, zcks: Mapping[str, ZckImage]) -> List[ModeCop
         sets = (Set("filename", d.zckfile), Set("type", d.chain), Set("compressed", "zstd"),
                 Set("installed-directly", True), Set("sha256", body))
         modes.setdefault(path[:-2], []).append(Replacement(d.entry, _FULL_DROPS, sets))
-    return [ModeCopy(mode, f"{mode[-1]}{FULL_SUFFIX}", tuple(r)) for mode, r in modes.items()]  # type: ignore[arg-type]
+    return [ModeCopy(mode, f"{mode[-1]}{FULL_SUFFIX}", tuple(r)) for mode, r in modes.items()]
 
 
 def members(result: DeltaPlan, zcks: Mapping[str, ZckImage]) -> List[StoredArtifact]:
@@ -288,12 +292,13 @@ def members(result: DeltaPlan, zcks: Mapping[str, ZckImage]) -> List[StoredArtif
     return [zcks[m].body for m in dict.fromkeys(d.entry.filename for d in result.entries)]
 
 
-def publish(result: DeltaPlan, zcks: Mapping[str, ZckImage], directory: str) -> List[str]:
+def publish(result: DeltaPlan, zcks: Mapping[str, ZckImage], bundle: str) -> List[str]:
     """Artifact and url layouts: move each .zck beside the bundle, named as its zckfile."""
     from otad.durable import fsync_dir
 
     if result.options.layout == SELF_CONTAINED:
         return []
+    directory = os.path.dirname(bundle)
     written = []
     for member, z in zcks.items():
         d = result.first(member)

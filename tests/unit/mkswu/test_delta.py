@@ -209,6 +209,8 @@ BAD: Dict[str, Tuple[str, Tuple[str, ...], str]] = {
     "no url, url layout": (ab(), ("--delta-layout", "url"), "needs the http(s) URL the .zck will be served at"),
     "url without a file name": (ab('url = "https://x/";'), ("--delta-layout", "url"), "needs the http(s) URL"),
     "artifact zckfile": (ab('zckfile = "chunks.bin";'), ("--delta-layout", "artifact"), "must end in .zck"),
+    "zckfile is the bundle": (ab('zckfile = "update.swu.zck";'), ("--delta-layout", "artifact", "-o", "OUT"),
+                              "would replace the bundle itself"),
     "zckfile clashes": (ab('zckfile = "app.conf";'), (), "zckfile 'app.conf' is the name of another member"),
     "zckfile with a slash": (ab('zckfile = "a/b";'), (), "chunk file 'a/b': expected a flat file name"),
     "two zckfiles, one image": (ab().replace('source = "/dev/mmcblk0p2";', 'source = "/dev/mmcblk0p2"; '
@@ -226,6 +228,7 @@ BAD: Dict[str, Tuple[str, Tuple[str, ...], str]] = {
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_bad_delta_entries_are_one_clear_line_and_no_output(tmp_path, capsys, case) -> None:
     text, extra, fragment = BAD[case]
+    extra = tuple(str(tmp_path / "out" / "update.swu.zck") if a == "OUT" else a for a in extra)
     rc, out, err, bundle = make(tmp_path, text, ARTIFACTS, *extra, capsys=capsys)
     assert rc == 2, err
     [line] = err.splitlines()
