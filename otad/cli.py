@@ -254,6 +254,8 @@ def _cmd_install(args: argparse.Namespace) -> int:
     verb = "verified (dry run, nothing written)" if result.dry_run else "installed"
     for image in result.images:
         print(f"{image.name}: {human_bytes(image.written_bytes)} {verb}, sha256 {image.sha256}")
+    for delta in result.deltas:
+        print(f"{delta.name}: delta into {delta.target}: {delta.summary()}")
     where = f" into slot {done.target.name}" if done.target else ""
     print(f"{args.bundle}: version {result.manifest.version} {verb}{where} in {result.seconds:.2f} s")
     if done.state is not None and done.target is not None:
@@ -384,9 +386,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
     verifier, unchecked = info_verifier(cfg)
     board = cfg.system.hardware.split(":")[0] if cfg.system.hardware else None
     source, _size = _open_bundle(args.bundle)
+    previews = update.DeltaPreviews(cfg, name=args.bundle)
     with source:
-        info = inspect_bundle(source, name=args.bundle, verifier=verifier, board=board,
-                              plan=lambda description: update.plan(cfg, description, name=args.bundle))
+        info = inspect_bundle(source, name=args.bundle, verifier=verifier, board=board, plan=previews.plan,
+                              delta=previews.describer)
     if unchecked:
         print(f"note: {unchecked}", file=sys.stderr)
     if args.json:
@@ -451,6 +454,8 @@ def _print_info(info: Any) -> None:
             elif e.name or e.version:
                 details.append(f"component {e.name or '-'} version {e.version or '-'} (not gated)")
             print("      " + "; ".join(details))
+            if e.plan:
+                print(f"      delta: {e.plan}")
         for name, value in sel.bootenv.items():
             print(f"  bootenv {name}={value}")
     for problem in info.problems:

@@ -424,6 +424,25 @@ def _check_attributes(attributes: Tuple[Tuple[str, str], ...]) -> None:
 
 
 @dataclass(frozen=True)
+class DeltaConfig:
+    """Delta images (`type = "delta"`, docs/delta.md): how chunks are fetched and sources indexed."""
+
+    max_ranges: int = 50  # ranges per request unless the bundle's max-ranges says; never above 100
+    min_interval_s: float = 0.1  # between two chunk requests (hawkBit's DoS filter allows 200/s)
+    libzck: bool = True  # index a source without a cached index with Debian's libzck1 (16 s/GiB on x86)
+    python_index: bool = False  # ... else with the pure-Python chunker: correct but slow (minutes per GiB)
+    checkpoint_mib: int = 4  # a delta install goes on after a restart from the last such point
+    ca_file: Optional[str] = None  # CA bundle for a bundle's static chunk URL (default: the system's)
+
+    def __post_init__(self) -> None:
+        _in_range("delta.max_ranges", self.max_ranges, 1, 100)
+        if not (math.isfinite(self.min_interval_s) and 0 <= self.min_interval_s <= 60):
+            raise BadValue(f"delta.min_interval_s: expected 0..60, got {self.min_interval_s!r}",
+                           ("delta", "min_interval_s"))
+        _in_range("delta.checkpoint_mib", self.checkpoint_mib, 1, 1024)
+
+
+@dataclass(frozen=True)
 class Origin:
     """Where a parsed Config came from: `where(*key_path)` is file:line of a key, `given` the
     keys each group section set (defaults merged in later, swupdate.cfg's, yield to them)."""
@@ -441,6 +460,7 @@ class Config:
     health: HealthConfig = field(default_factory=HealthConfig)
     watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
     hawkbit: HawkbitConfig = field(default_factory=HawkbitConfig)
+    delta: DeltaConfig = field(default_factory=DeltaConfig)
     source: Optional[str] = None
     origin: Optional[Origin] = field(default=None, repr=False, compare=False)  # None: built in code
 
@@ -485,6 +505,7 @@ SECTIONS: Dict[str, Union[Type[Any], ListOf]] = {
     "health": HealthConfig,
     "watchdog": WatchdogConfig,
     "hawkbit": HawkbitConfig,
+    "delta": DeltaConfig,
 }
 
 

@@ -23,15 +23,15 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Sequence
+from typing import TYPE_CHECKING, Dict, List, Sequence
 
 import pytest
-import requests
 
-from otad.delta.fetch import Opener, RangeResponse
-from otad.errors import ServerUnavailable
+from otad.delta.fetch import Opener
 from otad.hawkbit.ddi import DdiClient, HawkbitSettings
-from otad.hawkbit.download import _BODY_ERRORS, CHUNK_BYTES, _body_reader
+
+if TYPE_CHECKING:
+    from otad.boot.ubootenv import UBootEnv
 
 UUID = "6f1e6b9a-0d4e-4c3b-9a55-2f2d7c1b0a11"
 FAKE_TIME = "1700000000"
@@ -238,35 +238,108 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> DeltaFixture:
 
 
 # --- chunk requests through otad's DDI client ---------------------------------------------------
-# The stage-2 hook (docs/delta.md §5) written as test code until hawkbit/ddi.py grows
-# it: requests go through DdiClient's own session, auth header, TLS settings and status-to-error
-# mapping, and bodies are read the way download.py reads them.
-
-class _DdiResponse:
-    def __init__(self, resp: requests.Response) -> None:
-        self.status = resp.status_code
-        self.headers = resp.headers
-        self._resp = resp
-        self._body: Callable[[], bytes] = _body_reader(resp, CHUNK_BYTES)
-
-    def read(self) -> bytes:
-        try:
-            return self._body()
-        except _BODY_ERRORS as exc:
-            raise ServerUnavailable(f"body broke off ({type(exc).__name__}: {exc})", self._resp.url) from exc
-
-    def close(self) -> None:
-        self._resp.close()
-
 
 def ddi_opener(client: DdiClient) -> Opener:
-    def open_url(url: str, headers: Mapping[str, str]) -> RangeResponse:
-        resp = client._request("GET", url, headers={"Accept": "application/octet-stream, */*", **headers},
-                               download=True)
-        return _DdiResponse(resp)
-    return open_url
+    """Chunk requests through DdiClient's own session, auth header, TLS settings and error mapping."""
+    return client.open_url
 
 
 def client_for(url: str, **settings: object) -> DdiClient:
     return DdiClient(HawkbitSettings(url=url.split("/file")[0], controller_id="dev-01", read_timeout_s=10.0,
                                      **settings))  # type: ignore[arg-type]
+
+
+# --- an A/B device whose running slot holds v1 ---------------------------------------------------
+
+DEFAULT_ENV = {"bootcmd": "run mmcboot", "bootlimit": "3", "bootcount": "0", "upgrade_available": "0",
+               "rootpart": "2", "altbootcmd": "run swap_and_boot"}
+ENV_SIZE = 0x4000
+
+
+@dataclass
+class DeltaDevice:
+    """Files standing for a Pi: slot a (mmcblk0p2, running) holds v1, slot b garbage; a uboot.env."""
+
+    root: Path
+    config: Path
+
+    @property
+    def dev(self) -> Path:
+        return self.root / "dev"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state"
+
+    def slot(self, name: str) -> Path:
+        return self.dev / name
+
+    def uboot_env(self) -> "UBootEnv":
+        from otad.boot.fwenvconfig import load_fw_env_config
+        from otad.boot.ubootenv import UBootEnv
+
+        return UBootEnv(load_fw_env_config(str(self.root / "fw_env.config")), lock_path=str(self.root / "fw.lock"))
+
+    def env(self) -> Dict[str, str]:
+        return dict(self.uboot_env().read().variables)
+
+    def boot(self, rootpart: str) -> None:
+        """As if slot `rootpart` (2: a, 3: b) was confirmed and booted: env and kernel command line."""
+        self.uboot_env().update({"rootpart": rootpart, "upgrade_available": "0", "bootcount": "0", "otad_prev": None})
+        (self.root / "cmdline").write_text(f"console=ttyS0 root=/dev/mmcblk0p{rootpart} otad.rootpart={rootpart}\n")
+
+
+def delta_device(root: Path, fixture: DeltaFixture, pki: object, *, extra: str = "",
+                 slot_bytes: int = 0) -> DeltaDevice:
+    """A device whose slot a runs v1; slot b is filled with 0x5a; `extra` is more otad.conf."""
+    from otad.boot.envimage import build_image
+
+    size = slot_bytes or fixture.v2.stat().st_size
+    (root / "dev").mkdir(parents=True)
+    with open(root / "dev" / "mmcblk0p2", "wb") as f:
+        f.write(fixture.v1.read_bytes())
+        f.truncate(size)
+    (root / "dev" / "mmcblk0p3").write_bytes(b"\x5a" * size)
+    (root / "uboot.env").write_bytes(build_image(DEFAULT_ENV, ENV_SIZE))
+    (root / "fw_env.config").write_text(f"{root / 'uboot.env'} 0x0 0x{ENV_SIZE:x}\n")
+    (root / "cmdline").write_text("console=ttyS0 root=/dev/mmcblk0p2 otad.rootpart=2 rootwait\n")
+    config = root / "otad.conf"
+    config.write_text(f"""
+system = {{ state_dir = "{root / 'state'}"; device_dir = "{root / 'dev'}"; hardware = "rpi0w:1.0";
+           reboot_command = "true"; }};
+install = {{ trust_file = "{pki.ca_pem}"; }};
+bootloader = {{ fw_env_config = "{root / 'fw_env.config'}"; lock_file = "{root / 'fw.lock'}";
+               cmdline = "{root / 'cmdline'}"; mountinfo = ""; }};
+slots = ( {{ name = "a"; device = "/dev/mmcblk0p2"; boot_value = "2"; selection = "stable,copy1"; }},
+          {{ name = "b"; device = "/dev/mmcblk0p3"; boot_value = "3"; selection = "stable,copy2"; }} );
+delta = {{ min_interval_s = 0; }};
+{extra}
+""")
+    return DeltaDevice(root, config)
+
+
+def ab_delta_template(properties: str, *, version: str = "2.0.0", image: str = "rootfs.ext4",
+                      copy1_source: str = "/dev/mmcblk0p3", copy2_source: str = "/dev/mmcblk0p2") -> str:
+    """sw-description for swugenerator: selections stable,copy1 (into p2) and stable,copy2 (into
+    p3), each a `type = "delta"` image with `properties` (url or zckfile, max-ranges, ...)."""
+    def copy(n: int, device: str, src: str) -> str:
+        return f'''copy{n} = {{ images: ( {{ filename = "{image}"; type = "delta"; device = "{device}";
+                properties: {{ chain = "raw"; source = "{src}"; {properties} }}; }} ); }};'''
+    return (f'software = {{ version = "{version}"; hardware-compatibility: [ "1.0" ];\n'
+            f'  stable = {{ {copy(1, "/dev/mmcblk0p2", copy1_source)}\n'
+            f'             {copy(2, "/dev/mmcblk0p3", copy2_source)} }}; }};\n')
+
+
+def swugenerator_delta(fixture: DeltaFixture, out: Path, pki: object, template: str) -> Path:
+    """The signed delta .swu as swugenerator makes it from `template` and v2 (it runs zck itself)."""
+    work = out.parent / (out.name + ".d")
+    shutil.rmtree(work, ignore_errors=True)
+    art = work / "artifacts"
+    art.mkdir(parents=True)
+    shutil.copyfile(fixture.v2, art / "rootfs.ext4")
+    (work / "sw-description.in").write_text(template)
+    cmd = [os.path.join(os.path.dirname(sys.executable), "swugenerator"), "-s", str(work / "sw-description.in"),
+           "-a", str(art), "-o", str(out), "-k", f"CMS,{pki.signer_key},{pki.signer_cert}",  # type: ignore[attr-defined]
+           "create"]
+    subprocess.run(cmd, check=True, capture_output=True, cwd=work)
+    return out

@@ -33,7 +33,8 @@ from otad.hawkbit.ddi import (ActionLink, Conflict, DdiClient, Deployment, Hawkb
 from otad.hawkbit.deployment import DeploymentRun
 from otad.hawkbit.journal import DownloadJournal
 from otad.hawkbit.outbox import Outbox, PendingFeedback
-from otad.hawkbit.policy import Backoff, PollPolicy
+from otad.hawkbit.policy import PollPolicy
+from otad.retry import Backoff
 from otad.hawkbit.publish import StatusPublisher
 from otad.hawkbit.suricatta import apply_swupdate_cfg
 from otad.lock import HeldLock, WriterLock

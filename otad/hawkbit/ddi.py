@@ -35,6 +35,7 @@ from otad.errors import ServerError as ServerError
 from otad.errors import ServerUnavailable as ServerUnavailable
 from otad.errors import UnsupportedDeployment as UnsupportedDeployment
 from otad.hawkbit.policy import parse_sleep, retry_after
+from otad.httpget import BodyResponse
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +180,15 @@ class Deployment:
         if swus[0].strongest_hash() is None:
             raise UnsupportedDeployment(f"artifact {swus[0].filename!r} has no sha256, sha1 or md5", where)
         return swus[0]
+
+    def artifact(self, filename: str) -> Optional[Artifact]:
+        """The artifact named `filename` beside the .swu, in its chunk (a delta's chunk data,
+        SWUpdate's `zckfile`); None when there is none."""
+        swu = self.swu_artifact()
+        for chunk in self.chunks:
+            if swu in chunk.artifacts:
+                return next((a for a in chunk.artifacts if a.filename == filename), None)
+        return None
 
 
 @dataclass(frozen=True)
@@ -549,6 +559,18 @@ class DdiClient:
         except BaseException:
             resp.close()
             raise
+
+    def open_url(self, url: str, headers: Mapping[str, str]) -> BodyResponse:
+        """GET `url` (chunk requests to an artifact's link) with this client's session, auth and
+        TLS; the answer open, to be read in pieces. Statuses map to errors as for every request."""
+        resp = self._request("GET", url, headers={"Accept": "application/octet-stream, */*", **headers},
+                             download=True)
+        encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            resp.close()
+            raise MalformedResponse(f"expected no content coding, got {encoding!r}", url, resp.status_code,
+                                    field="Content-Encoding")
+        return BodyResponse(resp)
 
     # HTTP plumbing
 

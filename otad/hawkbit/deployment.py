@@ -23,7 +23,7 @@ from otad.hawkbit.ddi import ActionLink, Artifact, DdiClient, Deployment
 from otad.hawkbit.download import ResumableDownload
 from otad.hawkbit.journal import DownloadCheckpoint, DownloadJournal
 from otad.hawkbit.outbox import Outbox, PendingFeedback
-from otad.hawkbit.policy import ResumePolicy
+from otad.retry import ResumePolicy
 from otad.hawkbit.publish import StatusPublisher
 from otad.install.installer import Resuming
 from otad.install.resume import ResumePoint

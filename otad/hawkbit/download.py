@@ -8,29 +8,22 @@ whether to restart a whole install after RestartRequired, and what to persist, i
 from __future__ import annotations
 
 import hmac
-import http.client
 import logging
 import random
 import time
 from types import TracebackType
 from typing import Any, Callable, List, Optional, Tuple, Type
 
-import requests
-import urllib3
-
 from otad.errors import (Cancelled, Conflict, DownloadInterrupted, HashMismatch, RestartRequired, ServerError,
                          ServerUnavailable, SizeMismatch)
 from otad.hashstate import ResumableHash, new_hash
 from otad.hawkbit.ddi import Artifact, ArtifactResponse, DdiClient
-from otad.hawkbit.policy import ResumePolicy
+from otad.httpget import BODY_ERRORS as _BODY_ERRORS
+from otad.httpget import CHUNK_BYTES
+from otad.httpget import body_reader as _body_reader
+from otad.retry import ResumePolicy
 
 log = logging.getLogger(__name__)
-
-CHUNK_BYTES = 1 << 20  # requests' iter_content default is 1 byte (0.4 MB/s); 1 MiB runs at ~1 GB/s
-
-# What a broken or stalled body raises, wrapped by requests or (on some versions) raw from urllib3.
-_BODY_ERRORS = (requests.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException, OSError)
-
 
 class ResumableDownload:
     """`read(n)` over an artifact, resuming after drops, short bodies and stalls.
@@ -290,22 +283,6 @@ class ResumableDownload:
         if self._resp is not None:
             self._resp.close()
         self._resp, self._body = None, None
-
-
-def _body_reader(response: requests.Response, chunk_bytes: int) -> Callable[[], bytes]:
-    """A function returning the next piece of the body (b"" at its end), at most `chunk_bytes`.
-
-    read1 returns what one socket read brings, so bytes that arrived before a drop or a stall
-    are delivered instead of being lost inside a larger read (urllib3 2's read(n) and
-    iter_content drop them with the IncompleteRead). urllib3 1.26 has no read1: read(n) with
-    n <= 64 KiB bounds that loss. Content coding is refused by open_artifact, so raw bytes are
-    the file's bytes.
-    """
-    raw = response.raw
-    if hasattr(raw, "read1"):
-        return lambda: bytes(raw.read1(chunk_bytes, decode_content=False))
-    small = min(chunk_bytes, 64 * 1024)
-    return lambda: bytes(raw.read(small, decode_content=False))
 
 
 def _strong(etag: Optional[str]) -> bool:

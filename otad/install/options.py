@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Optional, Tuple
 
 from otad.config import Config
 from otad.errors import ConfigError
+from otad.install.chunks import DeltaOptions
 from otad.install.plan import InstallRequest
 from otad.install.versionpolicy import VersionPolicy
 from otad.swu.crypto import AesKey, load_key_file
@@ -84,7 +85,16 @@ def make_request(config: Config, *, dry_run: bool = False,
         ext4_resize=install.ext4_resize,
         files_via=install.files_via,
         script_timeout_s=install.script_timeout_s,
+        delta=delta_options(config),
     )
+
+
+def delta_options(config: Config) -> DeltaOptions:
+    """The `delta` section; where chunks come from is the caller's to add (`sources`)."""
+    delta = config.delta
+    return DeltaOptions(state_dir=config.system.state_dir, max_ranges=delta.max_ranges,
+                        min_interval_s=delta.min_interval_s, libzck=delta.libzck, python_index=delta.python_index,
+                        checkpoint_bytes=delta.checkpoint_mib << 20)
 
 
 def work_dir(config: Config) -> str:

@@ -212,7 +212,7 @@ def test_wrong_types_and_shapes_name_file_and_line(text: str, line: int, message
     ('slots = (\n  { name = "a"; device = "/dev/x"; boot_value = "1"; },\n  { name = "b"; dev = "/dev/y"; }\n);',
      3, "slots[1].dev: unknown setting (expected one of: name, device, boot_value, selection)"),
     ("system = { };\nbootchooser = { };", 2,
-     "unknown section 'bootchooser' (expected one of: system, install, bootloader, slots, health, watchdog, hawkbit)"),
+     "unknown section 'bootchooser' (expected one of: system, install, bootloader, slots, health, watchdog, hawkbit, delta)"),
 ])
 def test_unknown_names_are_errors_naming_file_and_line(text: str, line: int, message: str) -> None:
     exc = error_of(text)

@@ -13,7 +13,7 @@ import pytest
 from otad.errors import Cancelled, DownloadInterrupted, HashMismatch, RestartRequired, SizeMismatch
 from otad.hawkbit.ddi import Artifact, AuthError, DdiClient, Gone, HawkbitSettings, NotFound
 from otad.hawkbit.download import ResumableDownload
-from otad.hawkbit.policy import Backoff, ResumePolicy
+from otad.retry import Backoff, ResumePolicy
 from tests.hawkbit_fakes import ConnPlan, DdiFake, FaultProxy
 
 DATA = os.urandom(3 << 20)  # 3 MiB: several 1 MiB chunks
