@@ -140,6 +140,9 @@ class StaticChunkSources:
     def leave_stream(self) -> None:
         pass
 
+    def upto(self, end: Optional[int]) -> None:
+        pass
+
 
 def _setup(cfg: Config, *, dry_run: bool, selection: Optional[Tuple[str, str]],
            action_id: Optional[str] = None, chunks: Optional[ChunkSources] = None) -> _Setup:

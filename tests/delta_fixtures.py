@@ -23,7 +23,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, List, Sequence
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
 
 import pytest
 
@@ -343,3 +343,33 @@ def swugenerator_delta(fixture: DeltaFixture, out: Path, pki: object, template: 
            "create"]
     subprocess.run(cmd, check=True, capture_output=True, cwd=work)
     return out
+
+
+def self_contained(fixture: DeltaFixture, out: Path, pki: object, *, board: Optional[str] = None,
+                   version: str = "2.0.0", devices: Sequence[str] = ("/dev/mmcblk0p2", "/dev/mmcblk0p3"),
+                   max_ranges: int = 50, body_name: str = "rootfs.ext4.zckbody") -> Path:
+    """The self-contained layout (docs/delta.md §4, L3): sw-description, .sig, the zck header
+    (the delta images' member), the zck body last. stable,copyN: delta into devices[N-1] from the
+    other one, chunks from the body by Range; stable,fullN: the body as a raw zstd image, for
+    SWUpdate and for devices without a source."""
+    from tests.bundles import signed_members, write_bundle
+
+    header = fixture.header_bytes
+    body = fixture.v2_zck.read_bytes()[len(header):]
+    h, b = hashlib.sha256(header).hexdigest(), hashlib.sha256(body).hexdigest()
+    sections = []
+    for n, (device, source) in enumerate(((devices[0], devices[1]), (devices[1], devices[0])), 1):
+        sections.append(f'''copy{n} = {{ images: ( {{ filename = "rootfs.ext4"; type = "delta"; device = "{device}";
+            sha256 = "{h}"; properties: {{ url = "dynamic"; zckfile = "{body_name}"; chain = "raw";
+            source = "{source}"; max-ranges = "{max_ranges}"; }}; }} ); }};''')
+        sections.append(f'''full{n} = {{ images: ( {{ filename = "{body_name}"; type = "raw"; compressed = "zstd";
+            installed-directly = true; device = "{device}"; sha256 = "{b}"; }} ); }};''')
+    body_text = f'hardware-compatibility: [ "1.0" ]; stable = {{ {" ".join(sections)} }};'
+    if board:
+        body_text = f"{board} = {{ {body_text} }};"
+    desc = f'software = {{ version = "{version}"; {body_text} }};\n'.encode()
+    work = out.parent / (out.name + ".d")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    members = signed_members(desc, [], pki, work) + [("rootfs.ext4", header), (body_name, body)]
+    return write_bundle(out, members)

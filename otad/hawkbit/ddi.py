@@ -541,17 +541,18 @@ class DdiClient:
         url = f"{self.base}/configData"
         self._drain(self._request("PUT", url, json_body={"mode": mode, "data": dict(data)}), url)
 
-    def open_artifact(self, artifact: Artifact, *, offset: int = 0,
+    def open_artifact(self, artifact: Artifact, *, offset: int = 0, end: Optional[int] = None,
                       if_range: Optional[str] = None) -> ArtifactResponse:
-        """Start streaming an artifact from `offset` (Range: bytes=offset-, and If-Range if given)."""
-        if offset < 0:
-            raise ValueError(f"offset: expected >= 0, got {offset}")
+        """Start streaming an artifact from `offset` (Range: bytes=offset-, and If-Range if given),
+        up to byte `end` (exclusive) if given: a server that honours it sends no more."""
+        if offset < 0 or (end is not None and end <= offset):
+            raise ValueError(f"offset, end: expected 0 <= offset < end, got {offset}, {end}")
         url = artifact.download_url
         # identity: byte offsets and lengths must be those of the file, not of a compressed body
         headers = {"Accept": "application/octet-stream, */*", "Accept-Encoding": "identity"}
-        if offset:
-            headers["Range"] = f"bytes={offset}-"
-            if if_range:
+        if offset or end is not None:
+            headers["Range"] = f"bytes={offset}-{'' if end is None else end - 1}"
+            if if_range and offset:
                 headers["If-Range"] = if_range
         resp = self._request("GET", url, headers=headers, download=True)
         try:

@@ -42,6 +42,10 @@ class ChunkSources(Protocol):
     def leave_stream(self) -> None:
         """The bundle is not read any further from its stream (its chunks come by Range now)."""
 
+    def upto(self, end: Optional[int]) -> None:
+        """The bundle's stream will be read up to byte `end` at most (None: to its end): what a
+        server sends beyond it would be wasted, as the last member may not be read from it."""
+
 
 class NoChunkSources:
     """No server at all: delta images whose chunks are not inside the bundle are refused."""
@@ -56,6 +60,9 @@ class NoChunkSources:
         return None
 
     def leave_stream(self) -> None:
+        pass
+
+    def upto(self, end: Optional[int]) -> None:
         pass
 
 

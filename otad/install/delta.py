@@ -45,6 +45,7 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"  # every zstd chunk starts so: tells old hawkBi
 PROGRESS_STEP = 1 << 20
 READ_BYTES = 1 << 20
 URL, ARTIFACT, BUNDLE = "url", "artifact", "bundle"
+STREAM_SHARE = 7 / 8  # of a bundle's chunk data to fetch: above it, the rest of the bundle is read instead
 
 
 @dataclass(frozen=True)
@@ -246,8 +247,8 @@ class DeltaInstall:
         if body is not None:
             base = self._body_base(header, body)
             bundle = self.opts.sources.bundle()
-            nothing_reused = all(o == NOT_FOUND for o in plan.match.offsets) and not any(plan.present)
-            if bundle is None or nothing_reused:
+            # Fetching most of the body anyway: read it on from the stream rather than open ranges.
+            if bundle is None or plan.fetch_bytes >= STREAM_SHARE * (body.size - (header.length - base)):
                 return StreamFeed(body.read, header.index, base, f"bundle member {body.name!r}"), None
             self.opts.sources.leave_stream()
             remote, shift = bundle, body.data_offset - base

@@ -41,6 +41,7 @@ if TYPE_CHECKING:  # cryptography loads on first use: the idle daemon stays smal
 log = logging.getLogger(__name__)
 
 SAMPLE_BYTES = 64 << 10  # read back from each target before resuming
+NEXT_HEADER_BYTES = 512  # a member's padding and the next cpio header with its name
 OnBytes = Callable[[int], None]
 
 
@@ -174,8 +175,13 @@ class _Run:
         touched: List[str] = []
         acted = False  # an image or file began to be written (scripts that ran count too)
         steps: List[DeltaInstall] = []
+        bounded = self._chunks_in_bundle()
+        if not bounded:
+            self.request.delta.sources.upto(None)
         try:
             for member in self.bundle.artifacts():
+                if bounded:  # read no further ahead than this member (and the next one's header)
+                    self.request.delta.sources.upto(member.data_offset + member.size + NEXT_HEADER_BYTES)
                 if member.name in self.waiting:
                     self._delta_body(member, self.waiting.pop(member.name), touched)
                     break  # the chunk data is the bundle's last member: nothing after it is read
@@ -224,6 +230,13 @@ class _Run:
             stop.written = tuple(touched)
             raise
         return tuple(p.result for p in self.plans.values() if p.result is not None)
+
+    def _chunks_in_bundle(self) -> bool:
+        """Whether a delta image may take its chunk data from a member of this bundle (the last one)."""
+        sources = self.request.delta.sources
+        return any(image.delta.url is None and image.delta.zckfile is not None
+                   and sources.artifact(image.delta.zckfile) is None
+                   for plan in self.plans.values() for image in plan.delta_images() if image.delta is not None)
 
     def _delta(self, member: CpioMember, plan: MemberPlan, progress: ProgressListener,
                touched: List[str]) -> DeltaInstall:

@@ -13,6 +13,7 @@ from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
 
+from otad.hawkbit.deployment import HEAD_BYTES
 from otad.install.status import TargetStatusStore
 from otad.lock import RECORD_FILE, Holder, WriterLock
 from otad.sim.device import SimDevice, make_image, otad_command
@@ -69,7 +70,9 @@ def holder_at_work(sim: SimDevice) -> Holder:
 def stalled_daemon(rig: Rig) -> "subprocess.Popen[str]":
     data = rig.bundle("2.0")
     rig.fake.offer(ACTION, data, version="2.0")
-    rig.fake.fault("artifact", stall_after=int(len(data) * HOLD_AT), stall_s=60, release=threading.Event())
+    rig.fake.fault("artifact")  # the bundle's head comes first, as asked; the rest stalls
+    rig.fake.fault("artifact", stall_after=int(len(data) * HOLD_AT) - HEAD_BYTES, stall_s=60,
+                   release=threading.Event())
     return otad(rig.sim, "run", "--once", "--no-reboot")
 
 
