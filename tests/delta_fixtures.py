@@ -350,8 +350,8 @@ def self_contained(fixture: DeltaFixture, out: Path, pki: object, *, board: Opti
                    max_ranges: int = 50, body_name: str = "rootfs.ext4.zckbody") -> Path:
     """The self-contained layout (docs/delta.md §4, L3): sw-description, .sig, the zck header
     (the delta images' member), the zck body last. stable,copyN: delta into devices[N-1] from the
-    other one, chunks from the body by Range; stable,fullN: the body as a raw zstd image, for
-    SWUpdate and for devices without a source."""
+    other one, chunks from the body by Range; stable,copyN-full: the body as a raw zstd image, for
+    SWUpdate and for devices without a source (/work/notes/delta-layout.md: what otad mkswu writes)."""
     from tests.bundles import signed_members, write_bundle
 
     header = fixture.header_bytes
@@ -362,7 +362,7 @@ def self_contained(fixture: DeltaFixture, out: Path, pki: object, *, board: Opti
         sections.append(f'''copy{n} = {{ images: ( {{ filename = "rootfs.ext4"; type = "delta"; device = "{device}";
             sha256 = "{h}"; properties: {{ url = "dynamic"; zckfile = "{body_name}"; chain = "raw";
             source = "{source}"; max-ranges = "{max_ranges}"; }}; }} ); }};''')
-        sections.append(f'''full{n} = {{ images: ( {{ filename = "{body_name}"; type = "raw"; compressed = "zstd";
+        sections.append(f'''copy{n}-full = {{ images: ( {{ filename = "{body_name}"; type = "raw"; compressed = "zstd";
             installed-directly = true; device = "{device}"; sha256 = "{b}"; }} ); }};''')
     body_text = f'hardware-compatibility: [ "1.0" ]; stable = {{ {" ".join(sections)} }};'
     if board:

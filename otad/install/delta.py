@@ -127,6 +127,7 @@ class DeltaInstall:
         self.waits_for: Optional[str] = None  # a member of the bundle holds the chunk data (L3)
         self.report: Optional[DeltaReport] = None
         self.writing = False  # the target has been marked installing: its old content is void
+        self.left_stream = False  # the bundle's stream was left for Range requests into its link
 
     # ---------------------------------------------------------------- before anything is written
 
@@ -178,14 +179,16 @@ class DeltaInstall:
 
     # ---------------------------------------------------------------- the install
 
-    def run(self, touched: List[str], body: Optional[CpioMember] = None) -> ArtifactResult:
-        """Plan, assemble and record the image; `touched` gets the target once it is being written."""
+    def run(self, touched: List[str], body: Optional[CpioMember] = None, stream_only: bool = False) -> ArtifactResult:
+        """Plan, assemble and record the image; `touched` gets the target once it is being written.
+        `body`: the bundle member holding the chunk data, read from the stream (`stream_only`, or
+        when most of it is needed) or fetched by Range from the bundle's link (`left_stream` then)."""
         header = self.header
         assert header is not None and (body is not None) == (self.waits_for is not None)
         with ExitStack() as stack:
             src = stack.enter_context(open(delta_source(self.image, self.request.device_dir), "rb"))
             plan, how = self._plan(header, src)
-            feed, fetcher = self._feed(header, plan, body, stack)
+            feed, fetcher = self._feed(header, plan, body, stack, stream_only)
             self._start_writing(touched)
             assembler = self._assemble(header, plan, feed, src.fileno(), stack)
         self._check_image(header)
@@ -241,16 +244,17 @@ class DeltaInstall:
                 found.append(i)
         return found
 
-    def _feed(self, header: zck.ZckHeader, plan: Plan, body: Optional[CpioMember],
-              stack: ExitStack) -> Tuple[ChunkFeed, Optional[RangeFetcher]]:
+    def _feed(self, header: zck.ZckHeader, plan: Plan, body: Optional[CpioMember], stack: ExitStack,
+              stream_only: bool) -> Tuple[ChunkFeed, Optional[RangeFetcher]]:
         remote, shift = self.remote, 0
         if body is not None:
             base = self._body_base(header, body)
-            bundle = self.opts.sources.bundle()
+            bundle = None if stream_only else self.opts.sources.bundle()
             # Fetching most of the body anyway: read it on from the stream rather than open ranges.
             if bundle is None or plan.fetch_bytes >= STREAM_SHARE * (body.size - (header.length - base)):
                 return StreamFeed(body.read, header.index, base, f"bundle member {body.name!r}"), None
             self.opts.sources.leave_stream()
+            self.left_stream = True
             remote, shift = bundle, body.data_offset - base
         assert remote is not None
         fetcher = RangeFetcher(remote.opener, remote.url, remote.size, etag=remote.etag,

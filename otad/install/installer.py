@@ -183,8 +183,9 @@ class _Run:
                 if bounded:  # read no further ahead than this member (and the next one's header)
                     self.request.delta.sources.upto(member.data_offset + member.size + NEXT_HEADER_BYTES)
                 if member.name in self.waiting:
-                    self._delta_body(member, self.waiting.pop(member.name), touched)
-                    break  # the chunk data is the bundle's last member: nothing after it is read
+                    if self._delta_body(member, self.waiting.pop(member.name), touched):
+                        break  # the stream was left for Range requests: nothing after this member is read
+                    continue
                 plan = self.plans.get(member.name)
                 if plan is None or plan.result is not None:
                     log.debug("skipping member %r: not in the selection", member.name)
@@ -254,10 +255,13 @@ class _Run:
             self.waiting[step.waits_for] = step
         return step
 
-    def _delta_body(self, member: CpioMember, step: DeltaInstall, touched: List[str]) -> None:
-        self.read_to_end = False
-        step.member_plan.result = step.run(touched, body=member)
+    def _delta_body(self, member: CpioMember, step: DeltaInstall, touched: List[str]) -> bool:
+        """The member holding a delta image's chunk data; True when the stream was left there. The
+        chunk data of another delta image may follow: then this one is read from the stream."""
+        step.member_plan.result = step.run(touched, body=member, stream_only=bool(self.waiting))
         self._reported(step)
+        self.read_to_end = not step.left_stream
+        return step.left_stream
 
     def _reported(self, step: DeltaInstall) -> None:
         assert step.report is not None

@@ -7,6 +7,7 @@ self-contained .swu, chunks by Range from its own link) against the fake and a r
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 from typing import Iterator, List
@@ -16,6 +17,7 @@ import pytest
 from otad.delta import srcindex, zck
 from otad.delta.plan import Plan
 from otad.sim.device import SimDevice
+from tests.bundles import signed_members, write_bundle
 from tests.delta_fixtures import DeltaFixture, ab_delta_template, self_contained, small, swugenerator_delta  # noqa: F401
 from tests.goosebit import Goosebit, goosebit  # noqa: F401 - fixture
 from tests.hawkbit_fakes import DdiFake, FaultProxy, Feedback
@@ -137,3 +139,31 @@ def test_goosebit_serves_a_self_contained_delta_by_range(goosebit: Goosebit, sma
     # the bundle's head, the chunks, multipart framing and HTTP headers: nothing of the body streamed
     assert downloaded <= head + plan.fetch_bytes * 1.02 + (16 << 10), (downloaded, head, plan.fetch_bytes)
     assert goosebit.device(controller)["last_state"] == "Running"
+
+
+def test_two_self_contained_deltas_the_first_body_is_read_through_the_last_fetched_by_range(
+        fake: DdiFake, small: DeltaFixture, pki: Pki, tmp_path: Path) -> None:  # noqa: F811
+    """Bodies are the bundle's last members (delta-layout.md): only the very last can be left for
+    Range requests; the ones before it are read from the stream."""
+    header = small.header_bytes
+    body = small.v2_zck.read_bytes()[len(header):]
+    h = hashlib.sha256(header).hexdigest()
+
+    def entry(name: str, device: str) -> str:
+        return (f'{{ filename = "{name}"; type = "delta"; device = "{device}"; sha256 = "{h}"; properties: {{ '
+                f'url = "dynamic"; zckfile = "{name}.zckbody"; chain = "raw"; source = "/dev/mmcblk0p2"; }}; }}')
+    desc = (f'software = {{ version = "2.0.0"; hardware-compatibility: [ "1.0" ]; stable = {{ '
+            f'copy2 = {{ images: ( {entry("rootfs.ext4", "/dev/mmcblk0p3")}, {entry("spare.ext4", "/dev/spare")} ); '
+            f'}}; }}; }};\n').encode()
+    swu = write_bundle(tmp_path / "two.swu", signed_members(desc, [], pki, tmp_path) + [
+        ("rootfs.ext4", header), ("spare.ext4", header), ("rootfs.ext4.zckbody", body), ("spare.ext4.zckbody", body)])
+    fake.offer(ACTION, swu.read_bytes(), version="2.0.0")
+    sim = make_sim(tmp_path / "sim", small, pki, fake.url)
+    (sim.layout.dev_dir / "spare").write_bytes(bytes(small.v2.stat().st_size))
+    log = run_once(sim)
+    assert armed_with_v2(sim, small), log[-3000:]
+    assert (sim.layout.dev_dir / "spare").read_bytes() == small.v2.read_bytes()
+    assert re.search(r"rootfs.ext4: reused [0-9.]+ MB, fetched [0-9.]+ MB with the bundle", log)
+    assert re.search(r"spare.ext4: reused 20.9 MB, fetched 1.3 MB in \d requests?", log)
+    ranges = [r.headers.get("Range", "") for r in fake.requests if r.endpoint == "artifact"]
+    assert len([r for r in ranges if "," in r]) == len(plan_of(small).requests(50))

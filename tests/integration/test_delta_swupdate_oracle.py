@@ -22,7 +22,7 @@ import pytest
 
 from otad.delta import srcindex, zck
 from otad.delta.plan import Plan
-from tests.delta_fixtures import DeltaFixture, delta_bundle, small  # noqa: F401 - fixture
+from tests.delta_fixtures import DeltaFixture, delta_bundle, self_contained, small  # noqa: F401 - fixture
 from tests.integration.test_swupdate_oracle import run_swupdate
 from tests.pki import Pki
 from tests.range_server import RangeServer
@@ -110,3 +110,23 @@ def test_otad_installs_swupdates_bundle_byte_identically_fetching_the_same_chunk
     assert len(set(swupdate_chunks)) == len(swupdate_chunks)  # one run of swupdate, each chunk once
     assert set(otad_chunks) <= set(swupdate_chunks) and len(set(swupdate_chunks) - set(otad_chunks)) <= 1
     assert sorted(otad_chunks) == plans(small)[0].fetched()
+
+
+def test_the_self_contained_bundles_full_selection_installs_by_swupdate_and_by_otad(
+        small: DeltaFixture, pki: Pki, tmp_path: Path) -> None:  # noqa: F811
+    """The body member as a raw zstd image (`stable,copy2-full`): a device without a usable source,
+    or SWUpdate (which cannot resolve `url = "dynamic"` without hawkBit), installs the same file."""
+    swupdate_slot, otad_slot = tmp_path / "slot-swupdate", tmp_path / "slot-otad"
+    for slot in (swupdate_slot, otad_slot):
+        slot.write_bytes(b"\x5a" * small.v2.stat().st_size)
+    swupdate_bundle = self_contained(small, tmp_path / "a.swu", pki, devices=(str(small.v1), str(swupdate_slot)))
+    ok, log = run_swupdate(swupdate_bundle, pki.ca_pem, ["-e", "stable,copy2-full"])
+    assert ok, log[-3000:]
+    otad_bundle = self_contained(small, tmp_path / "b.swu", pki, devices=(str(small.v1), str(otad_slot)))
+    conf = tmp_path / "otad.conf"
+    conf.write_text(f'system = {{ state_dir = "{tmp_path / "state"}"; hardware = "rpi0w:1.0"; }};\n'
+                    f'install = {{ trust_file = "{pki.ca_pem}"; }};\n')
+    done = subprocess.run([sys.executable, "-m", "otad", "--config", str(conf), "install", "-e", "stable,copy2-full",
+                           str(otad_bundle)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert otad_slot.read_bytes() == swupdate_slot.read_bytes() == small.v2.read_bytes()
