@@ -70,7 +70,8 @@ def forget(state_dir: str, path: str, *, keep_staged: bool = False) -> None:
 
 
 def load(state_dir: str, path: str, stamp: str, limits: zck.Limits = zck.Limits()) -> Optional[Cached]:
-    """The target's index if it belongs to record `stamp` and reads back intact, else None."""
+    """The target's index if it belongs to record `stamp` and reads back intact, else None; kept
+    for matching only (zck.ChunkIndex.matching_only)."""
     header_path, meta_path, _ = _paths(state_dir, path)
     try:
         with open(meta_path, "rb") as f:
@@ -81,7 +82,7 @@ def load(state_dir: str, path: str, stamp: str, limits: zck.Limits = zck.Limits(
             data = f.read(limits.max_header_bytes + 1)
         if hashlib.sha256(data).hexdigest() != meta.get("header_sha256"):
             return None
-        header = zck.parse_header(data, name=header_path, limits=limits)
+        header = zck.parse_header(data, name=header_path, limits=limits, matching=True)
     except (OSError, ValueError, OtadError):
         return None  # a cache: unreadable means absent
     length = meta.get("image_length")

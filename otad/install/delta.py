@@ -121,7 +121,6 @@ class DeltaInstall:
         self.version = version
         self.name = plan.filename
         self.header: Optional[zck.ZckHeader] = None
-        self.header_bytes = b""
         self.remote: Optional[RemoteFile] = None
         self.layout = URL
         self.waits_for: Optional[str] = None  # a member of the bundle holds the chunk data (L3)
@@ -132,8 +131,12 @@ class DeltaInstall:
     # ---------------------------------------------------------------- before anything is written
 
     def begin(self, member: CpioMember) -> None:
-        """Read and check the header member; find where the chunks come from."""
-        self.check_header(member.read_all(zck.Limits().max_header_bytes))
+        """Read and check the header member; find where the chunks come from. Its bytes are kept
+        on disk (the target's index once it is written), not in memory."""
+        data = member.read_all(zck.Limits().max_header_bytes)
+        self.check_header(data)
+        if not self.request.dry_run and self.opts.state_dir:
+            slotindex.stage(self.opts.state_dir, self.target.path, data)
 
     def check_header(self, data: bytes) -> None:
         """The header member's bytes: the signed one, usable, small enough for the target."""
@@ -144,7 +147,7 @@ class DeltaInstall:
         if header.index.image_length > self.target.capacity:
             raise ImageTooLarge(f"the delta image has {header.index.image_length} bytes, more than the "
                                 f"{self.target.capacity} of {self.target.description}", self.name)
-        self.header, self.header_bytes = header, data
+        self.header = header
         self._locate(header)
         log.info("%s: delta image of %d bytes in %d chunks for %s, chunks from %s", self.name,
                  header.index.image_length, len(header.index), self.target.description,
@@ -202,6 +205,7 @@ class DeltaInstall:
         found = source.find(header.index, src, length, cached.header.index if cached else None,
                             source.IndexPolicy(self.opts.libzck, self.opts.python_index), name=path,
                             on_progress=self._busy)
+        cached = None  # the source's index is not needed past matching: its memory goes before the next
         present = self._present(header, found.match.offsets)
         plan = Plan(header.index, found.match, bytes(present))
         log.info("%s: source %s (%d bytes, %s): %s; %d chunks already in %s", self.name, path, length, found.how,
@@ -285,9 +289,7 @@ class DeltaInstall:
         self.writing = True
         self.status.mark(self.target.path, INSTALLING, version=self.version)
         if self.opts.state_dir:
-            slotindex.forget(self.opts.state_dir, self.target.path)
-            slotindex.stage(self.opts.state_dir, self.target.path, self.header_bytes)
-        self.header_bytes = b""  # kept on disk now
+            slotindex.forget(self.opts.state_dir, self.target.path, keep_staged=True)
 
     def _assemble(self, header: zck.ZckHeader, plan: Plan, feed: ChunkFeed, src_fd: int,
                   stack: ExitStack) -> Assembler:
