@@ -218,6 +218,9 @@ def test_tampered_chunk_data_fails_closed_and_the_slot_is_not_armed(dev: DeltaDe
     ("hawkbit", [Misbehave(garble=True)], "unreadable multipart body"),
     ("hawkbit-old", [Misbehave(drop_after=300_000)], None),
     ("starlette", [Misbehave(ignore_range=True)] * 8, "the server ignores Range"),
+    # issue 12's misbehaving server, all in one install: a 200, old hawkBit's framing, a dropped connection
+    ("starlette", [Misbehave(ignore_range=True), Misbehave(dialect="hawkbit-old"), Misbehave(drop_after=100_000)],
+     "HTTP 200 to"),
 ])
 def test_misbehaving_servers_cost_bytes_never_the_install(dev: DeltaDevice, bundle: Path, server: RangeServer,
                                                           small: DeltaFixture, dialect: str,  # noqa: F811
@@ -270,3 +273,22 @@ def test_otad_info_shows_the_plan(dev: DeltaDevice, bundle: Path, server: RangeS
     assert f"reuse {plan.reused_bytes / 1e6:.1f} MB, fetch {plan.fetch_bytes / 1e6:.1f} MB in 1 request" in out, out
     assert server.requests == 0
 
+
+
+@pytest.mark.parametrize("right", [True, False])
+def test_image_sha256_checks_the_whole_assembled_image(tmp_path: Path, dev: DeltaDevice, server: RangeServer,
+                                                       small: DeltaFixture, pki: Pki, right: bool,  # noqa: F811
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    image_sha256 = hashlib.sha256(small.v2.read_bytes() if right else b"another image").hexdigest()
+    desc = ab_delta_template(f'url = "{server.url}"; image-sha256 = "{image_sha256}";').replace(
+        'type = "delta";', f'type = "delta"; sha256 = "{hashlib.sha256(small.header_bytes).hexdigest()}";')
+    swu = write_bundle(tmp_path / "x.swu", signed_members(desc.encode(), [], pki, tmp_path) +
+                       [("rootfs.ext4", small.header_bytes)])
+    rc, _, err = otad(dev, capsys, "install", swu)
+    if right:
+        assert rc == 0, err
+        return
+    assert rc == 4 and "properties.image-sha256: the assembled image hashes to" in one_error(err)
+    assert dev.env()["rootpart"] == "2"
+    record = TargetStatusStore(str(dev.state / "targets.json")).get(str(dev.slot("mmcblk0p3")))
+    assert record is not None and record.state == "failed"
