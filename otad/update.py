@@ -28,7 +28,7 @@ from otad.config import Config
 from otad.errors import REFUSED, WRITE_FAILED, CompatibilityError, ConfigError, EnvError, InstallError, Interrupted, \
     OtadError, SlotError, StateError, WatchdogError
 from otad.delta.fetch import Opener
-from otad.install.chunks import ChunkSources, RemoteFile
+from otad.install.chunks import ChunkSources, NoChunkSources
 from otad.install.handlers.raw import resolve_device
 from otad.install.installer import InstallResult, Resuming, install_bundle
 from otad.install.delta import DeltaInstall
@@ -116,7 +116,7 @@ class _Setup:
     chooser: Optional[Bootchooser] = None
 
 
-class StaticChunkSources:
+class StaticChunkSources(NoChunkSources):
     """Chunk data for `otad install`: a delta's static URL through a plain HTTP client (no
     hawkBit credentials); a deployment artifact or the bundle's link need the daemon."""
 
@@ -130,18 +130,6 @@ class StaticChunkSources:
 
             self._opener = PlainOpener(ca_file=self._ca_file)
         return self._opener
-
-    def artifact(self, name: str) -> Optional[RemoteFile]:
-        return None
-
-    def bundle(self) -> Optional[RemoteFile]:
-        return None
-
-    def leave_stream(self) -> None:
-        pass
-
-    def upto(self, end: Optional[int]) -> None:
-        pass
 
 
 def _setup(cfg: Config, *, dry_run: bool, selection: Optional[Tuple[str, str]],

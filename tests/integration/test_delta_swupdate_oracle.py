@@ -68,6 +68,16 @@ def test_swupdate_fetches_exactly_the_ranges_otad_plans(small: DeltaFixture, pki
     assert set(ours.fetched()) <= set(as_2022.fetched()) and len(extra) <= 1
 
 
+def otad_install(bundle: Path, selection: str, pki: Pki, tmp_path: Path) -> None:
+    """`otad install -e SELECTION BUNDLE` as a process, without slots (as `swupdate -i`)."""
+    conf = tmp_path / "otad.conf"
+    conf.write_text(f'system = {{ state_dir = "{tmp_path / "state"}"; hardware = "rpi0w:1.0"; }};\n'
+                    f'install = {{ trust_file = "{pki.ca_pem}"; }};\ndelta = {{ min_interval_s = 0; }};\n')
+    done = subprocess.run([sys.executable, "-m", "otad", "--config", str(conf), "install", "-e", selection,
+                           str(bundle)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
 def chunks_fetched(target: zck.ChunkIndex, ranges: List[str]) -> List[int]:
     """The chunk numbers whose bytes the Range headers asked for."""
     starts = {target.starts[i]: i for i in range(len(target))}
@@ -97,13 +107,8 @@ def test_otad_installs_swupdates_bundle_byte_identically_fetching_the_same_chunk
         assert ok, log[-3000:]
         theirs = [s.range or "" for s in srv.journal if s.status == 206]
         srv.journal.clear()
-        otad_bundle = delta_bundle(small, tmp_path / "b.swu", pki, srv.url, small.v1, otad_slot)
-        conf = tmp_path / "otad.conf"
-        conf.write_text(f'system = {{ state_dir = "{tmp_path / "state"}"; hardware = "rpi0w:1.0"; }};\n'
-                        f'install = {{ trust_file = "{pki.ca_pem}"; }};\ndelta = {{ min_interval_s = 0; }};\n')
-        done = subprocess.run([sys.executable, "-m", "otad", "--config", str(conf), "install", "-e", "stable,delta",
-                               str(otad_bundle)], capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, done.stderr
+        otad_install(delta_bundle(small, tmp_path / "b.swu", pki, srv.url, small.v1, otad_slot), "stable,delta",
+                     pki, tmp_path)
         ours = [s.range or "" for s in srv.journal]
     assert otad_slot.read_bytes() == swupdate_slot.read_bytes() == small.v2.read_bytes()
     swupdate_chunks, otad_chunks = chunks_fetched(target, theirs), chunks_fetched(target, ours)
@@ -122,11 +127,6 @@ def test_the_self_contained_bundles_full_selection_installs_by_swupdate_and_by_o
     swupdate_bundle = self_contained(small, tmp_path / "a.swu", pki, devices=(str(small.v1), str(swupdate_slot)))
     ok, log = run_swupdate(swupdate_bundle, pki.ca_pem, ["-e", "stable,copy2-full"])
     assert ok, log[-3000:]
-    otad_bundle = self_contained(small, tmp_path / "b.swu", pki, devices=(str(small.v1), str(otad_slot)))
-    conf = tmp_path / "otad.conf"
-    conf.write_text(f'system = {{ state_dir = "{tmp_path / "state"}"; hardware = "rpi0w:1.0"; }};\n'
-                    f'install = {{ trust_file = "{pki.ca_pem}"; }};\n')
-    done = subprocess.run([sys.executable, "-m", "otad", "--config", str(conf), "install", "-e", "stable,copy2-full",
-                           str(otad_bundle)], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
+    otad_install(self_contained(small, tmp_path / "b.swu", pki, devices=(str(small.v1), str(otad_slot))),
+                 "stable,copy2-full", pki, tmp_path)
     assert otad_slot.read_bytes() == swupdate_slot.read_bytes() == small.v2.read_bytes()
