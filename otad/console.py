@@ -70,7 +70,7 @@ class ProgressDisplay:
         if event.phase == "done":
             self._finish(event)
             return
-        if not event.total_bytes or event.phase != "image":
+        if not event.total_bytes or event.phase not in ("image", "delta"):  # delta: in planned bytes
             return
         percent = min(100, event.done_bytes * 100 // event.total_bytes)
         if self._tty:

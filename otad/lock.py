@@ -230,7 +230,7 @@ class HeldLock:
         """A ProgressListener: bundle bytes into the record, written once per percent (at most
         about 100 small renames an install), or once a second while the size is unknown (stdin)."""
         record = self.record
-        if record is None or self._fd is None or event.phase not in ("image", "busy"):
+        if record is None or self._fd is None or event.phase not in ("image", "busy", "delta"):
             return
         self.record = replace(record, done_bytes=event.done_bytes, total_bytes=event.total_bytes)
         if self.record.percent is not None:

@@ -81,6 +81,7 @@ def test_a_swugenerator_delta_installs_v2_fetching_exactly_the_planned_ranges(
     line = f"reused {plan.reused_bytes / 1e6:.1f} MB, fetched {server.body_bytes / 1e6:.1f} MB in " \
            f"{len(plan.requests(50))} request"
     assert line in out, out
+    assert re.search(r" [5-6]\d% rootfs.ext4 \(", err) and "100% rootfs.ext4 (" in err  # progress in planned bytes
     record = TargetStatusStore(str(dev.state / "targets.json")).get(str(dev.slot("mmcblk0p3")))
     assert record is not None and (record.state, record.sha256) == \
         ("installed", hashlib.sha256(small.header_bytes).hexdigest())
