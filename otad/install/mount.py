@@ -15,7 +15,8 @@ from contextlib import contextmanager
 from typing import Iterator, List, Optional
 
 from otad.errors import InstallError
-from otad.install.scripts import Heartbeat, run_tool
+from otad.install.scripts import run_tool
+from otad.process import Heartbeat
 
 log = logging.getLogger(__name__)
 

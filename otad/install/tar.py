@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, List, Optional, Tuple
 from otad.errors import ImageError, InstallError
 from otad.install.filetarget import DIR_MODE, FileTarget, file_error
 from otad.install.pipeline import FdSink, Reader, ZstdReader
-from otad.install.scripts import Heartbeat
+from otad.process import Heartbeat
 
 if TYPE_CHECKING:  # loaded when an archive entry is unpacked
     import tarfile

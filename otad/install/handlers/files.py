@@ -23,8 +23,8 @@ from otad.install.debugfs import Debugfs
 from otad.install.filetarget import DIR_MODE, NEW_FILE_MODE, FileTarget, file_error
 from otad.install.handlers.raw import resolve_device
 from otad.install.pipeline import FdSink, Sink
-from otad.install.scripts import Heartbeat
 from otad.install.tar import Extractor, StreamingSink
+from otad.process import Heartbeat
 from otad.swu.manifest import File
 
 if TYPE_CHECKING:  # the registry imports this module; options are only annotated here
