@@ -18,7 +18,6 @@ import logging
 import os
 import random
 import signal
-import subprocess
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional, Set, Tuple
@@ -490,11 +489,8 @@ class Agent:
     def reboot(self, why: str) -> None:
         self.reboot_requested = True
         self.status.publish(phase="rebooting", last_error=None)
-        if not self.options.reboot:
-            log.info("reboot needed (%s); not rebooting (--no-reboot)", why)
-            return
-        log.info("rebooting: %s (%s)", why, self.cfg.system.reboot_command)
-        subprocess.run(self.cfg.system.reboot_command, shell=True, check=False)
+        update.reboot_if_asked(self.cfg, True, allowed=self.options.reboot,
+                               say=lambda line: log.info("%s (%s)", line, why))
 
 
 def _hardware(cfg: Config) -> Optional[Tuple[str, str]]:
