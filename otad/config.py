@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # otad.libconfig loads libconf: imported when a file is parse
     from otad.libconfig import Locator
 
 DEFAULT_PATH = "/etc/otad/otad.conf"
+MAX_CONFIG_BYTES = 1 << 20  # otad.conf with every key and its comments is a few KiB
 
 SIGNATURE_METHODS = ("cms", "rsa")
 CERT_PURPOSES = ("emailProtection", "codeSigning", "any")
@@ -388,13 +389,10 @@ class HawkbitConfig:
         path = self.controller_id_from
         if path is None:
             raise ConfigError("hawkbit: no controller id; expected controller_id or controller_id_from")
-        try:
-            with open(path, "rb") as f:
-                first = f.read(4096).decode("utf-8").splitlines()
-        except OSError as exc:
-            raise ConfigError(f"hawkbit.controller_id_from: cannot read: {exc.strerror or exc}", path) from exc
-        except UnicodeDecodeError:
-            raise ConfigError("hawkbit.controller_id_from: expected a line of UTF-8 text", path) from None
+        from otad.smallfile import read_text
+
+        first = read_text(path, "the controller id (hawkbit.controller_id_from)", limit=64 << 10,
+                          error=ConfigError).splitlines()
         value = first[0].strip() if first else ""
         if not value or "/" in value or any(c.isspace() for c in value):
             raise ConfigError(f"hawkbit.controller_id_from: expected a first line with a name without '/' "
@@ -504,16 +502,9 @@ def load(path: Optional[str]) -> Config:
     """Read `path`; None means the built-in defaults."""
     if path is None:
         return Config()
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except OSError as exc:
-        raise ConfigError(f"cannot read configuration: {exc.strerror}", path) from exc
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"not UTF-8 text (byte {exc.start})", path) from exc
-    return parse(text, source=path)
+    from otad.smallfile import read_text
+
+    return parse(read_text(path, "the configuration", limit=MAX_CONFIG_BYTES, error=ConfigError), source=path)
 
 
 def parse(text: str, *, source: str) -> Config:

@@ -37,6 +37,7 @@ from otad.install.status import FAILED, TargetRecord, TargetStatusStore, shown_s
 from otad.lock import Holder, HeldLock, WriterLock
 from otad.progress import ProgressListener, fan_out, ignore
 from otad.signals import shielded
+from otad.smallfile import read_text
 from otad.state import Phase, State, StateStore
 from otad.swu.manifest import HardwareRevision, SwDescription
 
@@ -51,21 +52,17 @@ class SlotInstallResult:
     state: Optional[State]  # after arming; None with no_switch or without slots
 
 
-def _read_text(path: Optional[str]) -> Optional[str]:
+def _read_text(path: Optional[str], what: str) -> Optional[str]:
     if not path:
         return None
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read()
-    except OSError as exc:
-        raise SlotError(f"cannot read: {exc.strerror}", path) from exc
+    return read_text(path, what, limit=4 << 20, error=SlotError, errors="replace")
 
 
 def detect_booted(cfg: Config) -> BootedSlot:
     """Which slot runs now, from the kernel command line (or the root mount), never the env."""
     boot = cfg.bootloader
-    return booted_slot(SlotTable.from_config(cfg), cmdline=_read_text(boot.cmdline) or "",
-                       mountinfo=_read_text(boot.mountinfo) if boot.mountinfo and os.path.exists(boot.mountinfo)
+    return booted_slot(SlotTable.from_config(cfg), cmdline=_read_text(boot.cmdline, "the kernel command line") or "",
+                       mountinfo=_read_text(boot.mountinfo, "the mount table") if boot.mountinfo and os.path.exists(boot.mountinfo)
                        else None,
                        partuuid_dir=boot.partuuid_dir, device_dir=cfg.system.device_dir)
 

@@ -247,7 +247,7 @@ def test_syntax_errors_come_from_the_libconfig_reader_with_a_line() -> None:
 
 
 def test_unreadable_file_is_a_config_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="cannot read configuration") as info:
+    with pytest.raises(ConfigError, match="cannot read the configuration") as info:
         config.load(str(tmp_path / "missing.conf"))
     assert info.value.where == str(tmp_path / "missing.conf")
 
