@@ -24,7 +24,8 @@ edge with ``raise ... from exc``.
      ├── EnvError                 U-Boot environment
      │    └── EnvCorrupt          no copy with a good CRC
      ├── SlotError                A/B slot model: booted slot unknown, bad transition
-     ├── StateError               otad's persistent state file
+     ├── StateError               otad's persistent state: a file, a transition
+     │    └── StateCorrupt        a state file's content cannot be read (otad.statefile)
      ├── BusyError                another otad process holds the writer lock (exit 75)
      ├── WatchdogError            /dev/watchdog
      ├── ServerError              a hawkBit request failed: url, status, retry_after_s
@@ -188,6 +189,11 @@ class SlotError(OtadError):
 
 class StateError(OtadError):
     """otad's persistent state is unreadable or a transition is not allowed."""
+
+
+class StateCorrupt(StateError):
+    """A state file's content is not what otad wrote: what happens to the file is its store's
+    policy (otad.statefile: kept, set aside, or only shown)."""
 
 
 class BusyError(OtadError):

@@ -26,6 +26,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Type, Union
 from otad.durable import atomic_write
 from otad.errors import BusyError, StateError
 from otad.progress import Progress
+from otad.statefile import read_object
 
 log = logging.getLogger(__name__)
 
@@ -158,12 +159,12 @@ class WriterLock:
         return _flock_owner(lines, key)
 
     def read_record(self) -> Optional[Holder]:
+        """The holder record; None if there is none or it cannot be read (a view: only shown)."""
         try:
-            with open(self.record_path, "rb") as f:
-                raw = f.read(_MAX_RECORD_BYTES + 1)
-            return holder_from_dict(json.loads(raw.decode("utf-8")))
-        except (OSError, UnicodeDecodeError, ValueError):
+            body = read_object(self.record_path, limit=_MAX_RECORD_BYTES)
+        except StateError:
             return None
+        return holder_from_dict(body) if body is not None else None
 
     def _busy_text(self) -> str:
         holder = self.holder()

@@ -422,4 +422,5 @@ def slot_status(cfg: Config) -> SlotStatusReport:
     writer = WriterLock(cfg.system.state_dir).holder()
     chooser = Bootchooser.from_config(cfg)
     return status(StateStore(cfg.system.state_dir), chooser, booted, booted_problem=problem,
-                  installs=slot_installs(_targets(cfg), chooser.table, cfg.system.device_dir, writer), writer=writer)
+                  installs=slot_installs(TargetStatusStore(status_file(cfg), owner=False), chooser.table,
+                                         cfg.system.device_dir, writer), writer=writer)

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Deque, Dict, Mapping, Optional, Tuple
 
 from otad.durable import atomic_write
-from otad.errors import StateError
+from otad.errors import StateCorrupt, StateError
 from otad.lock import pid_alive
+from otad.statefile import read_object
 
 log = logging.getLogger(__name__)
 
@@ -155,20 +156,13 @@ def read_status(path: str, *, stale_after_s: float = 600, clock: Callable[[], fl
     boot (the pid may belong to another process now), or it was not rewritten for
     `stale_after_s` after the next poll it announced.
     """
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(_MAX_BYTES + 1)
-    except FileNotFoundError:
+    body = read_object(path, limit=_MAX_BYTES)  # a view: an unreadable file is only reported
+    if body is None:
         return None
-    except OSError as exc:
-        raise StateError(f"cannot read the daemon status: {exc.strerror or exc}", path) from exc
     try:
-        if len(raw) > _MAX_BYTES:
-            raise ValueError(f"more than {_MAX_BYTES} bytes")
-        body = json.loads(raw.decode("utf-8"))
         status = _status_from(body)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise StateError(f"unreadable daemon status: {exc}", path) from None
+    except StateError as exc:
+        raise StateCorrupt(f"unreadable daemon status: {exc.what}", path) from None
     if status.phase == "stopped" or not _gone(status, body, stale_after_s, clock, wall_clock):
         return status
     return dataclasses.replace(status, phase=NOT_RUNNING, rate_bps=None, next_poll_in_s=None)
@@ -196,10 +190,10 @@ def _boot_id() -> Optional[str]:
         return None
 
 
-def _status_from(body: object) -> DaemonStatus:
+def _status_from(body: Dict[str, Any]) -> DaemonStatus:
     """DaemonStatus from a decoded document; unknown fields are ignored (a newer writer)."""
-    if not isinstance(body, dict) or body.get("format") != FORMAT:
-        raise ValueError(f"expected a JSON object with format {FORMAT}")
+    if body.get("format") != FORMAT:
+        raise StateError(f"format: expected {FORMAT}, got {body.get('format')!r}")
     kinds = {"pid": (int,), "phase": (str,), "action_id": (str, type(None)), "version": (str, type(None)),
              "bytes_done": (int,), "bytes_total": (int, type(None)), "rate_bps": (int, float, type(None)),
              "last_error": (str, type(None)), "next_poll_in_s": (int, float, type(None)),
@@ -208,8 +202,8 @@ def _status_from(body: object) -> DaemonStatus:
     for name, allowed in kinds.items():
         value = body.get(name)
         if name not in body or isinstance(value, bool) or not isinstance(value, allowed):
-            raise ValueError(f"{name}: expected {' or '.join(t.__name__ for t in allowed)}, got {value!r}")
+            raise StateError(f"{name}: expected {' or '.join(t.__name__ for t in allowed)}, got {value!r}")
         values[name] = value
     if values["phase"] not in PHASES:
-        raise ValueError(f"phase: expected one of {', '.join(PHASES)}, got {values['phase']!r}")
+        raise StateError(f"phase: expected one of {', '.join(PHASES)}, got {values['phase']!r}")
     return DaemonStatus(**values)

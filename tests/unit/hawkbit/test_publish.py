@@ -201,10 +201,10 @@ def test_a_live_daemon_is_stale_only_after_its_announced_poll_plus_the_margin(pa
 
 
 @pytest.mark.parametrize("content, message", [
-    (b"{", "unreadable daemon status"),
+    (b"{", "daemon.json: not JSON"),
     (b'{"format": 1, "pid": 1}', "phase: expected str"),
     (b'{"format": 1, "pid": "1", "phase": "idle"}', "pid: expected int"),
-    (b'{"format": 9}', "expected a JSON object with format 1"),
+    (b'{"format": 9}', "unreadable daemon status: format: expected 1, got 9"),
 ])
 def test_a_corrupt_status_is_a_state_error_naming_the_file(path: str, content: bytes, message: str) -> None:
     os.makedirs(os.path.dirname(path))
