@@ -9,10 +9,11 @@ become StateCorrupt too. What an unreadable file does next depends on what the s
 
   record  state.json, outbox.json, actions.json: the only copy of what must reach its end (the
           trial to decide, a final result to report, an action never to install twice).
-          StateCorrupt goes to the user (`kept`); the file stays as it is until `otad state
-          reset` sets it aside as FILE.corrupt and that store starts empty.
+          `read_record`: StateCorrupt goes to the user, the file stays as it is until `otad
+          state reset` sets it aside as FILE.corrupt (`set_aside_unreadable`) and that store
+          starts empty.
   cache   resume.json, targets.json: losing it costs a download from byte 0 or an unknown
-          install state. One warning, read as absent (`dropped`); the process that owns the
+          install state. `read_cache`: one warning, read as absent; the process that owns the
           file sets it aside as FILE.corrupt (the last one kept) before it writes again;
           `otad status` only looks.
   view    daemon.json, writer.json: rewritten by their one writer, only shown by others

@@ -2,8 +2,9 @@
 
 One file, `state_dir/resume.json`, replaced atomically at each resume point the installer
 hands out: which action and artifact, the server's ETag, the state of the server's hash over
-the bytes so far, and the install's ResumePoint. It is a cache: an unreadable or foreign
-journal is logged, removed and the download starts from the first byte; nothing else is lost.
+the bytes so far, and the install's ResumePoint. It is a cache (otad.statefile): an unreadable
+journal is logged and set aside, a foreign one removed, and the download starts from the first
+byte; nothing else is lost.
 """
 
 from __future__ import annotations
