@@ -16,6 +16,7 @@ from otad.durable import atomic_write
 from otad.errors import StateError
 from otad.statefile import JsonObject, read_record
 
+ACTIONS_FILE = "actions.json"  # in state_dir
 KEEP_ENDED = 50
 _MAX_BYTES = 1 << 20  # 50 ids and one waiting action: a few KiB
 

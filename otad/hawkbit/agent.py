@@ -26,12 +26,12 @@ from otad import RELEASE_DATE, crashpoint, update
 from otad.boot.trial import Verdict
 from otad.config import Config, parse_date
 from otad.errors import BusyError, Cancelled, ConfigError, Interrupted, OtadError
-from otad.hawkbit.actions import ActionLog
+from otad.hawkbit.actions import ACTIONS_FILE, ActionLog
 from otad.hawkbit.ddi import (ActionLink, Conflict, DdiClient, Deployment, HawkbitSettings, InvalidConfigData,
                               NotFound, Rejected, RootPoll, ServerError, ServerUnavailable)
 from otad.hawkbit.deployment import DeploymentRun
 from otad.hawkbit.journal import DownloadJournal
-from otad.hawkbit.outbox import Outbox, PendingFeedback
+from otad.hawkbit.outbox import OUTBOX_FILE, Outbox, PendingFeedback
 from otad.hawkbit.policy import Backoff, PollPolicy
 from otad.hawkbit.publish import StatusPublisher
 from otad.hawkbit.suricatta import apply_swupdate_cfg
@@ -104,8 +104,8 @@ class Agent:
         self.client = client or DdiClient(settings_from_config(cfg))
         state_dir = cfg.system.state_dir
         self.store = StateStore(state_dir)
-        self.actions = ActionLog.load(os.path.join(state_dir, "actions.json"))
-        self.outbox = Outbox(os.path.join(state_dir, "outbox.json"))
+        self.actions = ActionLog.load(os.path.join(state_dir, ACTIONS_FILE))
+        self.outbox = Outbox(os.path.join(state_dir, OUTBOX_FILE))
         self.status = StatusPublisher(cfg.system.status_file, min_interval_s=STATUS_INTERVAL_S,
                                       clock=options.monotonic)
         hb = cfg.hawkbit

@@ -23,6 +23,7 @@ from otad.hawkbit.ddi import (EXECUTIONS, FINISHED, Conflict, Gone, NotFound, Qu
 
 log = logging.getLogger(__name__)
 
+OUTBOX_FILE = "outbox.json"  # in state_dir
 FORMAT = 1
 _MAX_BYTES = 1 << 20  # a few entries of at most 10 short lines each; anything huge is not ours
 _FIELDS = ("seq", "action_id", "execution", "finished", "details", "progress", "cancel", "final", "queued_at")
