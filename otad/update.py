@@ -33,7 +33,7 @@ from otad.install.plan import InstallPlan, InstallRequest, plan_install
 from otad.install.options import hardware_identity, make_request, status_file
 from otad.install.pipeline import Reader
 from otad.install.resume import discard_journal
-from otad.install.status import FAILED, TargetRecord, TargetStatusStore, shown_state
+from otad.install.status import FAILED, INSTALLED, TargetRecord, TargetStatusStore, shown_state
 from otad.lock import Holder, HeldLock, WriterLock
 from otad.progress import ProgressListener, fan_out, ignore
 from otad.signals import shielded
@@ -81,9 +81,10 @@ def slot_installs(targets: TargetStatusStore, table: SlotTable, device_dir: str,
         record = _install_record(targets, slot, device_dir)
         shown = shown_state(record, being_written=writer is not None and writer.installing_into(slot.name))
         if record is not None:
-            installs[slot.name] = SlotInstall(shown or record.state, record.version, record.reason, record.updated_at)
+            installs[slot.name] = SlotInstall((shown or record.state).value, record.version, record.reason,
+                                              record.updated_at)
         elif shown is not None:
-            installs[slot.name] = SlotInstall(shown)  # being written before its record is
+            installs[slot.name] = SlotInstall(shown.value)  # being written before its record is
     return installs
 
 
@@ -330,7 +331,7 @@ def arm(cfg: Config, target_name: str, version: str, bootenv: Dict[str, Optional
         raise SlotError(f"slot {target_name} is the running slot; nothing to arm")
     writer.doing(f"arming slot {target.name}", slot=target.name)
     record = _targets(cfg).get(resolve_device(target.device, cfg.system.device_dir))
-    if record is None or record.state != "installed" or record.version != version:
+    if record is None or record.state is not INSTALLED or record.version != version:
         raise InstallError(f"slot {target_name} no longer holds the verified install of version {version}")
     return _arm(StateStore(cfg.system.state_dir), Bootchooser.from_config(cfg), target, booted.slot, version,
                 bootenv, action_id)
@@ -345,7 +346,7 @@ def running_version(cfg: Config) -> Optional[str]:
     except OtadError:
         return None
     record = _targets(cfg).get(resolve_device(booted.slot.device, cfg.system.device_dir))
-    return record.version if record is not None and record.state == "installed" else None
+    return record.version if record is not None and record.state is INSTALLED else None
 
 
 def open_watchdog(cfg: Config, *, unless_held: bool = False) -> Union[DeviceWatchdog, NullWatchdog]:

@@ -15,22 +15,29 @@ import json
 import os
 import time
 from dataclasses import asdict, dataclass
+from enum import Enum
 from typing import Any, Dict, Optional
 
 from otad.durable import atomic_write
 from otad.errors import StateError
 from otad.statefile import JsonObject, read_cache
 
-INSTALLING = "installing"
-INSTALLED = "installed"
-FAILED = "failed"
-INTERRUPTED = "interrupted"
+class TargetState(Enum):
+    """What otad last did to a target; the value is the word in targets.json and otad status."""
+
+    INSTALLING = "installing"  # its first byte may be written: it holds no valid image
+    INSTALLED = "installed"  # written, hashed and synced
+    FAILED = "failed"  # the bundle failed after this target was touched
+    INTERRUPTED = "interrupted"  # a stop request (or, as shown, a kill) ended the install half-way
+
+
+INSTALLING, INSTALLED, FAILED, INTERRUPTED = (TargetState.INSTALLING, TargetState.INSTALLED, TargetState.FAILED,
+                                              TargetState.INTERRUPTED)
 NOT_INSTALLED = (INSTALLING, FAILED, INTERRUPTED)  # the target holds no valid image
-STATES = (INSTALLING, INSTALLED, FAILED, INTERRUPTED)
 _MAX_BYTES = 1 << 20  # a record per target: a few hundred bytes each
 
 
-def shown_state(record: Optional["TargetRecord"], *, being_written: bool) -> Optional[str]:
+def shown_state(record: Optional["TargetRecord"], *, being_written: bool) -> Optional[TargetState]:
     """The state to show for a target: `installing` exactly while a writer holding the lock
     installs into it (`being_written`, whatever the record says yet); an `installing` record
     nobody writes is `interrupted`."""
@@ -44,7 +51,7 @@ def shown_state(record: Optional["TargetRecord"], *, being_written: bool) -> Opt
 @dataclass(frozen=True)
 class TargetRecord:
     target: str
-    state: str
+    state: TargetState
     version: Optional[str] = None
     sha256: Optional[str] = None
     reason: Optional[str] = None
@@ -69,13 +76,13 @@ class TargetStatusStore:
     def all(self) -> Dict[str, TargetRecord]:
         return dict(self._records)
 
-    def mark(self, target: str, state: str, *, version: Optional[str] = None,
+    def mark(self, target: str, state: TargetState, *, version: Optional[str] = None,
              sha256: Optional[str] = None, reason: Optional[str] = None) -> None:
         self._records[target] = TargetRecord(target, state, version, sha256, reason, time.time())
         if self.path is None:
             return
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-        body = {key: asdict(record) for key, record in sorted(self._records.items())}
+        body = {key: dict(asdict(record), state=record.state.value) for key, record in sorted(self._records.items())}
         atomic_write(self.path, json.dumps(body, indent=1).encode("utf-8") + b"\n")
 
 
@@ -88,9 +95,12 @@ def _record(target: str, value: Any) -> TargetRecord:
     fields = JsonObject(value, f"target {target!r}")
     if fields.get("target", str) != target:
         raise StateError(f"target {target!r}: the record names another target")
-    state = fields.get("state", str)
-    if state not in STATES:
-        raise StateError(f"target {target!r}: state: expected one of {', '.join(STATES)}, got {state!r}")
+    word = fields.get("state", str)
+    try:
+        state = TargetState(word)
+    except ValueError:
+        known = ", ".join(s.value for s in TargetState)
+        raise StateError(f"target {target!r}: state: expected one of {known}, got {word!r}") from None
     texts = {key: _optional(value, key, target) for key in ("version", "sha256", "reason")}
     updated_at = value.get("updated_at")
     if updated_at is not None and (isinstance(updated_at, bool) or not isinstance(updated_at, (int, float))):

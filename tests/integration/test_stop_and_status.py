@@ -13,7 +13,7 @@ from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
 
-from otad.install.status import TargetStatusStore
+from otad.install.status import TargetState, TargetStatusStore
 from otad.lock import RECORD_FILE, Holder, WriterLock
 from otad.sim.device import SimDevice, make_image, otad_command
 from tests.hawkbit_fakes import DdiFake, wait_until
@@ -114,7 +114,7 @@ def test_sigterm_stops_the_daemons_install_cleanly_and_it_exits_0(rig: Rig) -> N
     assert daemon.returncode == 0, err  # the init script's stop
     assert "terminated while installing slot b; slot b marked not installed" in err and "Traceback" not in err
     record = TargetStatusStore(str(rig.sim.layout.state_dir / "targets.json")).get(str(rig.sim.layout.slot_path("b")))
-    assert record is not None and (record.state, record.version) == ("interrupted", "2.0")
+    assert record is not None and (record.state, record.version) == (TargetState.INTERRUPTED, "2.0")
     assert not rig.closed(), "a stop request is not a failed install"
     assert not (rig.sim.layout.state_dir / RECORD_FILE).exists()
 
@@ -149,7 +149,7 @@ def test_a_stop_signal_mid_install_exits_130_with_one_line_and_marks_the_slot(
     problems: List[str] = [x for x in err.splitlines() if not x.startswith(("otad: INFO:", "otad: WARNING:"))]
     assert problems == [line]
     record = TargetStatusStore(str(sim.layout.state_dir / "targets.json")).get(str(sim.layout.slot_path("b")))
-    assert record is not None and record.state == "interrupted"
+    assert record is not None and record.state is TargetState.INTERRUPTED
     text, doc = status(sim)
     b = slot_doc(doc, "b")
     assert (b["state"], b["install_state"], b["installed_version"]) == ("interrupted", "interrupted", None)

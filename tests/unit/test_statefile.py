@@ -17,7 +17,7 @@ from otad.hawkbit.actions import ActionLog
 from otad.hawkbit.journal import DownloadJournal
 from otad.hawkbit.outbox import Outbox
 from otad.hawkbit.publish import read_status
-from otad.install.status import TargetStatusStore
+from otad.install.status import TargetState, TargetStatusStore
 from otad.lock import WriterLock
 from otad.state import StateStore
 from otad.statefile import read_object
@@ -97,7 +97,7 @@ def test_old_files_of_every_store_still_load(tmp_path: Path) -> None:
     (tmp_path / "actions.json").write_text(json.dumps({"ended": {"12": "success"}, "waiting": {
         "action_id": "13", "version": "3.0", "target_slot": "b"}}))  # before bootenv was kept
     records = TargetStatusStore(str(tmp_path / "targets.json")).all()
-    assert records["/dev/mmcblk0p3"].state == "installed"
+    assert records["/dev/mmcblk0p3"].state is TargetState.INSTALLED
     log = ActionLog.load(str(tmp_path / "actions.json"))
     assert log.ended == {"12": "success"} and log.waiting is not None and log.waiting.bootenv == {}
 
@@ -108,3 +108,13 @@ def test_a_file_over_its_cap_is_corrupt_before_it_is_parsed(tmp_path: Path) -> N
     with pytest.raises(StateCorrupt, match="expected a JSON object of at most 100 bytes"):
         read_object(str(path), limit=100)
     assert read_object(str(tmp_path / "none.json"), limit=100) is None
+
+
+def test_target_states_are_written_as_the_same_words(tmp_path: Path) -> None:
+    path = tmp_path / "targets.json"
+    store = TargetStatusStore(str(path))
+    for target, state in zip("abcd", TargetState):
+        store.mark(f"/dev/{target}", state, version="1")
+    words = {key: record["state"] for key, record in json.loads(path.read_text()).items()}
+    assert words == {"/dev/a": "installing", "/dev/b": "installed", "/dev/c": "failed", "/dev/d": "interrupted"}
+    assert TargetStatusStore(str(path)).get("/dev/d").state is TargetState.INTERRUPTED  # type: ignore[union-attr]

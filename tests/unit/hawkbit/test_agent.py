@@ -22,7 +22,7 @@ from otad.hawkbit.agent import Agent, AgentOptions
 from otad.hawkbit.download import ResumableDownload
 from otad.hawkbit.outbox import Outbox
 from otad.hawkbit.publish import StatusPublisher
-from otad.install.status import TargetStatusStore
+from otad.install.status import TargetState, TargetStatusStore
 from otad.sim.device import SimDevice, make_image
 from otad.state import Phase, State, StateStore
 from tests.bundles import ImageSpec, sha256, signed_members, write_bundle
@@ -259,7 +259,7 @@ def test_a_failed_install_is_reported_with_its_reason_and_leaves_the_env_alone(
     assert "install failed" in reason and expected in reason, reason
     assert rig.env_bytes() == env and rig.state().phase is Phase.IDLE
     if how == "server_hash":
-        assert rig.slot_record("b").state == "failed"  # the written slot does not count as installed
+        assert rig.slot_record("b").state is TargetState.FAILED  # the written slot does not count as installed
     artifact_requests = rig.fake.count("artifact")
     assert artifact_requests <= 1
     rig.fake.actions[ACTION].state = "open"  # offered again: not downloaded again
