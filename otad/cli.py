@@ -340,9 +340,9 @@ def _print_status(report: Any) -> None:
     if daemon is None:
         print("daemon:  not started" if report.daemon_problem is None else "daemon:  unknown")
     else:
-        parts = [daemon.phase + (f" action {daemon.action_id}" if daemon.action_id else "")
+        parts = [daemon.phase.value + (f" action {daemon.action_id}" if daemon.action_id else "")
                  + (f" version {daemon.version}" if daemon.version else "")]
-        if daemon.phase in ("downloading", "installing"):
+        if daemon.phase.transferring:
             of = f" of {human_bytes(daemon.bytes_total)}" if daemon.bytes_total else ""
             pct = f" ({daemon.bytes_done * 100 // daemon.bytes_total}%)" if daemon.bytes_total else ""
             parts.append(f"{human_bytes(daemon.bytes_done)}{of}{pct}")

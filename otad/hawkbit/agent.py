@@ -33,7 +33,7 @@ from otad.hawkbit.deployment import DeploymentRun
 from otad.hawkbit.journal import DownloadJournal
 from otad.hawkbit.outbox import OUTBOX_FILE, Outbox, PendingFeedback
 from otad.hawkbit.policy import Backoff, PollPolicy
-from otad.hawkbit.publish import StatusPublisher
+from otad.hawkbit.publish import DaemonPhase, StatusPublisher
 from otad.hawkbit.suricatta import apply_swupdate_cfg
 from otad.lock import HeldLock, WriterLock
 from otad.notify import notify, watchdog_interval_s
@@ -151,7 +151,7 @@ class Agent:
 
     def start(self) -> float:
         """Finish what the last boot left and report it; the seconds to wait before the first poll."""
-        self.status.publish(phase="starting", server=self.cfg.hawkbit.url)
+        self.status.publish(phase=DaemonPhase.STARTING, server=self.cfg.hawkbit.url)
         self.boot_pending = not self.locked("confirming the boot", self.finish_last_boot)
         self.outbox.flush(self.send)
         notify("READY=1", "STATUS=polling")
@@ -233,7 +233,7 @@ class Agent:
                         retry_after or 0.0, self.poll_policy.min_s)
         self.last_error = str(exc)
         log.warning("hawkBit: %s; next try in %.0f s", exc, delay)
-        self.status.publish(phase="backoff", last_error=str(exc), next_poll_in_s=delay)
+        self.status.publish(phase=DaemonPhase.BACKOFF, last_error=str(exc), next_poll_in_s=delay)
         return delay
 
     def wait(self, seconds: float) -> None:
@@ -251,12 +251,12 @@ class Agent:
         state = self.store.load()
         waiting = self.actions.waiting
         if state.phase is Phase.TRIAL_ARMED:
-            self.status.publish(phase="rebooting", action_id=state.action_id, version=state.version, **fields)
+            self.status.publish(phase=DaemonPhase.REBOOTING, action_id=state.action_id, version=state.version, **fields)
         elif waiting is not None and state.phase in (Phase.DOWNLOADED, Phase.INSTALLED):
-            self.status.publish(phase="waiting_window", action_id=waiting.action_id, version=waiting.version,
+            self.status.publish(phase=DaemonPhase.WAITING_WINDOW, action_id=waiting.action_id, version=waiting.version,
                                 **fields)
         else:
-            self.status.publish(phase="idle", action_id=None, version=None, bytes_done=0, bytes_total=None,
+            self.status.publish(phase=DaemonPhase.IDLE, action_id=None, version=None, bytes_done=0, bytes_total=None,
                                 **fields)
 
     # ------------------------------------------------------------------ start-up
@@ -488,7 +488,7 @@ class Agent:
 
     def reboot(self, why: str) -> None:
         self.reboot_requested = True
-        self.status.publish(phase="rebooting", last_error=None)
+        self.status.publish(phase=DaemonPhase.REBOOTING, last_error=None)
         update.reboot_if_asked(self.cfg, True, allowed=self.options.reboot,
                                say=lambda line: log.info("%s (%s)", line, why))
 

@@ -24,7 +24,7 @@ from otad.hawkbit.download import ResumableDownload
 from otad.hawkbit.journal import DownloadCheckpoint, DownloadJournal
 from otad.hawkbit.outbox import Outbox, PendingFeedback
 from otad.hawkbit.policy import ResumePolicy
-from otad.hawkbit.publish import StatusPublisher
+from otad.hawkbit.publish import DaemonPhase, StatusPublisher
 from otad.install.installer import Resuming
 from otad.install.resume import ResumePoint
 from otad.lock import HeldLock
@@ -104,7 +104,7 @@ class DeploymentRun:
             return
         daemon.store.transition(Phase.DOWNLOADING, action_id=action, version=version or None)
         crashpoint.reached("agent.downloading_persisted")
-        daemon.status.publish(phase="downloading", action_id=action, version=version or None, bytes_done=0,
+        daemon.status.publish(phase=DaemonPhase.DOWNLOADING, action_id=action, version=version or None, bytes_done=0,
                               bytes_total=artifact.size, last_error=None)
         daemon.feedback(action, "proceeding", f"Downloading {artifact.filename} ({artifact.size} bytes) "
                                               f"into the inactive slot")
@@ -186,7 +186,7 @@ class DeploymentRun:
 
     def on_bytes(self, done: int, total: Optional[int]) -> None:
         daemon, action = self.daemon, self.action
-        daemon.status.publish(phase="downloading", bytes_done=done, bytes_total=total)
+        daemon.status.publish(phase=DaemonPhase.DOWNLOADING, bytes_done=done, bytes_total=total)
         if self.throttle.due(done, total) and daemon.progress_sent.get(action, 0) < PROGRESS_BUDGET:
             daemon.progress_sent[action] = daemon.progress_sent.get(action, 0) + 1
             percent = done * 100 // total if total else 0
@@ -247,7 +247,7 @@ class DeploymentRun:
                                 f"{waiting.target_slot}; waiting for the maintenance window")
             daemon.waiting_href = self.link.href
             log.info("action %s: waiting for the maintenance window", action)
-            daemon.status.publish(phase="waiting_window", action_id=action, version=waiting.version)
+            daemon.status.publish(phase=DaemonPhase.WAITING_WINDOW, action_id=action, version=waiting.version)
             return
         daemon.waiting_href = None
         self.arm_and_reboot(waiting)
@@ -294,7 +294,7 @@ class DeploymentRun:
         log.error("action %s failed: %s", action, reason)
         daemon.outbox.put(action, "closed", "failure", (reason,), final=True)
         daemon.actions.end(action, "failure")
-        daemon.status.publish(phase="error", last_error=reason, action_id=action)
+        daemon.status.publish(phase=DaemonPhase.ERROR, last_error=reason, action_id=action)
         daemon.outbox.flush(daemon.send)
 
 

@@ -158,13 +158,13 @@ def test_a_stop_signal_mid_install_exits_130_with_one_line_and_marks_the_slot(
 
 def test_an_idle_daemon_holds_no_lock_so_env_set_works_and_sigterm_exits_0(tmp_path: Path, fake: DdiFake,
                                                                             pki: Pki) -> None:
-    from otad.hawkbit.publish import read_status
+    from otad.hawkbit.publish import DaemonPhase, read_status
 
     rig = make_rig(tmp_path, fake, pki, poll_max_s=2)  # the first poll comes soon, then it sleeps
     daemon = otad(rig.sim, "run", "--no-reboot")
     try:
         status_file = str(rig.sim.layout.state_dir / "daemon.json")
-        assert wait_until(lambda: (read_status(status_file) or _starting()).phase == "idle", 30)
+        assert wait_until(lambda: (read_status(status_file) or _starting()).phase is DaemonPhase.IDLE, 30)
         done = rig.sim.otad("env", "set", "admin_note=set beside the daemon")
         assert done.returncode == 0, done.stderr
         assert rig.sim.env()["admin_note"] == "set beside the daemon"
@@ -172,10 +172,10 @@ def test_an_idle_daemon_holds_no_lock_so_env_set_works_and_sigterm_exits_0(tmp_p
         daemon.send_signal(signal.SIGTERM)
         _, err = daemon.communicate(timeout=30)
     assert daemon.returncode == 0 and "Traceback" not in err, err
-    assert read_status(status_file).phase == "stopped"  # type: ignore[union-attr]
+    assert read_status(status_file).phase is DaemonPhase.STOPPED  # type: ignore[union-attr]
 
 
 def _starting() -> Any:
-    from otad.hawkbit.publish import DaemonStatus
+    from otad.hawkbit.publish import DaemonPhase, DaemonStatus
 
-    return DaemonStatus(pid=0, phase="starting")
+    return DaemonStatus(pid=0, phase=DaemonPhase.STARTING)
