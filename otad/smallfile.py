@@ -1,5 +1,6 @@
 """Small files read whole: configuration files, the kernel command line, mountinfo, hwrevision,
-sw-versions, token and trust files, env scripts.
+sw-versions, token and trust files, env scripts (`read_text`, `read_bytes`), and the system
+files otad only looks at (`peek_text`: /proc/locks, /sys, the boot id).
 
 Owns the size cap and the one wording of what can go wrong (cannot read, too large, not
 UTF-8); the caller names what the file is for and picks the error class, so a bad hwrevision
@@ -9,13 +10,15 @@ means is the caller's. A leaf: imports nothing of otad but errors.
 
 from __future__ import annotations
 
-from typing import Callable, Literal, Optional, overload
+from typing import BinaryIO, Callable, List, Literal, Optional, overload
 
 from otad.errors import OtadError
 
 # The error to raise: a class of the tree such as ConfigError, or a function that builds one
 # (`what`, `where` = the path).
 ErrorFactory = Callable[[str, str], OtadError]
+
+_CHUNK = 64 << 10
 
 
 @overload
@@ -35,7 +38,7 @@ def read_bytes(path: str, what: str, *, limit: int, error: ErrorFactory,
     bytes (read as a stream: /proc files have no size)."""
     try:
         with open(path, "rb") as f:
-            raw = f.read(limit + 1)
+            raw = read_capped(f, limit)
     except FileNotFoundError as exc:
         if missing_ok:
             return None
@@ -70,3 +73,30 @@ def read_text(path: str, what: str, *, limit: int, error: ErrorFactory, missing_
     except UnicodeDecodeError as exc:
         raise error(f"expected {what} as UTF-8 text, got byte {raw[exc.start]:#04x} at offset {exc.start}",
                     path) from None
+
+
+def peek_text(path: str, *, limit: int = 4 << 20) -> Optional[str]:
+    """A system file that otad only looks at (/proc, /sys: a lock table, a loop device's backing
+    file, the boot id): its text, or None when it is absent, unreadable or over `limit`, for the
+    caller to take as "unknown". Never raises; bytes that are not UTF-8 are replaced."""
+    try:
+        with open(path, "rb") as f:
+            raw = read_capped(f, limit)
+    except OSError:
+        return None
+    return raw.decode("utf-8", "replace") if len(raw) <= limit else None
+
+
+def read_capped(f: BinaryIO, limit: int) -> bytes:
+    """What `f` holds, but at most `limit` + 1 bytes (one more tells the caller it is too big).
+    Read in chunks: no buffer of `limit` bytes up front for a small file, and /proc/sys refuses
+    a read of a few MiB at once (ENOMEM)."""
+    parts: List[bytes] = []
+    total = 0
+    while total <= limit:
+        chunk = f.read(min(_CHUNK, limit + 1 - total))
+        if not chunk:
+            break
+        parts.append(chunk)
+        total += len(chunk)
+    return b"".join(parts)

@@ -28,6 +28,7 @@ import os
 from typing import Any, Callable, Dict, Optional, TypeVar
 
 from otad.errors import StateCorrupt, StateError
+from otad.smallfile import read_capped
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ def read_object(path: str, *, limit: int) -> Optional[Dict[str, Any]]:
     opened, StateCorrupt if its content is not one JSON object within the limits."""
     try:
         with open(path, "rb") as f:
-            raw = f.read(limit + 1)
+            raw = read_capped(f, limit)
     except FileNotFoundError:
         return None
     except OSError as exc:

@@ -22,6 +22,7 @@ from typing import Any, Callable, Deque, Dict, Mapping, Optional, Tuple
 from otad.durable import atomic_write
 from otad.errors import StateCorrupt, StateError
 from otad.lock import pid_alive
+from otad.smallfile import peek_text
 from otad.statefile import read_object
 
 log = logging.getLogger(__name__)
@@ -209,11 +210,7 @@ def _gone(status: DaemonStatus, body: Mapping[str, Any], stale_after_s: float, c
 
 
 def _boot_id() -> Optional[str]:
-    try:
-        with open(_BOOT_ID, encoding="ascii") as f:
-            return f.read().strip() or None
-    except (OSError, UnicodeDecodeError):
-        return None
+    return (peek_text(_BOOT_ID) or "").strip() or None
 
 
 def _status_from(body: Dict[str, Any]) -> DaemonStatus:

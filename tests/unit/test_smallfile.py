@@ -8,7 +8,7 @@ import pytest
 
 from otad.errors import AuthError, ConfigError, SlotError
 from otad.install.versionpolicy import read_sw_versions
-from otad.smallfile import read_bytes, read_text
+from otad.smallfile import peek_text, read_bytes, read_text
 
 
 def test_a_file_over_its_cap_is_refused_naming_the_file(tmp_path: Path) -> None:
@@ -53,3 +53,22 @@ def test_sw_versions_past_its_cap_is_refused_not_cut(tmp_path: Path) -> None:
     path.write_text("".join(f"component{i} 1.{i}\n" for i in range(70000)))
     with pytest.raises(ConfigError, match="expected the installed versions of at most 1048576 bytes"):
         read_sw_versions(str(path))
+
+
+def test_a_system_file_otad_only_looks_at_is_none_when_it_cannot_be_read(tmp_path: Path) -> None:
+    assert peek_text(str(tmp_path / "none")) is None
+    assert peek_text(str(tmp_path)) is None  # a directory
+    big = tmp_path / "big"
+    big.write_bytes(b"x" * 11)
+    assert peek_text(str(big), limit=10) is None and peek_text(str(big), limit=11) == "x" * 11
+    odd = tmp_path / "mountinfo"
+    odd.write_bytes(b"36 35 98:0 / /mnt/\xff rw - ext4 /dev/root rw\n")  # a mount point that is not UTF-8
+    assert peek_text(str(odd)) == "36 35 98:0 / /mnt/\ufffd rw - ext4 /dev/root rw\n"
+    assert peek_text("/proc/self/status").startswith("Name:")  # type: ignore[union-attr]
+
+
+def test_a_sysctl_file_is_read_in_chunks_whatever_the_cap() -> None:
+    """/proc/sys refuses one read of a few MiB (ENOMEM): the boot id used to read as unknown."""
+    boot_id = read_text("/proc/sys/kernel/random/boot_id", "the boot id", limit=4 << 20, error=ConfigError)
+    assert len(boot_id.strip()) == 36
+    assert peek_text("/proc/sys/kernel/random/boot_id") == boot_id
