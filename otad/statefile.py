@@ -90,16 +90,16 @@ def read_record(path: str, parse: Callable[[Dict[str, Any]], T], *, limit: int,
     try:
         body = read_object(path, limit=limit)
     except StateCorrupt as exc:
-        raise kept(exc, path, consequence) from None
+        raise _kept(exc, path, consequence) from None
     if body is None:
         return None
     try:
         return parse(body)
     except StateError as exc:
-        raise kept(exc, path, consequence) from None
+        raise _kept(exc, path, consequence) from None
 
 
-def kept(exc: StateError, path: str, consequence: str = "") -> StateCorrupt:
+def _kept(exc: StateError, path: str, consequence: str = "") -> StateCorrupt:
     """The record policy's error: what is wrong, that the file stays, how to go on."""
     return StateCorrupt(f"{exc.what}; the file is kept as it is: `otad state reset` sets it aside"
                         f"{consequence}", _within(path, exc.where))

@@ -22,6 +22,7 @@ from otad.durable import atomic_write
 from otad.errors import StateError
 from otad.statefile import JsonObject, read_cache
 
+
 class TargetState(Enum):
     """What otad last did to a target; the value is the word in targets.json and otad status."""
 
