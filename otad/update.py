@@ -61,9 +61,9 @@ def _read_text(path: Optional[str], what: str) -> Optional[str]:
 def detect_booted(cfg: Config) -> BootedSlot:
     """Which slot runs now, from the kernel command line (or the root mount), never the env."""
     boot = cfg.bootloader
+    mountinfo = boot.mountinfo if boot.mountinfo and os.path.exists(boot.mountinfo) else None
     return booted_slot(SlotTable.from_config(cfg), cmdline=_read_text(boot.cmdline, "the kernel command line") or "",
-                       mountinfo=_read_text(boot.mountinfo, "the mount table") if boot.mountinfo and os.path.exists(boot.mountinfo)
-                       else None,
+                       mountinfo=_read_text(mountinfo, "the mount table"),
                        partuuid_dir=boot.partuuid_dir, device_dir=cfg.system.device_dir)
 
 

@@ -17,9 +17,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from otad.durable import atomic_write
 from otad.errors import OtadError, StateError
-from otad.statefile import read_record
 from otad.hawkbit.ddi import (EXECUTIONS, FINISHED, Conflict, Gone, NotFound, QuotaExceeded, Rejected,
                               ServerUnavailable, trim_details)
+from otad.statefile import read_record
 
 log = logging.getLogger(__name__)
 

@@ -699,8 +699,8 @@ def test_otad_status_shows_what_the_daemon_does(rig: Rig, capsys: pytest.Capture
     rc, out, _ = run_cli(["--config", config, "status"], capsys)
     assert rc == 0 and "daemon:  not started" in out
     publisher = StatusPublisher(str(rig.sim.layout.state_dir / "daemon.json"))
-    publisher.publish(phase=DaemonPhase.DOWNLOADING, action_id="8", version="2.0", bytes_done=3 << 20, bytes_total=6 << 20,
-                      server="http://hawkbit")
+    publisher.publish(phase=DaemonPhase.DOWNLOADING, action_id="8", version="2.0", bytes_done=3 << 20,
+                      bytes_total=6 << 20, server="http://hawkbit")
     rc, out, _ = run_cli(["--config", config, "status"], capsys)
     line = next(x for x in out.splitlines() if x.startswith("daemon:"))
     assert "downloading" in line and "action 8" in line and "3.0 MiB of 6.0 MiB (50%)" in line
