@@ -36,10 +36,11 @@ from otad.install.plan import InstallPlan, InstallRequest, delta_source, handler
 from otad.install.options import hardware_identity, make_request, status_file
 from otad.install.pipeline import Reader
 from otad.install.resume import discard_journal
-from otad.install.status import FAILED, TargetRecord, TargetStatusStore, shown_state
+from otad.install.status import FAILED, INSTALLED, TargetRecord, TargetStatusStore, shown_state
 from otad.lock import Holder, HeldLock, WriterLock
 from otad.progress import ProgressListener, fan_out, ignore
 from otad.signals import shielded
+from otad.smallfile import read_text
 from otad.state import Phase, State, StateStore
 from otad.swu.manifest import HardwareRevision, SwDescription
 
@@ -54,22 +55,18 @@ class SlotInstallResult:
     state: Optional[State]  # after arming; None with no_switch or without slots
 
 
-def _read_text(path: Optional[str]) -> Optional[str]:
+def _read_text(path: Optional[str], what: str) -> Optional[str]:
     if not path:
         return None
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read()
-    except OSError as exc:
-        raise SlotError(f"cannot read: {exc.strerror}", path) from exc
+    return read_text(path, what, limit=4 << 20, error=SlotError, errors="replace")
 
 
 def detect_booted(cfg: Config) -> BootedSlot:
     """Which slot runs now, from the kernel command line (or the root mount), never the env."""
     boot = cfg.bootloader
-    return booted_slot(SlotTable.from_config(cfg), cmdline=_read_text(boot.cmdline) or "",
-                       mountinfo=_read_text(boot.mountinfo) if boot.mountinfo and os.path.exists(boot.mountinfo)
-                       else None,
+    mountinfo = boot.mountinfo if boot.mountinfo and os.path.exists(boot.mountinfo) else None
+    return booted_slot(SlotTable.from_config(cfg), cmdline=_read_text(boot.cmdline, "the kernel command line") or "",
+                       mountinfo=_read_text(mountinfo, "the mount table"),
                        partuuid_dir=boot.partuuid_dir, device_dir=cfg.system.device_dir)
 
 
@@ -87,9 +84,10 @@ def slot_installs(targets: TargetStatusStore, table: SlotTable, device_dir: str,
         record = _install_record(targets, slot, device_dir)
         shown = shown_state(record, being_written=writer is not None and writer.installing_into(slot.name))
         if record is not None:
-            installs[slot.name] = SlotInstall(shown or record.state, record.version, record.reason, record.updated_at)
+            installs[slot.name] = SlotInstall((shown or record.state).value, record.version, record.reason,
+                                              record.updated_at)
         elif shown is not None:
-            installs[slot.name] = SlotInstall(shown)  # being written before its record is
+            installs[slot.name] = SlotInstall(shown.value)  # being written before its record is
     return installs
 
 
@@ -401,7 +399,7 @@ def arm(cfg: Config, target_name: str, version: str, bootenv: Dict[str, Optional
         raise SlotError(f"slot {target_name} is the running slot; nothing to arm")
     writer.doing(f"arming slot {target.name}", slot=target.name)
     record = _targets(cfg).get(resolve_device(target.device, cfg.system.device_dir))
-    if record is None or record.state != "installed" or record.version != version:
+    if record is None or record.state is not INSTALLED or record.version != version:
         raise InstallError(f"slot {target_name} no longer holds the verified install of version {version}")
     return _arm(StateStore(cfg.system.state_dir), Bootchooser.from_config(cfg), target, booted.slot, version,
                 bootenv, action_id)
@@ -416,7 +414,7 @@ def running_version(cfg: Config) -> Optional[str]:
     except OtadError:
         return None
     record = _targets(cfg).get(resolve_device(booted.slot.device, cfg.system.device_dir))
-    return record.version if record is not None and record.state == "installed" else None
+    return record.version if record is not None and record.state is INSTALLED else None
 
 
 def open_watchdog(cfg: Config, *, unless_held: bool = False) -> Union[DeviceWatchdog, NullWatchdog]:
@@ -493,4 +491,5 @@ def slot_status(cfg: Config) -> SlotStatusReport:
     writer = WriterLock(cfg.system.state_dir).holder()
     chooser = Bootchooser.from_config(cfg)
     return status(StateStore(cfg.system.state_dir), chooser, booted, booted_problem=problem,
-                  installs=slot_installs(_targets(cfg), chooser.table, cfg.system.device_dir, writer), writer=writer)
+                  installs=slot_installs(TargetStatusStore(status_file(cfg), owner=False), chooser.table,
+                                         cfg.system.device_dir, writer), writer=writer)

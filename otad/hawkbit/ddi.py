@@ -36,6 +36,7 @@ from otad.errors import ServerUnavailable as ServerUnavailable
 from otad.errors import UnsupportedDeployment as UnsupportedDeployment
 from otad.hawkbit.policy import parse_sleep, retry_after
 from otad.httpget import BodyResponse
+from otad.smallfile import read_bytes
 
 log = logging.getLogger(__name__)
 
@@ -637,14 +638,11 @@ class DdiClient:
     def _authorization(self, url: str) -> str:
         path = self.settings.token_file
         assert path is not None  # HawkbitSettings requires it whenever auth != none
-        try:
-            with open(path, "rb") as f:
-                raw = f.read(MAX_TOKEN_BYTES + 1)
-        except OSError as exc:
-            raise AuthError(f"cannot read token file {path}: {exc.strerror or exc}", url) from None
+        raw = read_bytes(path, "the token file", limit=MAX_TOKEN_BYTES,
+                         error=lambda what, where: AuthError(f"{where}: {what}", url))
         token = raw.decode("ascii", "replace").strip()
         # Never quote the token itself in an error.
-        if len(raw) > MAX_TOKEN_BYTES or not _TOKEN.fullmatch(token):
+        if not _TOKEN.fullmatch(token):
             raise AuthError(f"token file {path}: expected one word of printable ASCII "
                             f"(got {len(token)} characters)", url)
         scheme = "TargetToken" if self.settings.auth == "target_token" else "GatewayToken"

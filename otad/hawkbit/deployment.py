@@ -24,8 +24,7 @@ from otad.hawkbit.ddi import ActionLink, Artifact, DdiClient, Deployment
 from otad.hawkbit.download import ResumableDownload
 from otad.hawkbit.journal import DownloadCheckpoint, DownloadJournal
 from otad.hawkbit.outbox import Outbox, PendingFeedback
-from otad.retry import ResumePolicy
-from otad.hawkbit.publish import StatusPublisher
+from otad.hawkbit.publish import DaemonPhase, StatusPublisher
 from otad.httpget import PlainOpener
 from otad.install.chunks import RemoteFile
 from otad.install.installer import Resuming
@@ -33,6 +32,7 @@ from otad.install.resume import ResumePoint
 from otad.lock import HeldLock
 from otad.notify import notify
 from otad.progress import Progress, ProgressListener
+from otad.retry import ResumePolicy
 from otad.state import Phase, State, StateStore
 from otad.update import SlotInstallResult
 
@@ -145,7 +145,7 @@ class DeploymentRun:
             return
         daemon.store.transition(Phase.DOWNLOADING, action_id=action, version=version or None)
         crashpoint.reached("agent.downloading_persisted")
-        daemon.status.publish(phase="downloading", action_id=action, version=version or None, bytes_done=0,
+        daemon.status.publish(phase=DaemonPhase.DOWNLOADING, action_id=action, version=version or None, bytes_done=0,
                               bytes_total=artifact.size, last_error=None)
         daemon.feedback(action, "proceeding", f"Downloading {artifact.filename} ({artifact.size} bytes) "
                                               f"into the inactive slot")
@@ -231,7 +231,7 @@ class DeploymentRun:
 
     def on_bytes(self, done: int, total: Optional[int]) -> None:
         daemon, action = self.daemon, self.action
-        daemon.status.publish(phase="downloading", bytes_done=done, bytes_total=total)
+        daemon.status.publish(phase=DaemonPhase.DOWNLOADING, bytes_done=done, bytes_total=total)
         if self.throttle.due(done, total) and daemon.progress_sent.get(action, 0) < PROGRESS_BUDGET:
             daemon.progress_sent[action] = daemon.progress_sent.get(action, 0) + 1
             percent = done * 100 // total if total else 0
@@ -312,7 +312,7 @@ class DeploymentRun:
                                 f"{waiting.target_slot}; waiting for the maintenance window")
             daemon.waiting_href = self.link.href
             log.info("action %s: waiting for the maintenance window", action)
-            daemon.status.publish(phase="waiting_window", action_id=action, version=waiting.version)
+            daemon.status.publish(phase=DaemonPhase.WAITING_WINDOW, action_id=action, version=waiting.version)
             return
         daemon.waiting_href = None
         self.arm_and_reboot(waiting)
@@ -359,7 +359,7 @@ class DeploymentRun:
         log.error("action %s failed: %s", action, reason)
         daemon.outbox.put(action, "closed", "failure", (reason,), final=True)
         daemon.actions.end(action, "failure")
-        daemon.status.publish(phase="error", last_error=reason, action_id=action)
+        daemon.status.publish(phase=DaemonPhase.ERROR, last_error=reason, action_id=action)
         daemon.outbox.flush(daemon.send)
 
 

@@ -15,6 +15,7 @@ from otad.errors import ConfigError
 from otad.install.chunks import DeltaOptions
 from otad.install.plan import InstallRequest
 from otad.install.versionpolicy import VersionPolicy
+from otad.smallfile import read_text
 from otad.swu.crypto import AesKey, load_key_file
 from otad.swu.manifest import HardwareRevision
 
@@ -57,14 +58,8 @@ def hardware_identity(config: Config) -> Optional[HardwareRevision]:
     if config.system.hardware:
         return HardwareRevision.parse(config.system.hardware)
     path = config.system.hwrevision_file
-    if not os.path.exists(path):
-        return None
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read hardware revision: {exc}", path) from exc
-    return HardwareRevision.from_hwrevision_file(text, path)
+    text = read_text(path, "the hardware revision", limit=64 << 10, error=ConfigError, missing_ok=True)
+    return HardwareRevision.from_hwrevision_file(text, path) if text is not None else None
 
 
 def make_request(config: Config, *, dry_run: bool = False,

@@ -21,8 +21,8 @@ from otad import config as otad_config
 from otad.hawkbit.agent import Agent, AgentOptions
 from otad.hawkbit.download import ResumableDownload
 from otad.hawkbit.outbox import Outbox
-from otad.hawkbit.publish import StatusPublisher
-from otad.install.status import TargetStatusStore
+from otad.hawkbit.publish import DaemonPhase, StatusPublisher
+from otad.install.status import TargetState, TargetStatusStore
 from otad.sim.device import SimDevice, make_image
 from otad.state import Phase, State, StateStore
 from tests.bundles import ImageSpec, sha256, signed_members, write_bundle
@@ -259,7 +259,7 @@ def test_a_failed_install_is_reported_with_its_reason_and_leaves_the_env_alone(
     assert "install failed" in reason and expected in reason, reason
     assert rig.env_bytes() == env and rig.state().phase is Phase.IDLE
     if how == "server_hash":
-        assert rig.slot_record("b").state == "failed"  # the written slot does not count as installed
+        assert rig.slot_record("b").state is TargetState.FAILED  # the written slot does not count as installed
     artifact_requests = rig.fake.downloads()
     assert artifact_requests <= 1
     rig.fake.actions[ACTION].state = "open"  # offered again: not downloaded again
@@ -699,12 +699,12 @@ def test_otad_status_shows_what_the_daemon_does(rig: Rig, capsys: pytest.Capture
     rc, out, _ = run_cli(["--config", config, "status"], capsys)
     assert rc == 0 and "daemon:  not started" in out
     publisher = StatusPublisher(str(rig.sim.layout.state_dir / "daemon.json"))
-    publisher.publish(phase="downloading", action_id="8", version="2.0", bytes_done=3 << 20, bytes_total=6 << 20,
-                      server="http://hawkbit")
+    publisher.publish(phase=DaemonPhase.DOWNLOADING, action_id="8", version="2.0", bytes_done=3 << 20,
+                      bytes_total=6 << 20, server="http://hawkbit")
     rc, out, _ = run_cli(["--config", config, "status"], capsys)
     line = next(x for x in out.splitlines() if x.startswith("daemon:"))
     assert "downloading" in line and "action 8" in line and "3.0 MiB of 6.0 MiB (50%)" in line
-    publisher.publish(phase="backoff", last_error="HTTP 503", next_poll_in_s=30)
+    publisher.publish(phase=DaemonPhase.BACKOFF, last_error="HTTP 503", next_poll_in_s=30)
     rc, out, _ = run_cli(["--config", config, "status", "--json"], capsys)
     doc = json.loads(out)
     assert doc["daemon"]["phase"] == "backoff" and doc["daemon"]["last_error"] == "HTTP 503"
