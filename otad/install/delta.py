@@ -33,9 +33,9 @@ from otad.install.chunks import RemoteFile
 from otad.install.handlers import HANDLERS, HandlerOptions
 from otad.install.pipeline import ArtifactResult
 from otad.install.plan import InstallRequest, MemberPlan, delta_source
-from otad.install.resume import JsonObject
 from otad.install.status import INSTALLED, INSTALLING, TargetRecord, TargetStatusStore
 from otad.progress import Progress, ProgressListener
+from otad.statefile import JsonObject, read_object
 from otad.swu.cpio import CpioMember
 
 log = logging.getLogger(__name__)
@@ -373,11 +373,13 @@ class DeltaInstall:
         if not self.opts.state_dir or self.header is None:
             return None
         try:
-            with open(self._journal_path(), "rb") as f:
-                data = JsonObject(json.loads(f.read(4096).decode("utf-8")), self._journal_path())
+            body = read_object(self._journal_path(), limit=4096)
+            if body is None:
+                return None
+            data = JsonObject(body, self._journal_path())
             journal = _Journal(data.get("header_sha256", str), data.get("target", str), data.count("next_chunk"))
-        except (OSError, ValueError, StateError):
-            return None
+        except StateError:
+            return None  # a journal that cannot be read only costs the chunks fetched again
         if (journal.header_sha256, journal.target) != (self.header.sha256, self.target.path):
             return None
         return journal
