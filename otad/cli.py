@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_info(commands)
     _add_env(commands)
     _add_status(commands)
+    _add_state(commands)
     _add_confirm(commands)
     _add_mark_bad(commands)
     _add_run(commands)
@@ -195,6 +196,17 @@ def _add_env(commands: Any) -> None:
     st.set_defaults(run=_cmd_env_set)
 
 
+def _add_state(commands: Any) -> None:
+    p = commands.add_parser("state", help="otad's own state files (reset: set unreadable ones aside)")
+    sub = p.add_subparsers(dest="state_command", metavar="reset", parser_class=_SubParser)
+    sub.required = True
+    reset = sub.add_parser("reset", help="set aside the state files otad cannot read (as FILE.corrupt)",
+                           description="Each of state.json, actions.json and outbox.json whose content otad "
+                                       "cannot read is renamed to FILE.corrupt and starts empty; readable files "
+                                       "are left as they are. Holds the writer lock.")
+    reset.set_defaults(run=_cmd_state_reset)
+
+
 def _load_config(args: argparse.Namespace) -> Any:
     from otad import config
 
@@ -254,6 +266,8 @@ def _cmd_install(args: argparse.Namespace) -> int:
     verb = "verified (dry run, nothing written)" if result.dry_run else "installed"
     for image in result.images:
         print(f"{image.name}: {human_bytes(image.written_bytes)} {verb}, sha256 {image.sha256}")
+    for delta in result.deltas:
+        print(f"{delta.name}: delta into {delta.target}: {delta.summary()}")
     where = f" into slot {done.target.name}" if done.target else ""
     print(f"{args.bundle}: version {result.manifest.version} {verb}{where} in {result.seconds:.2f} s")
     if done.state is not None and done.target is not None:
@@ -328,9 +342,9 @@ def _print_status(report: Any) -> None:
     if daemon is None:
         print("daemon:  not started" if report.daemon_problem is None else "daemon:  unknown")
     else:
-        parts = [daemon.phase + (f" action {daemon.action_id}" if daemon.action_id else "")
+        parts = [daemon.phase.value + (f" action {daemon.action_id}" if daemon.action_id else "")
                  + (f" version {daemon.version}" if daemon.version else "")]
-        if daemon.phase in ("downloading", "installing"):
+        if daemon.phase.transferring:
             of = f" of {human_bytes(daemon.bytes_total)}" if daemon.bytes_total else ""
             pct = f" ({daemon.bytes_done * 100 // daemon.bytes_total}%)" if daemon.bytes_total else ""
             parts.append(f"{human_bytes(daemon.bytes_done)}{of}{pct}")
@@ -384,9 +398,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
     verifier, unchecked = info_verifier(cfg)
     board = cfg.system.hardware.split(":")[0] if cfg.system.hardware else None
     source, _size = _open_bundle(args.bundle)
+    previews = update.DeltaPreviews(cfg, name=args.bundle)
     with source:
-        info = inspect_bundle(source, name=args.bundle, verifier=verifier, board=board,
-                              plan=lambda description: update.plan(cfg, description, name=args.bundle))
+        info = inspect_bundle(source, name=args.bundle, verifier=verifier, board=board, plan=previews.plan,
+                              delta=previews.describer)
     if unchecked:
         print(f"note: {unchecked}", file=sys.stderr)
     if args.json:
@@ -425,6 +440,19 @@ def _cmd_env_set(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_state_reset(args: argparse.Namespace) -> int:
+    from otad.reset import reset_state
+
+    cfg = _load_config(args)
+    with _writer(cfg, "resetting state files") as writer:
+        result = reset_state(cfg, writer=writer)
+    for item in result.set_aside:
+        print(f"{item.path}: unreadable, moved to {item.aside}; {item.consequence}")
+    if not result.set_aside:
+        print(f"nothing to reset: {', '.join(result.readable)} can be read")
+    return 0
+
+
 def _print_info(info: Any) -> None:
     from otad.console import human_bytes
 
@@ -451,6 +479,8 @@ def _print_info(info: Any) -> None:
             elif e.name or e.version:
                 details.append(f"component {e.name or '-'} version {e.version or '-'} (not gated)")
             print("      " + "; ".join(details))
+            if e.plan:
+                print(f"      delta: {e.plan}")
         for name, value in sel.bootenv.items():
             print(f"  bootenv {name}={value}")
     for problem in info.problems:

@@ -18,8 +18,8 @@ import os
 import re
 import urllib.parse
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple, Type, TypeVar, \
-    Union, cast
+from typing import TYPE_CHECKING, Any, Dict, FrozenSet, List, Literal, Mapping, Optional, Sequence, Tuple, Type, \
+    TypeVar, Union, cast, get_args
 
 from otad import RELEASE_DATE
 from otad.errors import ConfigError
@@ -28,10 +28,16 @@ if TYPE_CHECKING:  # otad.libconfig loads libconf: imported when a file is parse
     from otad.libconfig import Locator
 
 DEFAULT_PATH = "/etc/otad/otad.conf"
+MAX_CONFIG_BYTES = 1 << 20  # otad.conf with every key and its comments is a few KiB
 
-SIGNATURE_METHODS = ("cms", "rsa")
-CERT_PURPOSES = ("emailProtection", "codeSigning", "any")
-FILES_VIA = ("auto", "mount", "debugfs")
+# The choices a key offers: the type of its field, and the words the file may say.
+SignatureMethod = Literal["cms", "rsa"]
+CertPurpose = Literal["emailProtection", "codeSigning", "any"]
+FilesVia = Literal["auto", "mount", "debugfs"]  # mount when root
+HawkbitAuth = Literal["none", "target_token", "gateway_token"]
+SIGNATURE_METHODS: Tuple[str, ...] = get_args(SignatureMethod)
+CERT_PURPOSES: Tuple[str, ...] = get_args(CertPurpose)
+FILES_VIA: Tuple[str, ...] = get_args(FilesVia)
 # The env variables of the bootcount trial: the slot variable must not be one of them.
 TRIAL_VARIABLES = ("upgrade_available", "bootcount", "bootlimit", "altbootcmd", "otad_prev")
 
@@ -120,9 +126,9 @@ class SystemConfig:
 class InstallConfig:
     """How bundles are checked and streamed."""
 
-    signature: str = "cms"
+    signature: SignatureMethod = "cms"
     trust_file: str = "/etc/otad/ca.pem"  # CA certificates (cms) or the public key (rsa)
-    cert_purpose: str = "emailProtection"
+    cert_purpose: CertPurpose = "emailProtection"
     forced_signer_name: Optional[str] = None
     allow_unsigned: bool = False
     time_floor: str = RELEASE_DATE  # certificate validity is never checked before this day
@@ -137,7 +143,7 @@ class InstallConfig:
     # files and scripts:
     ext4_resize: bool = False  # grow `type = "ext4"` images to their partition (properties.resize overrides)
     script_timeout_s: float = 300.0  # per script; its process group is killed after it
-    files_via: str = "auto"  # files into a device: "mount", "debugfs" (rawfile on ext2/3/4, no root) or "auto"
+    files_via: FilesVia = "auto"  # files into a device: "mount", "debugfs" (rawfile on ext2/3/4, no root) or "auto"
 
     def __post_init__(self) -> None:
         _one_of("install.signature", self.signature, SIGNATURE_METHODS)
@@ -279,7 +285,7 @@ class WatchdogConfig:
         _positive(("watchdog", "timeout_s"), self.timeout_s)
 
 
-HAWKBIT_AUTH_MODES = ("none", "target_token", "gateway_token")
+HAWKBIT_AUTH_MODES: Tuple[str, ...] = get_args(HawkbitAuth)
 MAX_ATTRIBUTES = 100  # hawkBit's configData limit (ddi.MAX_CONFIG_ENTRIES)
 MAX_ATTRIBUTE_CHARS = 128
 _ATTRIBUTE_TEXT = re.compile(r"[\x20-\x5f\x61-\x7d]*")  # printable ASCII without ` (0x60) and ~ (0x7e)
@@ -302,7 +308,7 @@ class HawkbitConfig:
     tenant: str = "DEFAULT"
     controller_id: Optional[str] = None
     controller_id_from: Optional[str] = None  # a file whose first line is the id, e.g. /etc/machine-id
-    auth: str = "none"  # none | target_token | gateway_token
+    auth: HawkbitAuth = "none"
     token_file: Optional[str] = None  # required unless auth = none; read at every request
     ca_file: Optional[str] = None  # CA bundle for the server's certificate (default: the system's)
     client_cert: Optional[str] = None  # TLS client certificate and key: both or neither
@@ -388,13 +394,10 @@ class HawkbitConfig:
         path = self.controller_id_from
         if path is None:
             raise ConfigError("hawkbit: no controller id; expected controller_id or controller_id_from")
-        try:
-            with open(path, "rb") as f:
-                first = f.read(4096).decode("utf-8").splitlines()
-        except OSError as exc:
-            raise ConfigError(f"hawkbit.controller_id_from: cannot read: {exc.strerror or exc}", path) from exc
-        except UnicodeDecodeError:
-            raise ConfigError("hawkbit.controller_id_from: expected a line of UTF-8 text", path) from None
+        from otad.smallfile import read_text
+
+        first = read_text(path, "the controller id (hawkbit.controller_id_from)", limit=64 << 10,
+                          error=ConfigError).splitlines()
         value = first[0].strip() if first else ""
         if not value or "/" in value or any(c.isspace() for c in value):
             raise ConfigError(f"hawkbit.controller_id_from: expected a first line with a name without '/' "
@@ -424,6 +427,25 @@ def _check_attributes(attributes: Tuple[Tuple[str, str], ...]) -> None:
 
 
 @dataclass(frozen=True)
+class DeltaConfig:
+    """Delta images (`type = "delta"`, docs/delta.md): how chunks are fetched and sources indexed."""
+
+    max_ranges: int = 50  # ranges per request unless the bundle's max-ranges says; never above 100
+    min_interval_s: float = 0.1  # between two chunk requests (hawkBit's DoS filter allows 200/s)
+    libzck: bool = True  # index a source without a cached index with Debian's libzck1 (16 s/GiB on x86)
+    python_index: bool = False  # ... else with the pure-Python chunker: correct but slow (minutes per GiB)
+    checkpoint_mib: int = 4  # a delta install goes on after a restart from the last such point
+    ca_file: Optional[str] = None  # CA bundle for a bundle's static chunk URL (default: the system's)
+
+    def __post_init__(self) -> None:
+        _in_range("delta.max_ranges", self.max_ranges, 1, 100)
+        if not (math.isfinite(self.min_interval_s) and 0 <= self.min_interval_s <= 60):
+            raise BadValue(f"delta.min_interval_s: expected 0..60, got {self.min_interval_s!r}",
+                           ("delta", "min_interval_s"))
+        _in_range("delta.checkpoint_mib", self.checkpoint_mib, 1, 1024)
+
+
+@dataclass(frozen=True)
 class Origin:
     """Where a parsed Config came from: `where(*key_path)` is file:line of a key, `given` the
     keys each group section set (defaults merged in later, swupdate.cfg's, yield to them)."""
@@ -441,6 +463,7 @@ class Config:
     health: HealthConfig = field(default_factory=HealthConfig)
     watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
     hawkbit: HawkbitConfig = field(default_factory=HawkbitConfig)
+    delta: DeltaConfig = field(default_factory=DeltaConfig)
     source: Optional[str] = None
     origin: Optional[Origin] = field(default=None, repr=False, compare=False)  # None: built in code
 
@@ -485,6 +508,7 @@ SECTIONS: Dict[str, Union[Type[Any], ListOf]] = {
     "health": HealthConfig,
     "watchdog": WatchdogConfig,
     "hawkbit": HawkbitConfig,
+    "delta": DeltaConfig,
 }
 
 
@@ -504,16 +528,9 @@ def load(path: Optional[str]) -> Config:
     """Read `path`; None means the built-in defaults."""
     if path is None:
         return Config()
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except OSError as exc:
-        raise ConfigError(f"cannot read configuration: {exc.strerror}", path) from exc
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"not UTF-8 text (byte {exc.start})", path) from exc
-    return parse(text, source=path)
+    from otad.smallfile import read_text
+
+    return parse(read_text(path, "the configuration", limit=MAX_CONFIG_BYTES, error=ConfigError), source=path)
 
 
 def parse(text: str, *, source: str) -> Config:
@@ -546,8 +563,11 @@ T = TypeVar("T")
 _TYPES: Dict[str, Tuple[type, ...]] = {
     "str": (str,), "Optional[str]": (str,), "int": (int,), "bool": (bool,), "float": (int, float),
     "Tuple[str, ...]": (list, tuple), "Tuple[Tuple[str, str], ...]": (dict,),
+    # the choices: a string whose word the section's __post_init__ checks
+    "SignatureMethod": (str,), "CertPurpose": (str,), "FilesVia": (str,), "HawkbitAuth": (str,),
 }
-_SHOWN_TYPES = {"Optional[str]": "str", "Tuple[str, ...]": "a list of strings ( \"...\", ... )",
+_SHOWN_TYPES = {"Optional[str]": "str", "SignatureMethod": "str", "CertPurpose": "str", "FilesVia": "str",
+                "HawkbitAuth": "str", "Tuple[str, ...]": "a list of strings ( \"...\", ... )",
                 "Tuple[Tuple[str, str], ...]": "a group { name = \"value\"; ... }"}
 
 

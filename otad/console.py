@@ -23,7 +23,7 @@ def report_errors(prog: str, debug: bool, call: Callable[[], int]) -> int:
     """Run a command's body; an OtadError becomes one `prog: error: ...` line and its exit code
     (with the traceback only under --debug); a stop request (Ctrl-C, SIGTERM, SIGHUP) one
     `prog: terminated while ...` line and 130. The one top-level handler."""
-    from otad.errors import Interrupted, OtadError
+    from otad.errors import INTERRUPTED, Interrupted, OtadError
 
     try:
         return call()
@@ -39,7 +39,7 @@ def report_errors(prog: str, debug: bool, call: Callable[[], int]) -> int:
         return stop.exit_code
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
+        return INTERRUPTED
 
 
 def add_syslog(address: str = "/dev/log") -> None:
@@ -70,7 +70,7 @@ class ProgressDisplay:
         if event.phase == "done":
             self._finish(event)
             return
-        if not event.total_bytes or event.phase != "image":
+        if not event.total_bytes or event.phase not in ("image", "delta"):  # delta: in planned bytes
             return
         percent = min(100, event.done_bytes * 100 // event.total_bytes)
         if self._tty:

@@ -68,7 +68,7 @@ def _where() -> str:
     computed while listing): ``state.json: state.transition < boot.trial.arm_after_install``."""
     frame: Optional[FrameType] = sys._getframe(3)  # _where ← _hit ← reached ← the caller
     assert frame is not None
-    path = frame.f_locals.get("path") if frame.f_code.co_name == "atomic_write" else None
+    path = frame.f_locals.get("path") if frame.f_code.co_name == "replacing" else None
     chain: List[str] = []
     while frame is not None and len(chain) < 4:
         module = str(frame.f_globals.get("__name__", "?"))

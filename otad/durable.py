@@ -1,15 +1,17 @@
 """Durable writes: the one way otad replaces a file so that a power cut leaves old or new.
 
-`atomic_write` writes a temp file in the same directory, fsyncs it, renames it over the
-target and fsyncs the directory (as borg's SaveFile does). `fsync_dir` is exposed for callers
-that rename by themselves. Nothing here knows what the bytes mean.
+`replacing` streams the new content into a temp file in the same directory, fsyncs it, renames
+it over the target and fsyncs the directory (as borg's SaveFile does); `atomic_write` does that
+with bytes in memory. `fsync_dir` is exposed for callers that create or rename by themselves.
+Nothing here knows what the bytes mean.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
-from typing import Optional, Union
+from typing import BinaryIO, Iterator, Optional, Union
 
 from otad import crashpoint
 
@@ -26,13 +28,24 @@ def fsync_dir(directory: PathLike) -> None:
 
 
 def atomic_write(path: PathLike, data: bytes, mode: Optional[int] = None, *, sync: bool = True) -> None:
-    """Replace `path` with `data`: temp file, fsync, rename, fsync dir.
+    """Replace `path` with `data`: temp file, fsync, rename, fsync dir (see `replacing`)."""
+    with replacing(path, mode, sync=sync) as f:
+        f.write(data)
 
-    `mode` defaults to the mode of the file being replaced (0644 for a new one), so a
-    replaced file keeps its permissions. On any error the temp file is removed and the
-    old file is untouched. `sync=False` skips both fsyncs: readers still see the old or the
-    new file, never half of it, but a power cut may lose it (for files that mean nothing
-    after a reboot, rewritten often).
+
+@contextlib.contextmanager
+def replacing(path: PathLike, mode: Optional[int] = None, *, sync: bool = True,
+              temp: Optional[str] = None) -> Iterator[BinaryIO]:
+    """The new content of `path`, written in chunks to the file this yields; when the `with`
+    ends without an exception: chmod, fsync, rename over `path`, fsync the directory.
+
+    The temp file sits in the same directory: `temp` names it (SWUpdate's atomic-install writes
+    `path.tmp`), else a fresh ``.NAME.XXXXXX.tmp``. `mode` defaults to the mode of the file
+    being replaced (0644 for a new one), so a replaced file keeps its permissions; the caller
+    may fchown the yielded file's fd before the `with` ends. On any error (the caller's too)
+    the temp file is removed and `path` is untouched. `sync=False` skips both fsyncs: readers
+    still see the old or the new file, never half of it, but a power cut may lose it (for files
+    that mean nothing after a reboot, rewritten often).
     """
     path = os.fspath(path)
     directory = os.path.dirname(path) or "."
@@ -41,20 +54,23 @@ def atomic_write(path: PathLike, data: bytes, mode: Optional[int] = None, *, syn
             mode = os.stat(path).st_mode & 0o7777
         except FileNotFoundError:
             mode = 0o644
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    if temp is None:
+        fd, temp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    else:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         with os.fdopen(fd, "wb") as f:
             crashpoint.reached("durable.temp_created")
-            f.write(data)
+            yield f
             f.flush()
             os.fchmod(f.fileno(), mode)
             if sync:
                 os.fsync(f.fileno())
         crashpoint.reached("durable.temp_synced")
-        os.replace(tmp, path)
+        os.replace(temp, path)
     except BaseException:
         try:
-            os.unlink(tmp)
+            os.unlink(temp)
         except FileNotFoundError:
             pass
         raise

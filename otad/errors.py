@@ -24,7 +24,8 @@ edge with ``raise ... from exc``.
      ├── EnvError                 U-Boot environment
      │    └── EnvCorrupt          no copy with a good CRC
      ├── SlotError                A/B slot model: booted slot unknown, bad transition
-     ├── StateError               otad's persistent state file
+     ├── StateError               otad's persistent state: a file, a transition
+     │    └── StateCorrupt        a state file's content cannot be read (otad.statefile)
      ├── BusyError                another otad process holds the writer lock (exit 75)
      ├── WatchdogError            /dev/watchdog
      ├── ServerError              a hawkBit request failed: url, status, retry_after_s
@@ -59,11 +60,17 @@ from __future__ import annotations
 import signal
 from typing import Optional, Tuple
 
-# Exit statuses by the step an error happened in (README "Exit status"). A family with its own
-# status (ConfigError 2, verification 4) keeps it whatever the step.
+# Exit statuses (README "Exit status"). Every family below states its own: a status it keeps
+# whatever the step (USAGE, VERIFICATION, BUSY), or OTHER, which `at_stage` turns into the
+# status of the install step the error ended (REFUSED while planning, WRITE_FAILED once
+# writing had started) and which stays 1 anywhere else (otad env, confirm, status, run).
+OTHER = 1  # any other error
+USAGE = 2  # the command line or a configuration file
 REFUSED = 3  # the bundle was refused before anything was written
 VERIFICATION = 4  # signature or image hash
 WRITE_FAILED = 5  # the install failed while writing (target, handler, script, env write)
+BUSY = 75  # another writer holds the lock: try again later (sysexits' EX_TEMPFAIL)
+INTERRUPTED = 130  # SIGINT, SIGTERM, SIGHUP: 128 + SIGINT, as a shell reports Ctrl-C
 
 
 class OtadError(Exception):
@@ -73,7 +80,7 @@ class OtadError(Exception):
     ``bundle.swu@0x1a4``, ``/etc/otad/otad.conf:7``); `what` says what is wrong.
     """
 
-    exit_code = 1
+    exit_code = OTHER
 
     def __init__(self, what: str, where: Optional[str] = None) -> None:
         self.what = what
@@ -86,7 +93,7 @@ class OtadError(Exception):
     def at_stage(self, status: int) -> "OtadError":
         """Return this error with the exit status of the step it ended (REFUSED, WRITE_FAILED),
         unless it has a status of its own already; the first step to set one wins."""
-        if self.exit_code == 1:
+        if self.exit_code == OTHER:
             self.exit_code = status
         return self
 
@@ -104,17 +111,19 @@ class OtadError(Exception):
 class ConfigError(OtadError):
     """A configuration file is malformed or names something that does not exist."""
 
-    exit_code = 2
+    exit_code = USAGE
 
 
 class UsageError(OtadError):
     """Command-line arguments that argparse accepts but that do not fit together."""
 
-    exit_code = 2
+    exit_code = USAGE
 
 
 class BundleError(OtadError):
     """The bundle cannot be installed."""
+
+    exit_code = OTHER  # by step: refused while planning, failed once writing (otad info: refused)
 
 
 class BundleFormatError(BundleError):
@@ -165,6 +174,8 @@ class DecryptError(ImageError):
 class InstallError(OtadError):
     """Writing to a target failed, or an install step could not complete."""
 
+    exit_code = OTHER  # by step: a target refused while planning, a write that failed
+
 
 class ResumeError(InstallError):
     """A saved resume point cannot be taken up (the slot or the bundle changed): start over."""
@@ -173,9 +184,13 @@ class ResumeError(InstallError):
 class HashStateError(OtadError):
     """A saved hash state cannot be taken up (other algorithm, size or library)."""
 
+    exit_code = OTHER  # never reaches a user: the download journal takes it as unreadable
+
 
 class EnvError(OtadError):
     """The U-Boot environment cannot be read or written."""
+
+    exit_code = OTHER  # by step in an install (bootenv rules: refused; the env write: failed)
 
 
 class EnvCorrupt(EnvError):
@@ -185,16 +200,25 @@ class EnvCorrupt(EnvError):
 class SlotError(OtadError):
     """The A/B slot model cannot answer: unknown booted slot, illegal transition."""
 
+    exit_code = OTHER  # by step in an install (no target slot: refused)
+
 
 class StateError(OtadError):
     """otad's persistent state is unreadable or a transition is not allowed."""
+
+    exit_code = OTHER  # by step in an install; else 1 (the way on: `otad state reset`)
+
+
+class StateCorrupt(StateError):
+    """A state file's content is not what otad wrote: what happens to the file is its store's
+    policy (otad.statefile: kept, set aside, or only shown)."""
 
 
 class BusyError(OtadError):
     """Another otad process holds the writer lock (otad.lock); `holder` says who and what it does.
     Exit 75, sysexits' EX_TEMPFAIL: nothing was done, try again later."""
 
-    exit_code = 75
+    exit_code = BUSY
 
     def __init__(self, holder: str) -> None:
         self.holder = holder
@@ -204,10 +228,13 @@ class BusyError(OtadError):
 class WatchdogError(OtadError):
     """/dev/watchdog could not be opened or driven."""
 
+    exit_code = OTHER  # opened before an install begins; petting during one fails it (by step)
 
 
 class ServerError(OtadError):
     """A hawkBit request failed; `url` is the request, `status` the HTTP code (None: no answer)."""
+
+    exit_code = OTHER  # the daemon retries; only its start can end with one
 
     def __init__(self, what: str, url: Optional[str] = None, status: Optional[int] = None, *,
                  retry_after_s: Optional[float] = None) -> None:
@@ -263,6 +290,8 @@ class DownloadError(OtadError):
     """An artifact download (hawkbit/download.py) cannot go on; `url` is the artifact, `position`
     the byte reached."""
 
+    exit_code = OTHER  # the daemon reports it to the server; in an install: by step
+
     def __init__(self, what: str, url: str, position: int) -> None:
         self.url = url
         self.position = position
@@ -299,9 +328,13 @@ class DownloadInterrupted(ServerUnavailable):
 class UnsupportedDeployment(OtadError):
     """A well-formed deployment otad cannot carry out (not exactly one .swu, no usable hash)."""
 
+    exit_code = OTHER  # reported to the server, never an exit status
+
 
 class InvalidConfigData(OtadError):
     """configData attributes that hawkBit would refuse; raised before anything is sent."""
+
+    exit_code = OTHER  # logged by the daemon, never an exit status
 
 
 class Interrupted(KeyboardInterrupt):
@@ -312,7 +345,7 @@ class Interrupted(KeyboardInterrupt):
     `outcome` what that left behind; `written` the install targets it had started writing.
     """
 
-    exit_code = 130
+    exit_code = INTERRUPTED
 
     def __init__(self, signum: int) -> None:
         self.signum = signum
@@ -337,6 +370,8 @@ class Interrupted(KeyboardInterrupt):
 
 class DeltaError(OtadError):
     """A delta update cannot go on: its zchunk data, its source or its chunk server failed."""
+
+    exit_code = OTHER  # by step, except the digests of signed data (VERIFICATION)
 
 
 class ZckFormatError(DeltaError):

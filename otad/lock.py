@@ -26,6 +26,8 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Type, Union
 from otad.durable import atomic_write
 from otad.errors import BusyError, StateError
 from otad.progress import Progress
+from otad.smallfile import peek_text
+from otad.statefile import read_object
 
 log = logging.getLogger(__name__)
 
@@ -149,21 +151,19 @@ class WriterLock:
         except OSError as exc:
             raise StateError(f"cannot stat the writer lock: {exc.strerror or exc}", self.path) from exc
         key = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
-        try:
-            with open(self.proc_locks, encoding="ascii", errors="replace") as f:
-                lines = f.read().splitlines()
-        except OSError:
+        table = peek_text(self.proc_locks)
+        if table is None:
             record = self.read_record()
             return record.pid if record is not None and pid_alive(record.pid) else None
-        return _flock_owner(lines, key)
+        return _flock_owner(table.splitlines(), key)
 
     def read_record(self) -> Optional[Holder]:
+        """The holder record; None if there is none or it cannot be read (a view: only shown)."""
         try:
-            with open(self.record_path, "rb") as f:
-                raw = f.read(_MAX_RECORD_BYTES + 1)
-            return holder_from_dict(json.loads(raw.decode("utf-8")))
-        except (OSError, UnicodeDecodeError, ValueError):
+            body = read_object(self.record_path, limit=_MAX_RECORD_BYTES)
+        except StateError:
             return None
+        return holder_from_dict(body) if body is not None else None
 
     def _busy_text(self) -> str:
         holder = self.holder()
@@ -230,7 +230,7 @@ class HeldLock:
         """A ProgressListener: bundle bytes into the record, written once per percent (at most
         about 100 small renames an install), or once a second while the size is unknown (stdin)."""
         record = self.record
-        if record is None or self._fd is None or event.phase not in ("image", "busy"):
+        if record is None or self._fd is None or event.phase not in ("image", "busy", "delta"):
             return
         self.record = replace(record, done_bytes=event.done_bytes, total_bytes=event.total_bytes)
         if self.record.percent is not None:

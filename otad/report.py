@@ -48,7 +48,7 @@ class StatusReport:
 
     def to_dict(self) -> Dict[str, Any]:
         doc = self.slots.to_dict()
-        doc["daemon"] = dataclasses.asdict(self.daemon) if self.daemon else None
+        doc["daemon"] = self.daemon.to_dict() if self.daemon else None
         doc["daemon_problem"] = self.daemon_problem
         doc["resume"] = dataclasses.asdict(self.resume) if self.resume else None
         return doc

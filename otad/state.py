@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, FrozenSet, Iterator, Mapping, Optional
 from otad import crashpoint
 from otad.durable import atomic_write
 from otad.errors import StateError
+from otad.statefile import read_record, set_aside_unreadable
 
 log = logging.getLogger(__name__)
 
@@ -194,24 +195,9 @@ class StateStore:
         self.clock = clock
 
     def load(self) -> State:
-        """The stored state; IDLE if the file was never written. StateError if it is unreadable."""
-        try:
-            with open(self.path, "rb") as f:
-                raw = f.read(_MAX_BYTES + 1)
-        except FileNotFoundError:
-            return State()
-        except OSError as exc:
-            raise StateError(f"cannot read: {exc.strerror or exc}", self.path) from exc
-        if len(raw) > _MAX_BYTES:
-            raise StateError(f"expected a small JSON file, got more than {_MAX_BYTES} bytes", self.path)
-        try:
-            return state_from_dict(json.loads(raw.decode("utf-8")))
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise StateError(f"not valid JSON: {exc}; the file is kept as it is "
-                             "(otad state reset discards it)", self.path) from None
-        except StateError as exc:
-            raise StateError(f"{exc.what}; the file is kept as it is (otad state reset discards it)",
-                             self.path) from None
+        """The stored state; IDLE if the file was never written. StateError if it cannot be
+        opened, StateCorrupt if its content is unreadable (a record: the file is kept)."""
+        return read_record(self.path, state_from_dict, limit=_MAX_BYTES) or State()
 
     def transition(self, to: Phase, **fields: Any) -> State:
         """Check `current → to` against TRANSITIONS, persist the new state, return it.
@@ -239,22 +225,10 @@ class StateStore:
                  f" (slot {new.target_slot})" if new.target_slot else "")
         return new
 
-    def reset(self) -> State:
-        """Forget everything (a `--force` escape hatch, outside the transition table): an
-        unreadable file is kept beside as `state.json.corrupt`, then IDLE is written."""
-        try:
-            self.load()
-        except StateError:
-            aside = f"{self.path}.corrupt"
-            try:
-                os.replace(self.path, aside)
-            except OSError as exc:
-                raise StateError(f"cannot move the unreadable file aside: {exc.strerror or exc}",
-                                 self.path) from exc
-            log.warning("state: unreadable file moved to %s", aside)
-        fresh = State()
-        self._write(fresh)
-        return fresh
+    def set_aside_unreadable(self) -> Optional[str]:
+        """`otad state reset`: unreadable content is renamed to `state.json.corrupt` (no file
+        reads as IDLE); a readable file stays. The new name, or None."""
+        return set_aside_unreadable(self.path, self.load)
 
     def now(self) -> float:
         return self.clock()

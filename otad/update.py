@@ -25,18 +25,22 @@ from otad.boot.trial import ConfirmOutcome, MarkOutcome, arm_after_install, chec
 from otad.boot.ubootenv import UBootEnv
 from otad.boot.watchdog import DeviceWatchdog, NullWatchdog, ProgressPetter, Watchdog, held_elsewhere
 from otad.config import Config
-from otad.errors import REFUSED, WRITE_FAILED, ConfigError, EnvError, InstallError, Interrupted, OtadError, SlotError, \
-    StateError, WatchdogError
+from otad.errors import REFUSED, WRITE_FAILED, CompatibilityError, ConfigError, EnvError, InstallError, Interrupted, \
+    OtadError, SlotError, StateError, WatchdogError
+from otad.delta.fetch import Opener
+from otad.install.chunks import ChunkSources, NoChunkSources
 from otad.install.handlers.raw import resolve_device
 from otad.install.installer import InstallResult, Resuming, install_bundle
-from otad.install.plan import InstallPlan, InstallRequest, plan_install
+from otad.install.delta import DeltaInstall
+from otad.install.plan import InstallPlan, InstallRequest, delta_source, handler_options, plan_install
 from otad.install.options import hardware_identity, make_request, status_file
 from otad.install.pipeline import Reader
 from otad.install.resume import discard_journal
-from otad.install.status import FAILED, TargetRecord, TargetStatusStore, shown_state
+from otad.install.status import FAILED, INSTALLED, TargetRecord, TargetStatusStore, shown_state
 from otad.lock import Holder, HeldLock, WriterLock
 from otad.progress import ProgressListener, fan_out, ignore
 from otad.signals import shielded
+from otad.smallfile import read_text
 from otad.state import Phase, State, StateStore
 from otad.swu.manifest import HardwareRevision, SwDescription
 
@@ -51,22 +55,18 @@ class SlotInstallResult:
     state: Optional[State]  # after arming; None with no_switch or without slots
 
 
-def _read_text(path: Optional[str]) -> Optional[str]:
+def _read_text(path: Optional[str], what: str) -> Optional[str]:
     if not path:
         return None
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read()
-    except OSError as exc:
-        raise SlotError(f"cannot read: {exc.strerror}", path) from exc
+    return read_text(path, what, limit=4 << 20, error=SlotError, errors="replace")
 
 
 def detect_booted(cfg: Config) -> BootedSlot:
     """Which slot runs now, from the kernel command line (or the root mount), never the env."""
     boot = cfg.bootloader
-    return booted_slot(SlotTable.from_config(cfg), cmdline=_read_text(boot.cmdline) or "",
-                       mountinfo=_read_text(boot.mountinfo) if boot.mountinfo and os.path.exists(boot.mountinfo)
-                       else None,
+    mountinfo = boot.mountinfo if boot.mountinfo and os.path.exists(boot.mountinfo) else None
+    return booted_slot(SlotTable.from_config(cfg), cmdline=_read_text(boot.cmdline, "the kernel command line") or "",
+                       mountinfo=_read_text(mountinfo, "the mount table"),
                        partuuid_dir=boot.partuuid_dir, device_dir=cfg.system.device_dir)
 
 
@@ -84,9 +84,10 @@ def slot_installs(targets: TargetStatusStore, table: SlotTable, device_dir: str,
         record = _install_record(targets, slot, device_dir)
         shown = shown_state(record, being_written=writer is not None and writer.installing_into(slot.name))
         if record is not None:
-            installs[slot.name] = SlotInstall(shown or record.state, record.version, record.reason, record.updated_at)
+            installs[slot.name] = SlotInstall((shown or record.state).value, record.version, record.reason,
+                                              record.updated_at)
         elif shown is not None:
-            installs[slot.name] = SlotInstall(shown)  # being written before its record is
+            installs[slot.name] = SlotInstall(shown.value)  # being written before its record is
     return installs
 
 
@@ -113,13 +114,30 @@ class _Setup:
     chooser: Optional[Bootchooser] = None
 
 
+class StaticChunkSources(NoChunkSources):
+    """Chunk data for `otad install`: a delta's static URL through a plain HTTP client (no
+    hawkBit credentials); a deployment artifact or the bundle's link need the daemon."""
+
+    def __init__(self, cfg: Config) -> None:
+        self._ca_file = cfg.delta.ca_file
+        self._opener: Optional[Opener] = None
+
+    def static(self, url: str) -> Optional[Opener]:
+        if self._opener is None:
+            from otad.httpget import PlainOpener  # requests: loaded only for a delta
+
+            self._opener = PlainOpener(ca_file=self._ca_file)
+        return self._opener
+
+
 def _setup(cfg: Config, *, dry_run: bool, selection: Optional[Tuple[str, str]],
-           action_id: Optional[str] = None) -> _Setup:
+           action_id: Optional[str] = None, chunks: Optional[ChunkSources] = None) -> _Setup:
     """Everything before the bundle: an error here refuses it with nothing written. `action_id`:
-    the daemon's hawkBit action this install is for (None: a command's own install)."""
+    the daemon's hawkBit action this install is for (None: a command's own install); `chunks`:
+    where delta images' chunks come from (None: static URLs only)."""
     try:
         if not cfg.ab_enabled:
-            request = make_request(cfg, dry_run=dry_run, selection=selection)
+            request = _with_chunks(make_request(cfg, dry_run=dry_run, selection=selection), cfg, chunks)
             return _Setup(replace(request, checks=(partial(_plain_bootenv_fits, cfg),)))
         booted = detect_booted(cfg)
         target = SlotTable.from_config(cfg).other(booted.slot)
@@ -130,14 +148,32 @@ def _setup(cfg: Config, *, dry_run: bool, selection: Optional[Tuple[str, str]],
         chosen = _slot_selection(cfg, target, selection)
         env_files = tuple(c.device for c in chooser.env.layout.copies)
         running = resolve_device(booted.slot.device, cfg.system.device_dir)
-        checks = (partial(_writes_slot, target, cfg.system.device_dir), partial(_bootenv_agrees, chooser, target))
-        request = replace(make_request(cfg, dry_run=dry_run, selection=chosen), protected_paths=(running,) + env_files,
-                          checks=checks)
+        checks = (partial(_writes_slot, target, cfg.system.device_dir), partial(_bootenv_agrees, chooser, target),
+                  partial(_delta_reads_booted, booted.slot, cfg.system.device_dir))
+        request = replace(_with_chunks(make_request(cfg, dry_run=dry_run, selection=chosen), cfg, chunks),
+                          protected_paths=(running,) + env_files, checks=checks)
         log.info("booted slot %s (%s); installing %s into slot %s", booted.slot.name, booted.evidence,
                  ",".join(chosen), target.name)
         return _Setup(request, target, booted.slot, chooser)
     except OtadError as exc:
         raise exc.at_stage(REFUSED)
+
+
+def _with_chunks(request: InstallRequest, cfg: Config, chunks: Optional[ChunkSources]) -> InstallRequest:
+    return replace(request, delta=replace(request.delta, sources=chunks or StaticChunkSources(cfg)))
+
+
+def _delta_reads_booted(booted: Slot, device_dir: str, plan: InstallPlan) -> None:
+    """A delta's `source` must be the running slot: the one slot whose content is known and not
+    being written (SWUpdate does not check it)."""
+    running = os.path.realpath(resolve_device(booted.device, device_dir))
+    for member in plan.members.values():
+        for image in member.delta_images():
+            assert image.delta is not None
+            if os.path.realpath(delta_source(image, device_dir)) != running:
+                raise CompatibilityError(f"properties.source {image.delta.source} is not the running slot "
+                                         f"{booted.name} ({booted.device}): a delta reuses the running slot's chunks",
+                                         f"image {image.filename!r}")
 
 
 def _check_no_daemon_update(state: State, action_id: Optional[str]) -> None:
@@ -222,27 +258,57 @@ def plan(cfg: Config, description: SwDescription, *, name: str) -> InstallPlan:
     """What `install` would decide on this device about the verified sw-description of bundle
     `name`, writing nothing (`otad info`): the same setup, plan and checks, and an OtadError
     worded as `install`'s refusal would be."""
+    return _plan(cfg, description, name)[0]
+
+
+def _plan(cfg: Config, description: SwDescription, name: str) -> Tuple[InstallPlan, InstallRequest]:
     request = _setup(cfg, dry_run=False, selection=None).request
     try:
-        return plan_install(description.select, request)
+        return plan_install(description.select, request), request
     except OtadError as exc:
         raise exc.within_once(name)
+
+
+class DeltaPreviews:
+    """`otad info`'s plan (as `plan`), and what its delta images would reuse and fetch here: the
+    install's own checks and planning on each header member, nothing written (`describer`)."""
+
+    def __init__(self, cfg: Config, *, name: str) -> None:
+        self.cfg = cfg
+        self.name = name
+        self._planned: Optional[Tuple[InstallPlan, InstallRequest]] = None
+
+    def plan(self, description: SwDescription) -> InstallPlan:
+        self._planned = _plan(self.cfg, description, self.name)
+        return self._planned[0]
+
+    def describer(self, member: str) -> Optional[Callable[[bytes], str]]:
+        if self._planned is None:
+            return None
+        planned, request = self._planned
+        member_plan = planned.members.get(member)
+        if member_plan is None or member_plan.delta is None:
+            return None
+        step = DeltaInstall(member_plan, request, _targets(self.cfg), handler_options(request), ignore,
+                            planned.manifest.version)
+        return step.preview
 
 
 def install(cfg: Config, source: Reader, *, name: str, writer: Optional[HeldLock], total_bytes: Optional[int] = None,
             progress: ProgressListener = ignore, dry_run: bool = False, no_switch: bool = False,
             selection: Optional[Tuple[str, str]] = None, action_id: Optional[str] = None,
-            resuming: Resuming = Resuming()) -> SlotInstallResult:
+            resuming: Resuming = Resuming(), chunks: Optional[ChunkSources] = None) -> SlotInstallResult:
     """Install a bundle. With slots configured: into the inactive slot, then arm the trial with
     the bundle's bootenv folded in (unless `no_switch` or `dry_run`). Without slots: the selected
     section, then its bootenv in one env write, as `swupdate -i -B uboot` does.
-    `resuming` goes on from a saved resume point and/or saves new ones (the daemon's). `writer`
+    `resuming` goes on from a saved resume point and/or saves new ones (the daemon's); `chunks`
+    says where delta images' chunks come from (the daemon's deployment; default: static URLs). `writer`
     is the writer lock, held from before this call to after it (None only for a dry run, which
     writes nothing); it gets the target slot and the progress."""
     assert writer is not None or dry_run, "an install that writes holds the writer lock"
     if writer is not None:
         progress = fan_out([progress, writer.progress])
-    setup = _setup(cfg, dry_run=dry_run, selection=selection, action_id=action_id)
+    setup = _setup(cfg, dry_run=dry_run, selection=selection, action_id=action_id, chunks=chunks)
     targets = TargetStatusStore(None if dry_run else status_file(cfg))
     if resuming.point is None and not dry_run:
         discard_journal(cfg.system.state_dir)  # this install overwrites what a saved point relies on
@@ -333,7 +399,7 @@ def arm(cfg: Config, target_name: str, version: str, bootenv: Dict[str, Optional
         raise SlotError(f"slot {target_name} is the running slot; nothing to arm")
     writer.doing(f"arming slot {target.name}", slot=target.name)
     record = _targets(cfg).get(resolve_device(target.device, cfg.system.device_dir))
-    if record is None or record.state != "installed" or record.version != version:
+    if record is None or record.state is not INSTALLED or record.version != version:
         raise InstallError(f"slot {target_name} no longer holds the verified install of version {version}")
     return _arm(StateStore(cfg.system.state_dir), Bootchooser.from_config(cfg), target, booted.slot, version,
                 bootenv, action_id)
@@ -348,7 +414,7 @@ def running_version(cfg: Config) -> Optional[str]:
     except OtadError:
         return None
     record = _targets(cfg).get(resolve_device(booted.slot.device, cfg.system.device_dir))
-    return record.version if record is not None and record.state == "installed" else None
+    return record.version if record is not None and record.state is INSTALLED else None
 
 
 def open_watchdog(cfg: Config, *, unless_held: bool = False) -> Union[DeviceWatchdog, NullWatchdog]:
@@ -425,4 +491,5 @@ def slot_status(cfg: Config) -> SlotStatusReport:
     writer = WriterLock(cfg.system.state_dir).holder()
     chooser = Bootchooser.from_config(cfg)
     return status(StateStore(cfg.system.state_dir), chooser, booted, booted_problem=problem,
-                  installs=slot_installs(_targets(cfg), chooser.table, cfg.system.device_dir, writer), writer=writer)
+                  installs=slot_installs(TargetStatusStore(status_file(cfg), owner=False), chooser.table,
+                                         cfg.system.device_dir, writer), writer=writer)

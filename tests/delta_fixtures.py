@@ -23,9 +23,12 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
 
 import pytest
+
+if TYPE_CHECKING:
+    from otad.boot.ubootenv import UBootEnv
 
 UUID = "6f1e6b9a-0d4e-4c3b-9a55-2f2d7c1b0a11"
 FAKE_TIME = "1700000000"
@@ -234,3 +237,129 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> DeltaFixture:
 # Chunk requests through otad's DDI client: tests/delta_http.py (no pytest there, so the
 # benchmark's device process imports it without pytest's memory).
 from tests.delta_http import client_for, ddi_opener  # noqa: E402,F401 - re-exported for the tests
+
+
+# --- an A/B device whose running slot holds v1 ---------------------------------------------------
+
+DEFAULT_ENV = {"bootcmd": "run mmcboot", "bootlimit": "3", "bootcount": "0", "upgrade_available": "0",
+               "rootpart": "2", "altbootcmd": "run swap_and_boot"}
+ENV_SIZE = 0x4000
+
+
+@dataclass
+class DeltaDevice:
+    """Files standing for a Pi: slot a (mmcblk0p2, running) holds v1, slot b garbage; a uboot.env."""
+
+    root: Path
+    config: Path
+
+    @property
+    def dev(self) -> Path:
+        return self.root / "dev"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state"
+
+    def slot(self, name: str) -> Path:
+        return self.dev / name
+
+    def uboot_env(self) -> "UBootEnv":
+        from otad.boot.fwenvconfig import load_fw_env_config
+        from otad.boot.ubootenv import UBootEnv
+
+        return UBootEnv(load_fw_env_config(str(self.root / "fw_env.config")), lock_path=str(self.root / "fw.lock"))
+
+    def env(self) -> Dict[str, str]:
+        return dict(self.uboot_env().read().variables)
+
+    def boot(self, rootpart: str) -> None:
+        """As if slot `rootpart` (2: a, 3: b) was confirmed and booted: env and kernel command line."""
+        self.uboot_env().update({"rootpart": rootpart, "upgrade_available": "0", "bootcount": "0", "otad_prev": None})
+        (self.root / "cmdline").write_text(f"console=ttyS0 root=/dev/mmcblk0p{rootpart} otad.rootpart={rootpart}\n")
+
+
+def delta_device(root: Path, fixture: DeltaFixture, pki: object, *, extra: str = "",
+                 slot_bytes: int = 0) -> DeltaDevice:
+    """A device whose slot a runs v1; slot b is filled with 0x5a; `extra` is more otad.conf."""
+    from otad.boot.envimage import build_image
+
+    size = slot_bytes or fixture.v2.stat().st_size
+    (root / "dev").mkdir(parents=True)
+    with open(root / "dev" / "mmcblk0p2", "wb") as f:
+        f.write(fixture.v1.read_bytes())
+        f.truncate(size)
+    (root / "dev" / "mmcblk0p3").write_bytes(b"\x5a" * size)
+    (root / "uboot.env").write_bytes(build_image(DEFAULT_ENV, ENV_SIZE))
+    (root / "fw_env.config").write_text(f"{root / 'uboot.env'} 0x0 0x{ENV_SIZE:x}\n")
+    (root / "cmdline").write_text("console=ttyS0 root=/dev/mmcblk0p2 otad.rootpart=2 rootwait\n")
+    config = root / "otad.conf"
+    config.write_text(f"""
+system = {{ state_dir = "{root / 'state'}"; device_dir = "{root / 'dev'}"; hardware = "rpi0w:1.0";
+           reboot_command = "true"; }};
+install = {{ trust_file = "{pki.ca_pem}"; }};
+bootloader = {{ fw_env_config = "{root / 'fw_env.config'}"; lock_file = "{root / 'fw.lock'}";
+               cmdline = "{root / 'cmdline'}"; mountinfo = ""; }};
+slots = ( {{ name = "a"; device = "/dev/mmcblk0p2"; boot_value = "2"; selection = "stable,copy1"; }},
+          {{ name = "b"; device = "/dev/mmcblk0p3"; boot_value = "3"; selection = "stable,copy2"; }} );
+delta = {{ min_interval_s = 0; }};
+{extra}
+""")
+    return DeltaDevice(root, config)
+
+
+def ab_delta_template(properties: str, *, version: str = "2.0.0", image: str = "rootfs.ext4",
+                      copy1_source: str = "/dev/mmcblk0p3", copy2_source: str = "/dev/mmcblk0p2") -> str:
+    """sw-description for swugenerator: selections stable,copy1 (into p2) and stable,copy2 (into
+    p3), each a `type = "delta"` image with `properties` (url or zckfile, max-ranges, ...)."""
+    def copy(n: int, device: str, src: str) -> str:
+        return f'''copy{n} = {{ images: ( {{ filename = "{image}"; type = "delta"; device = "{device}";
+                properties: {{ chain = "raw"; source = "{src}"; {properties} }}; }} ); }};'''
+    return (f'software = {{ version = "{version}"; hardware-compatibility: [ "1.0" ];\n'
+            f'  stable = {{ {copy(1, "/dev/mmcblk0p2", copy1_source)}\n'
+            f'             {copy(2, "/dev/mmcblk0p3", copy2_source)} }}; }};\n')
+
+
+def swugenerator_delta(fixture: DeltaFixture, out: Path, pki: object, template: str) -> Path:
+    """The signed delta .swu as swugenerator makes it from `template` and v2 (it runs zck itself)."""
+    work = out.parent / (out.name + ".d")
+    shutil.rmtree(work, ignore_errors=True)
+    art = work / "artifacts"
+    art.mkdir(parents=True)
+    shutil.copyfile(fixture.v2, art / "rootfs.ext4")
+    (work / "sw-description.in").write_text(template)
+    cmd = [os.path.join(os.path.dirname(sys.executable), "swugenerator"), "-s", str(work / "sw-description.in"),
+           "-a", str(art), "-o", str(out), "-k", f"CMS,{pki.signer_key},{pki.signer_cert}",  # type: ignore[attr-defined]
+           "create"]
+    subprocess.run(cmd, check=True, capture_output=True, cwd=work)
+    return out
+
+
+def self_contained(fixture: DeltaFixture, out: Path, pki: object, *, board: Optional[str] = None,
+                   version: str = "2.0.0", devices: Sequence[str] = ("/dev/mmcblk0p2", "/dev/mmcblk0p3"),
+                   max_ranges: int = 50, body_name: str = "rootfs.ext4.zckbody") -> Path:
+    """The self-contained layout (docs/delta.md §4, L3): sw-description, .sig, the zck header
+    (the delta images' member), the zck body last. stable,copyN: delta into devices[N-1] from the
+    other one, chunks from the body by Range; stable,copyN-full: the body as a raw zstd image, for
+    SWUpdate and for devices without a source (/work/notes/delta-layout.md: what otad mkswu writes)."""
+    from tests.bundles import signed_members, write_bundle
+
+    header = fixture.header_bytes
+    body = fixture.v2_zck.read_bytes()[len(header):]
+    h, b = hashlib.sha256(header).hexdigest(), hashlib.sha256(body).hexdigest()
+    sections = []
+    for n, (device, source) in enumerate(((devices[0], devices[1]), (devices[1], devices[0])), 1):
+        sections.append(f'''copy{n} = {{ images: ( {{ filename = "rootfs.ext4"; type = "delta"; device = "{device}";
+            sha256 = "{h}"; properties: {{ url = "dynamic"; zckfile = "{body_name}"; chain = "raw";
+            source = "{source}"; max-ranges = "{max_ranges}"; }}; }} ); }};''')
+        sections.append(f'''copy{n}-full = {{ images: ( {{ filename = "{body_name}"; type = "raw"; compressed = "zstd";
+            installed-directly = true; device = "{device}"; sha256 = "{b}"; }} ); }};''')
+    body_text = f'hardware-compatibility: [ "1.0" ]; stable = {{ {" ".join(sections)} }};'
+    if board:
+        body_text = f"{board} = {{ {body_text} }};"
+    desc = f'software = {{ version = "{version}"; {body_text} }};\n'.encode()
+    work = out.parent / (out.name + ".d")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    members = signed_members(desc, [], pki, work) + [("rootfs.ext4", header), (body_name, body)]
+    return write_bundle(out, members)

@@ -108,6 +108,7 @@ class DdiFake:
         self.auth: Optional[str] = None  # required Authorization header value, e.g. "TargetToken abc"
         self.download_auth = True  # whether artifact downloads need `auth` too
         self.omit_empty_links = True  # hawkBit omits empty _links; goosebit sends {}
+        self.multipart = "hawkbit"  # how several ranges are framed: hawkBit >= 0.10, or "hawkbit-old" (< 0.10)
         self.config_data_requested = True  # a new target is asked for its attributes
         self.actions: Dict[str, Action] = {}
         self.current: Optional[str] = None
@@ -175,6 +176,12 @@ class DdiFake:
 
     def count(self, endpoint: str, method: Optional[str] = None) -> int:
         return sum(1 for r in self.requests if r.endpoint == endpoint and method in (None, r.method))
+
+    def downloads(self) -> int:
+        """Artifact downloads begun from byte 0 (the first request asks for the head only; the
+        rest of the same download, or a resumed one, starts further in)."""
+        return sum(1 for r in self.requests if r.endpoint == "artifact"
+                   and (r.headers.get("Range") or "bytes=0-").startswith("bytes=0-"))
 
     def artifact_url(self, action_id: str, rel: str = "download") -> str:
         art = self.actions[action_id].artifacts[0]
@@ -414,8 +421,12 @@ class _DdiHandler(BaseHTTPRequestHandler):
             return
         data, total = art.data, len(art.data)
         headers = {"Content-Type": "application/octet-stream", "Accept-Ranges": "bytes", "ETag": art.etag}
-        match = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
         if_range = self.headers.get("If-Range")
+        if "," in self.headers.get("Range", "") and not (if_range is not None and if_range != art.etag) \
+                and not (fault and fault.ignore_range):
+            self._ranges(data, headers, fault)
+            return
+        match = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
         if match is None or (if_range is not None and if_range != art.etag) or (fault and fault.ignore_range):
             self._send(200, data, headers, fault)
             return
@@ -426,6 +437,20 @@ class _DdiHandler(BaseHTTPRequestHandler):
             return
         headers["Content-Range"] = f"bytes {start}-{end}/{total}"
         self._send(206, memoryview(data)[start:end + 1], headers, fault)
+
+    def _ranges(self, data: bytes, headers: Dict[str, str], fault: Optional[Fault]) -> None:
+        """Several ranges, as hawkBit's FileStreamingUtil answers them: sorted, 416 on overlap,
+        one multipart/byteranges body in the fake's dialect (tests/range_server.py writes it)."""
+        from tests.range_server import multipart_body, parse_ranges
+
+        ranges = parse_ranges(self.headers.get("Range", ""), len(data))
+        ordered = sorted(ranges or [])
+        if not ordered or any(a >= len(data) or a >= b for a, b in ordered) or \
+                any(ordered[i][1] > ordered[i + 1][0] for i in range(len(ordered) - 1)):
+            self._send(416, b"", {"Content-Range": f"bytes */{len(data)}"}, fault)
+            return
+        content_type, body = multipart_body(data, ordered, self.fake.multipart)
+        self._send(206, body, {**headers, "Content-Type": content_type}, fault)
 
     # writing, with faults
 

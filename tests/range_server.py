@@ -22,6 +22,7 @@ import secrets
 import socket
 import sys
 import threading
+import time
 import traceback
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -56,12 +57,13 @@ class RangeServer:
     """Serves `data` at `url`; `script` holds the faults of the next requests, in order."""
 
     def __init__(self, data: bytes, dialect: str = "starlette", *, max_ranges: int = 100,
-                 auth: Optional[str] = None) -> None:
+                 auth: Optional[str] = None, rate_bps: Optional[int] = None) -> None:
         assert dialect in DIALECTS, dialect
         self.data = data
         self.dialect = dialect
         self.max_ranges = max_ranges
         self.auth = auth  # required Authorization header value
+        self.rate_bps = rate_bps  # a slow link: bodies are sent at about this many bytes a second
         self.script: List[Misbehave] = []
         self.journal: List[Served] = []
         self.errors: List[str] = []
@@ -227,9 +229,13 @@ class _Handler(BaseHTTPRequestHandler):
             view = view[:fault.drop_after]
         served = Served(range_header, status, 0, nranges, dict(self.headers.items()))
         self.owner.journal.append(served)
+        rate = self.owner.rate_bps
+        piece = max(1, rate // 50) if rate else 65536
         try:
             while served.body_bytes < len(view):
-                served.body_bytes += self.connection.send(view[served.body_bytes:served.body_bytes + 65536])
+                served.body_bytes += self.connection.send(view[served.body_bytes:served.body_bytes + piece])
+                if rate:
+                    time.sleep(piece / rate)
         except OSError:
             self.close_connection = True
         if len(view) != len(body):

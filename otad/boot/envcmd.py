@@ -23,7 +23,9 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 from otad.boot.envtext import parse_env_text, parse_set_script
 from otad.boot.fwenvconfig import load_fw_env_config
 from otad.boot.ubootenv import UBootEnv
+from otad.boot.envimage import MAX_ENV_SIZE
 from otad.errors import EnvCorrupt, EnvError, UsageError
+from otad.smallfile import read_text
 
 # U-Boot's variable attributes; libubootenv hides the variable and enforces some of them.
 FLAGS = ".flags"
@@ -81,25 +83,17 @@ def read_script(path: str) -> Dict[str, Optional[str]]:
     """`fw_setenv -s FILE` format, `-` for stdin; bytes that are not UTF-8 are kept as they are."""
     import sys
 
-    try:
-        raw = sys.stdin.buffer.read() if path == "-" else _read_bytes(path)
-    except OSError as exc:
-        raise EnvError(f"cannot read script: {exc.strerror or exc}", path) from exc
-    return parse_set_script(raw.decode("utf-8", "surrogateescape"), source=path)
-
-
-def _read_bytes(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
+    if path == "-":
+        text = sys.stdin.buffer.read().decode("utf-8", "surrogateescape")
+    else:
+        text = read_text(path, "the script", limit=MAX_ENV_SIZE, error=EnvError, errors="surrogateescape")
+    return parse_set_script(text, source=path)
 
 
 def read_default_env(path: str) -> Mapping[str, str]:
     """A `u-boot-initial-env` style file (`name=value` lines) for an env with no valid copy."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            return parse_env_text(f.read(), source=path)
-    except (OSError, UnicodeDecodeError) as exc:
-        raise EnvError(f"cannot read default environment: {exc}", path) from exc
+    return parse_env_text(read_text(path, "the default environment", limit=MAX_ENV_SIZE, error=EnvError),
+                          source=path)
 
 
 def set_variables(env: UBootEnv, changes: Mapping[str, Optional[str]],

@@ -13,6 +13,7 @@ from typing import List, Optional, Sequence, Tuple
 
 from otad.boot.envimage import MAX_ENV_SIZE, MIN_ENV_SIZE
 from otad.errors import ConfigError
+from otad.smallfile import read_text
 
 DEFAULT_CONFIG_PATH = "/etc/fw_env.config"
 _MAX_CONFIG_BYTES = 0x10000
@@ -201,12 +202,6 @@ def _parse_hex(token: str, field: str, where: str) -> int:
 
 def load_fw_env_config(path: str = DEFAULT_CONFIG_PATH) -> EnvLayout:
     """Read and parse the fw_env.config at `path`; any failure is a ConfigError naming it."""
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(_MAX_CONFIG_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(f"cannot read: {exc.strerror or exc}", where=path) from exc
-    if len(raw) > _MAX_CONFIG_BYTES:
-        raise ConfigError(f"expected a short fw_env.config, got more than {_MAX_CONFIG_BYTES} bytes", where=path)
-    return parse_fw_env_config(raw.decode("utf-8", "surrogateescape"), source=path)
+    text = read_text(path, "fw_env.config", limit=_MAX_CONFIG_BYTES, error=ConfigError, errors="surrogateescape")
+    return parse_fw_env_config(text, source=path)
 

@@ -23,7 +23,7 @@ from otad.delta.plan import ByteRange
 from otad.delta.zck import ChunkIndex
 from otad.errors import (ArtifactChanged, Conflict, MalformedMultipart, RangeFetchError, ServerError,
                          ServerUnavailable)
-from otad.hawkbit.policy import ResumePolicy
+from otad.retry import ResumePolicy
 
 log = logging.getLogger(__name__)
 
@@ -283,7 +283,7 @@ class RangeFetcher:
         collector, at, read = _Collector(wanted), start, self._counted(resp)
         while at < end:
             last = wanted.after(at)
-            if last is None or last[0] >= end:
+            if collector.chunk is None and (last is None or last[0] >= end):
                 return  # the rest of this body holds nothing wanted: close it early
             data = read()
             if not data:

@@ -13,7 +13,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
-from typing import BinaryIO, Callable, Iterator, List, Optional, Set, Tuple
+from array import array
+from typing import BinaryIO, Callable, Iterator, Optional, Set, Tuple
 
 from otad.delta import zck
 from otad.delta.blocks import read_blocks
@@ -159,12 +160,12 @@ def index_source(f: BinaryIO, length: int, *, name: str = "source",
         c.no_write = c.try_set(_NO_WRITE, 1)
         _feed(c, f, length, name, on_progress)
         c.end_chunk()
-        lengths: List[int] = []
+        lengths = array("Q")  # 8 bytes a chunk, not a Python int's 36
         digests = bytearray()
         for size, digest in c.chunks():
             lengths.append(size)
             digests += digest
-    return zck.ChunkIndex.of_source(lengths, bytes(digests))
+    return zck.ChunkIndex.of_source(lengths, digests)
 
 
 def write_zck(f: BinaryIO, length: int, out: BinaryIO, chunk_bytes: Optional[int] = None, *, name: str = "image",

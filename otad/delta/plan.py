@@ -36,22 +36,35 @@ class ByteRange:
 
 @dataclass(frozen=True, eq=False)
 class Plan:
-    """Per target chunk: its source offset, or NOT_FOUND (fetch it)."""
+    """Per target chunk: its source offset, or NOT_FOUND (fetch it); `present` marks (non-zero
+    byte) the chunks the target already holds in place: neither read, fetched nor written."""
 
     target: zck.ChunkIndex
     match: SourceMatch
+    present: bytes = b""  # b"": none known
 
     def __post_init__(self) -> None:
         if len(self.match) != len(self.target):
             raise ValueError(f"{len(self.match)} matches for {len(self.target)} chunks")
+        if self.present and len(self.present) != len(self.target):
+            raise ValueError(f"{len(self.present)} presence marks for {len(self.target)} chunks")
+
+    def in_target(self, i: int) -> bool:
+        return bool(self.present) and bool(self.present[i])
 
     def fetched(self) -> List[int]:
-        return [i for i, o in enumerate(self.match.offsets) if o == NOT_FOUND]
+        return [i for i, o in enumerate(self.match.offsets) if o == NOT_FOUND and not self.in_target(i)]
 
     @property
     def reused_bytes(self) -> int:
         """Uncompressed bytes taken from the source (SWUpdate: "Total bytes to be reused")."""
-        return sum(self.target.lengths[i] for i, o in enumerate(self.match.offsets) if o != NOT_FOUND)
+        return sum(self.target.lengths[i] for i, o in enumerate(self.match.offsets)
+                   if o != NOT_FOUND and not self.in_target(i))
+
+    @property
+    def present_bytes(self) -> int:
+        """Uncompressed bytes the target holds already at their place (not written again)."""
+        return sum(n for i, n in enumerate(self.target.lengths) if self.in_target(i))
 
     @property
     def fetch_bytes(self) -> int:

@@ -10,6 +10,7 @@ copied, and deciding what to fetch, belong to the assembler and the planner.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 from array import array
 from dataclasses import dataclass, field
@@ -77,16 +78,41 @@ def match_index(target: zck.ChunkIndex, source: zck.ChunkIndex) -> SourceMatch:
         raise SourceIndexError("both indexes need uncompressed digests (zck -u)")
     if target.digest_size != source.digest_size:
         raise SourceIndexError(f"digest sizes differ: target {target.digest_size}, source {source.digest_size}")
-    where: Dict[int, int] = {}
-    for i in range(len(source)):
-        where.setdefault(_key(source.digest_uncompressed(i)), i)
+    where = _DigestTable(source)
     offsets = array("q", [NOT_FOUND]) * len(target)
     for i in range(len(target)):
-        digest = target.digest_uncompressed(i)
-        j = where.get(_key(digest))
-        if j is not None and source.lengths[j] == target.lengths[i] and source.digest_uncompressed(j) == digest:
+        j = where.find(target.digest_uncompressed(i), target.lengths[i])
+        if j is not None:
             offsets[i] = source.offsets[j]
     return SourceMatch(offsets)
+
+
+class _DigestTable:
+    """The source's chunks sorted by digest, 8 bytes each: the top bits of the digest, then the
+    chunk number (a dict of the same would take about 100 bytes a chunk)."""
+
+    INDEX_BITS = 20  # zck.Limits.max_chunks is 2**20
+
+    def __init__(self, source: zck.ChunkIndex) -> None:
+        if len(source) > 1 << self.INDEX_BITS:
+            raise SourceIndexError(f"{len(source)} source chunks, more than {1 << self.INDEX_BITS}")
+        self.source = source
+        self.table = array("Q", sorted(self._prefix(source.digest_uncompressed(j)) | j for j in range(len(source))))
+
+    def _prefix(self, digest: bytes) -> int:
+        return _key(digest) >> self.INDEX_BITS << self.INDEX_BITS
+
+    def find(self, digest: bytes, length: int) -> Optional[int]:
+        """The first source chunk with this digest and length, else None."""
+        prefix = self._prefix(digest)
+        mask = (1 << self.INDEX_BITS) - 1
+        k = bisect.bisect_left(self.table, prefix)
+        while k < len(self.table) and self.table[k] & ~mask == prefix:
+            j = self.table[k] & mask
+            if self.source.lengths[j] == length and self.source.digest_uncompressed(j) == digest:
+                return j
+            k += 1
+        return None
 
 
 def match_fine(target: zck.ChunkIndex, f: BinaryIO, length: int, *, name: str = "source",

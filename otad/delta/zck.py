@@ -86,20 +86,25 @@ class ChunkIndex:
     digests_uncompressed: bytes = field(repr=False)  # b"" without flag 2
 
     @classmethod
-    def of_source(cls, lengths: Sequence[int], digests: bytes, hash_type: int = HASH_SHA256) -> "ChunkIndex":
-        """The index of an uncompressed source: chunk lengths and their concatenated digests
-        (what `zck --compression-format=none -u` would write; starts are image offsets)."""
+    def of_source(cls, lengths: Sequence[int], digests: "bytes | bytearray", hash_type: int = HASH_SHA256) -> "ChunkIndex":
+        """The index of an uncompressed source, for matching (`matching_only`): chunk lengths and
+        their concatenated digests (what `zck --compression-format=none -u` would write)."""
         size = _HASHES[hash_type][1]
         if len(digests) != size * len(lengths):
             raise ValueError(f"{len(lengths)} chunks need {size * len(lengths)} digest bytes, got {len(digests)}")
-        table = _Table(size)
+        table = _Table(size, matching=True)
         for i, n in enumerate(lengths):
-            d = digests[i * size:(i + 1) * size]
+            d = bytes(digests[i * size:(i + 1) * size])
             table.add(d, d, n, n)
         return table.freeze(hash_type)
 
     def __len__(self) -> int:
         return len(self.lengths)
+
+    @property
+    def matching_only(self) -> bool:
+        """An index of a source, for matching: no compressed lengths, starts or digests."""
+        return len(self.starts) != len(self.lengths)
 
     def __iter__(self) -> Iterator[Chunk]:
         return (self[i] for i in range(len(self)))
@@ -262,9 +267,10 @@ def parse_lead(data: bytes, name: str = "zchunk header") -> Lead:
 
 
 def parse_header(data: bytes, *, name: str = "zchunk header", exact: bool = True,
-                 limits: Limits = Limits()) -> ZckHeader:
+                 limits: Limits = Limits(), matching: bool = False) -> ZckHeader:
     """Parse and verify a header. `exact`: `data` is the header and nothing else (a bundle
-    member); otherwise the header is the start of `data` (a .zck file's first bytes)."""
+    member); otherwise the header is the start of `data` (a .zck file's first bytes).
+    `matching`: the header is a source's index, kept only for matching (ChunkIndex.matching_only)."""
     data = bytes(data)
     lead = parse_lead(data, name)
     total = lead.total_length
@@ -279,7 +285,7 @@ def parse_header(data: bytes, *, name: str = "zchunk header", exact: bool = True
     _check_checksum(data, lead, name)
     r = _Reader(data, name, lead.length, total)
     data_digest, flags, comp, optional, index_size = _parse_preface(r, lead.hash_type)
-    index = _parse_index(r, index_size, flags, comp, total, limits)
+    index = _parse_index(r, index_size, flags, comp, total, limits, matching)
     _parse_signatures(r)
     if r.pos != total:
         raise r.fail(f"{total - r.pos} unused bytes after the signatures", "header")
@@ -326,7 +332,8 @@ def _parse_preface(r: _Reader, hash_type: int) -> Tuple[bytes, int, int, Tuple[T
     return data_digest, flags, comp, tuple(optional), index_size
 
 
-def _parse_index(r: _Reader, index_size: int, flags: int, comp: int, total: int, limits: Limits) -> ChunkIndex:
+def _parse_index(r: _Reader, index_size: int, flags: int, comp: int, total: int, limits: Limits,
+                 matching: bool = False) -> ChunkIndex:
     start = r.pos
     if start + index_size > total:
         raise r.fail(f"{index_size} bytes run past the header's end at byte {total}", "preface.index_size", start)
@@ -345,7 +352,7 @@ def _parse_index(r: _Reader, index_size: int, flags: int, comp: int, total: int,
         raise ix.fail(f"{count} chunks, more than the limit of {limits.max_chunks}", "index.chunk_count", at)
     size = _HASHES[hash_type][1]
     uncompressed = bool(flags & FLAG_UNCOMPRESSED)
-    table = _Table(size)
+    table = _Table(size, matching)
     data_start = total
     for i in range(count):
         label = "index.dict" if i == 0 else f"index.chunk[{i - 1}]"
@@ -397,10 +404,12 @@ def _parse_signatures(r: _Reader) -> None:
 
 
 class _Table:
-    """Builds the arrays of a ChunkIndex entry by entry."""
+    """Builds the arrays of a ChunkIndex entry by entry; `matching` keeps only what matching a
+    source needs (lengths, offsets, uncompressed digests): a third of the memory."""
 
-    def __init__(self, digest_size: int) -> None:
+    def __init__(self, digest_size: int, matching: bool = False) -> None:
         self.digest_size = digest_size
+        self.matching = matching
         self.dict_chunk: Optional[Chunk] = None
         self.next_start = 0
         self.next_offset = 0
@@ -412,11 +421,12 @@ class _Table:
         self.udigests = bytearray()
 
     def add(self, digest: bytes, udigest: bytes, comp_length: int, length: int) -> None:
-        self.starts.append(self.next_start)
+        if not self.matching:
+            self.starts.append(self.next_start)
+            self.comp_lengths.append(comp_length)
+            self.digests += digest
         self.offsets.append(self.next_offset)
-        self.comp_lengths.append(comp_length)
         self.lengths.append(length)
-        self.digests += digest
         self.udigests += udigest
         self.next_start += comp_length
         self.next_offset += length

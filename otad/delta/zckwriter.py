@@ -20,7 +20,7 @@ from typing import BinaryIO, List
 import zstandard
 
 from otad.delta import zck
-from otad.durable import fsync_dir
+from otad.durable import replacing
 from otad.delta.blocks import READ_BYTES, Chunker, read_chunks
 from otad.delta.chunker import BuzhashChunker, FixedChunker
 
@@ -56,16 +56,11 @@ def write_zck(src: BinaryIO, length: int, out_path: str, chunker: Chunker, *, na
         for data in read_chunks(src, length, chunker, name):
             entries.append(_store(cctx, data, body))
         header = zck.build_header(entries)
-        tmp = out_path + ".tmp"
-        with open(tmp, "wb") as out:
+        with replacing(out_path) as out:
             out.write(header)
             body.seek(0)
             shutil.copyfileobj(body, out, READ_BYTES)
             size = out.tell()
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, out_path)
-        fsync_dir(directory)
     return Written(len(header), hashlib.sha256(header).hexdigest(), size, len(entries))
 
 

@@ -10,12 +10,15 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from otad.durable import atomic_write
 from otad.errors import StateError
+from otad.statefile import JsonObject, read_record
 
+ACTIONS_FILE = "actions.json"  # in state_dir
 KEEP_ENDED = 50
+_MAX_BYTES = 1 << 20  # 50 ids and one waiting action: a few KiB
 
 
 @dataclass(frozen=True)
@@ -36,16 +39,10 @@ class ActionLog:
 
     @classmethod
     def load(cls, path: str) -> "ActionLog":
-        if not os.path.exists(path):
-            return cls(path)
-        try:
-            with open(path, "rb") as f:
-                body = json.loads(f.read().decode("utf-8"))
-            waiting = WaitingAction(**body["waiting"]) if body.get("waiting") else None
-            ended = {str(k): str(v) for k, v in body.get("ended", {}).items()}
-            return cls(path, ended, waiting)
-        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
-            raise StateError(f"unreadable action log ({exc}); move it aside to start afresh", path) from exc
+        """The log on disk (a record: an unreadable file stops the daemon and is kept)."""
+        loaded = read_record(path, _parse, limit=_MAX_BYTES,
+                             consequence=" and the log starts empty (an ended action could then be installed again)")
+        return cls(path, *loaded) if loaded is not None else cls(path)
 
     def save(self) -> None:
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
@@ -74,3 +71,25 @@ class ActionLog:
 
     def ids(self) -> List[str]:
         return list(self.ended)
+
+
+def _parse(body: Dict[str, Any]) -> Tuple[Dict[str, str], Optional[WaitingAction]]:
+    """(ended, waiting) in a decoded document; StateError saying what is wrong."""
+    unknown = sorted(set(body) - {"ended", "waiting"})
+    if unknown:
+        raise StateError(f"unknown field {unknown[0]!r}")
+    ended = body.get("ended", {})
+    if not isinstance(ended, dict) or not all(isinstance(v, str) for v in ended.values()):
+        raise StateError(f"ended: expected an object of action id → how it ended, got {ended!r}")
+    return ended, _waiting(body.get("waiting"))
+
+
+def _waiting(body: Any) -> Optional[WaitingAction]:
+    if not body:
+        return None
+    fields = JsonObject(body, "waiting")
+    bootenv = fields.get("bootenv", dict) if "bootenv" in body else {}  # older files have none
+    if not all(v is None or isinstance(v, str) for v in bootenv.values()):
+        raise StateError(f"waiting.bootenv: expected names → text or null, got {bootenv!r}")
+    return WaitingAction(fields.get("action_id", str), fields.get("version", str), fields.get("target_slot", str),
+                         bootenv)

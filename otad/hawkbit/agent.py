@@ -18,7 +18,6 @@ import logging
 import os
 import random
 import signal
-import subprocess
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional, Set, Tuple
@@ -27,18 +26,19 @@ from otad import RELEASE_DATE, crashpoint, update
 from otad.boot.trial import Verdict
 from otad.config import Config, parse_date
 from otad.errors import BusyError, Cancelled, ConfigError, Interrupted, OtadError
-from otad.hawkbit.actions import ActionLog
+from otad.hawkbit.actions import ACTIONS_FILE, ActionLog
 from otad.hawkbit.ddi import (ActionLink, Conflict, DdiClient, Deployment, HawkbitSettings, InvalidConfigData,
                               NotFound, Rejected, RootPoll, ServerError, ServerUnavailable)
 from otad.hawkbit.deployment import DeploymentRun
 from otad.hawkbit.journal import DownloadJournal
-from otad.hawkbit.outbox import Outbox, PendingFeedback
-from otad.hawkbit.policy import Backoff, PollPolicy
-from otad.hawkbit.publish import StatusPublisher
+from otad.hawkbit.outbox import OUTBOX_FILE, Outbox, PendingFeedback
+from otad.hawkbit.policy import PollPolicy
+from otad.hawkbit.publish import DaemonPhase, StatusPublisher
 from otad.hawkbit.suricatta import apply_swupdate_cfg
 from otad.lock import HeldLock, WriterLock
 from otad.notify import notify, watchdog_interval_s
 from otad.progress import Progress, ProgressListener, ignore
+from otad.retry import Backoff
 from otad.state import Outcome, Phase, State, StateStore
 
 log = logging.getLogger(__name__)
@@ -105,8 +105,8 @@ class Agent:
         self.client = client or DdiClient(settings_from_config(cfg))
         state_dir = cfg.system.state_dir
         self.store = StateStore(state_dir)
-        self.actions = ActionLog.load(os.path.join(state_dir, "actions.json"))
-        self.outbox = Outbox(os.path.join(state_dir, "outbox.json"))
+        self.actions = ActionLog.load(os.path.join(state_dir, ACTIONS_FILE))
+        self.outbox = Outbox(os.path.join(state_dir, OUTBOX_FILE))
         self.status = StatusPublisher(cfg.system.status_file, min_interval_s=STATUS_INTERVAL_S,
                                       clock=options.monotonic)
         hb = cfg.hawkbit
@@ -152,7 +152,7 @@ class Agent:
 
     def start(self) -> float:
         """Finish what the last boot left and report it; the seconds to wait before the first poll."""
-        self.status.publish(phase="starting", server=self.cfg.hawkbit.url)
+        self.status.publish(phase=DaemonPhase.STARTING, server=self.cfg.hawkbit.url)
         self.boot_pending = not self.locked("confirming the boot", self.finish_last_boot)
         self.outbox.flush(self.send)
         notify("READY=1", "STATUS=polling")
@@ -234,7 +234,7 @@ class Agent:
                         retry_after or 0.0, self.poll_policy.min_s)
         self.last_error = str(exc)
         log.warning("hawkBit: %s; next try in %.0f s", exc, delay)
-        self.status.publish(phase="backoff", last_error=str(exc), next_poll_in_s=delay)
+        self.status.publish(phase=DaemonPhase.BACKOFF, last_error=str(exc), next_poll_in_s=delay)
         return delay
 
     def wait(self, seconds: float) -> None:
@@ -252,12 +252,12 @@ class Agent:
         state = self.store.load()
         waiting = self.actions.waiting
         if state.phase is Phase.TRIAL_ARMED:
-            self.status.publish(phase="rebooting", action_id=state.action_id, version=state.version, **fields)
+            self.status.publish(phase=DaemonPhase.REBOOTING, action_id=state.action_id, version=state.version, **fields)
         elif waiting is not None and state.phase in (Phase.DOWNLOADED, Phase.INSTALLED):
-            self.status.publish(phase="waiting_window", action_id=waiting.action_id, version=waiting.version,
+            self.status.publish(phase=DaemonPhase.WAITING_WINDOW, action_id=waiting.action_id, version=waiting.version,
                                 **fields)
         else:
-            self.status.publish(phase="idle", action_id=None, version=None, bytes_done=0, bytes_total=None,
+            self.status.publish(phase=DaemonPhase.IDLE, action_id=None, version=None, bytes_done=0, bytes_total=None,
                                 **fields)
 
     # ------------------------------------------------------------------ start-up
@@ -489,12 +489,9 @@ class Agent:
 
     def reboot(self, why: str) -> None:
         self.reboot_requested = True
-        self.status.publish(phase="rebooting", last_error=None)
-        if not self.options.reboot:
-            log.info("reboot needed (%s); not rebooting (--no-reboot)", why)
-            return
-        log.info("rebooting: %s (%s)", why, self.cfg.system.reboot_command)
-        subprocess.run(self.cfg.system.reboot_command, shell=True, check=False)
+        self.status.publish(phase=DaemonPhase.REBOOTING, last_error=None)
+        update.reboot_if_asked(self.cfg, True, allowed=self.options.reboot,
+                               say=lambda line: log.info("%s (%s)", line, why))
 
 
 def _hardware(cfg: Config) -> Optional[Tuple[str, str]]:

@@ -35,6 +35,8 @@ from otad.errors import ServerError as ServerError
 from otad.errors import ServerUnavailable as ServerUnavailable
 from otad.errors import UnsupportedDeployment as UnsupportedDeployment
 from otad.hawkbit.policy import parse_sleep, retry_after
+from otad.httpget import BodyResponse
+from otad.smallfile import read_bytes
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +181,15 @@ class Deployment:
         if swus[0].strongest_hash() is None:
             raise UnsupportedDeployment(f"artifact {swus[0].filename!r} has no sha256, sha1 or md5", where)
         return swus[0]
+
+    def artifact(self, filename: str) -> Optional[Artifact]:
+        """The artifact named `filename` beside the .swu, in its chunk (a delta's chunk data,
+        SWUpdate's `zckfile`); None when there is none."""
+        swu = self.swu_artifact()
+        for chunk in self.chunks:
+            if swu in chunk.artifacts:
+                return next((a for a in chunk.artifacts if a.filename == filename), None)
+        return None
 
 
 @dataclass(frozen=True)
@@ -531,17 +542,18 @@ class DdiClient:
         url = f"{self.base}/configData"
         self._drain(self._request("PUT", url, json_body={"mode": mode, "data": dict(data)}), url)
 
-    def open_artifact(self, artifact: Artifact, *, offset: int = 0,
+    def open_artifact(self, artifact: Artifact, *, offset: int = 0, end: Optional[int] = None,
                       if_range: Optional[str] = None) -> ArtifactResponse:
-        """Start streaming an artifact from `offset` (Range: bytes=offset-, and If-Range if given)."""
-        if offset < 0:
-            raise ValueError(f"offset: expected >= 0, got {offset}")
+        """Start streaming an artifact from `offset` (Range: bytes=offset-, and If-Range if given),
+        up to byte `end` (exclusive) if given: a server that honours it sends no more."""
+        if offset < 0 or (end is not None and end <= offset):
+            raise ValueError(f"offset, end: expected 0 <= offset < end, got {offset}, {end}")
         url = artifact.download_url
         # identity: byte offsets and lengths must be those of the file, not of a compressed body
         headers = {"Accept": "application/octet-stream, */*", "Accept-Encoding": "identity"}
-        if offset:
-            headers["Range"] = f"bytes={offset}-"
-            if if_range:
+        if offset or end is not None:
+            headers["Range"] = f"bytes={offset}-{'' if end is None else end - 1}"
+            if if_range and offset:
                 headers["If-Range"] = if_range
         resp = self._request("GET", url, headers=headers, download=True)
         try:
@@ -549,6 +561,18 @@ class DdiClient:
         except BaseException:
             resp.close()
             raise
+
+    def open_url(self, url: str, headers: Mapping[str, str]) -> BodyResponse:
+        """GET `url` (chunk requests to an artifact's link) with this client's session, auth and
+        TLS; the answer open, to be read in pieces. Statuses map to errors as for every request."""
+        resp = self._request("GET", url, headers={"Accept": "application/octet-stream, */*", **headers},
+                             download=True)
+        encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            resp.close()
+            raise MalformedResponse(f"expected no content coding, got {encoding!r}", url, resp.status_code,
+                                    field="Content-Encoding")
+        return BodyResponse(resp)
 
     # HTTP plumbing
 
@@ -614,14 +638,11 @@ class DdiClient:
     def _authorization(self, url: str) -> str:
         path = self.settings.token_file
         assert path is not None  # HawkbitSettings requires it whenever auth != none
-        try:
-            with open(path, "rb") as f:
-                raw = f.read(MAX_TOKEN_BYTES + 1)
-        except OSError as exc:
-            raise AuthError(f"cannot read token file {path}: {exc.strerror or exc}", url) from None
+        raw = read_bytes(path, "the token file", limit=MAX_TOKEN_BYTES,
+                         error=lambda what, where: AuthError(f"{where}: {what}", url))
         token = raw.decode("ascii", "replace").strip()
         # Never quote the token itself in an error.
-        if len(raw) > MAX_TOKEN_BYTES or not _TOKEN.fullmatch(token):
+        if not _TOKEN.fullmatch(token):
             raise AuthError(f"token file {path}: expected one word of printable ASCII "
                             f"(got {len(token)} characters)", url)
         scheme = "TargetToken" if self.settings.auth == "target_token" else "GatewayToken"

@@ -18,24 +18,64 @@ from otad import crashpoint, update
 from otad.config import Config
 from otad.errors import (AuthError, Cancelled, Forbidden, OtadError, RestartRequired, ResumeError, ServerError,
                          ServerUnavailable)
+from otad.delta.fetch import Opener
 from otad.hawkbit.actions import ActionLog, WaitingAction
 from otad.hawkbit.ddi import ActionLink, Artifact, DdiClient, Deployment
 from otad.hawkbit.download import ResumableDownload
 from otad.hawkbit.journal import DownloadCheckpoint, DownloadJournal
 from otad.hawkbit.outbox import Outbox, PendingFeedback
-from otad.hawkbit.policy import ResumePolicy
-from otad.hawkbit.publish import StatusPublisher
+from otad.hawkbit.publish import DaemonPhase, StatusPublisher
+from otad.httpget import PlainOpener
+from otad.install.chunks import RemoteFile
 from otad.install.installer import Resuming
 from otad.install.resume import ResumePoint
 from otad.lock import HeldLock
 from otad.notify import notify
 from otad.progress import Progress, ProgressListener
+from otad.retry import ResumePolicy
 from otad.state import Phase, State, StateStore
 from otad.update import SlotInstallResult
 
 log = logging.getLogger(__name__)
 
 PROGRESS_BUDGET = 15  # progress feedbacks per action and run (hawkBit keeps <= 1000 per action)
+# The first request of a download asks for this much: sw-description and its signature. Whether
+# the rest is read to the end (or only up to a delta's chunk data) is the installer's to say.
+HEAD_BYTES = 16 << 10
+
+
+class DeploymentChunks:
+    """Where a deployment's delta images get their chunks (install/chunks.py): another artifact of
+    the .swu's chunk (SWUpdate's `zckfile`, L2), or the .swu's own link (its last member, L3), both
+    through the DDI client's session, auth and TLS; a static URL without the hawkBit credentials."""
+
+    def __init__(self, client: DdiClient, deployment: Deployment, download: ResumableDownload) -> None:
+        self.client = client
+        self.deployment = deployment
+        self.download = download
+        self._static: Optional[PlainOpener] = None
+        self.left_stream = False
+
+    def static(self, url: str) -> Optional[Opener]:
+        if self._static is None:
+            settings = self.client.settings
+            self._static = PlainOpener(ca_file=settings.ca_file, timeout_s=settings.read_timeout_s)
+        return self._static
+
+    def artifact(self, name: str) -> Optional[RemoteFile]:
+        found = self.deployment.artifact(name)
+        return None if found is None else RemoteFile(found.download_url, found.size, self.client.open_url)
+
+    def bundle(self) -> Optional[RemoteFile]:
+        swu = self.download.artifact
+        return RemoteFile(swu.download_url, swu.size, self.client.open_url, etag=self.download.etag)
+
+    def leave_stream(self) -> None:
+        self.left_stream = True
+        self.download.close()  # bytes the server would go on sending are not wanted
+
+    def upto(self, end: Optional[int]) -> None:
+        self.download.upto(end)
 
 
 class Daemon(Protocol):
@@ -84,6 +124,7 @@ class DeploymentRun:
         self.clock = clock
         self.cancel_link: Optional[ActionLink] = None  # a cancel seen while downloading
         self.throttle = _FeedbackThrottle(self.cfg.hawkbit.feedback_interval_s, clock)
+        self.delta_throttle = _FeedbackThrottle(self.cfg.hawkbit.feedback_interval_s, clock)
         self.last_check = clock()  # when the root was last read for a cancel
 
     # ------------------------------------------------------------------ download and install
@@ -104,7 +145,7 @@ class DeploymentRun:
             return
         daemon.store.transition(Phase.DOWNLOADING, action_id=action, version=version or None)
         crashpoint.reached("agent.downloading_persisted")
-        daemon.status.publish(phase="downloading", action_id=action, version=version or None, bytes_done=0,
+        daemon.status.publish(phase=DaemonPhase.DOWNLOADING, action_id=action, version=version or None, bytes_done=0,
                               bytes_total=artifact.size, last_error=None)
         daemon.feedback(action, "proceeding", f"Downloading {artifact.filename} ({artifact.size} bytes) "
                                               f"into the inactive slot")
@@ -162,6 +203,7 @@ class DeploymentRun:
                            saved: Optional[DownloadCheckpoint]) -> SlotInstallResult:
         """One attempt: from `saved`'s point (or the first byte) through update.install."""
         self.throttle = _FeedbackThrottle(self.cfg.hawkbit.feedback_interval_s, self.clock)
+        self.delta_throttle = _FeedbackThrottle(self.cfg.hawkbit.feedback_interval_s, self.clock)
         self.last_check = self.clock()
         self.cancel_link = None
         if saved is not None:
@@ -172,8 +214,11 @@ class DeploymentRun:
                                 self.cfg.hawkbit.resume_checkpoint_mib << 20)
             done = update.install(self.cfg, download, name=f"action {self.action}: {artifact.filename}",
                                   writer=self.daemon.writer, total_bytes=artifact.size, progress=self.on_install,
-                                  no_switch=True, action_id=self.action, resuming=resuming)
+                                  no_switch=True, action_id=self.action, resuming=resuming,
+                                  chunks=DeploymentChunks(self.daemon.client, self.deployment, download))
             self.verify(download, done)
+        for delta in done.install.deltas:
+            self.daemon.feedback(self.action, "proceeding", f"{delta.name}: {delta.summary()}")
         return done
 
     def open_download(self, artifact: Artifact, saved: Optional[DownloadCheckpoint]) -> ResumableDownload:
@@ -182,11 +227,11 @@ class DeploymentRun:
                                  if_range=saved.etag if saved else None,
                                  policy=ResumePolicy(max_attempts=self.cfg.hawkbit.max_download_attempts),
                                  on_progress=self.on_bytes, should_stop=self.cancel_requested, rng=self.rng,
-                                 sleep=self.daemon.wait, monotonic=self.clock)
+                                 sleep=self.daemon.wait, monotonic=self.clock, head_bytes=HEAD_BYTES)
 
     def on_bytes(self, done: int, total: Optional[int]) -> None:
         daemon, action = self.daemon, self.action
-        daemon.status.publish(phase="downloading", bytes_done=done, bytes_total=total)
+        daemon.status.publish(phase=DaemonPhase.DOWNLOADING, bytes_done=done, bytes_total=total)
         if self.throttle.due(done, total) and daemon.progress_sent.get(action, 0) < PROGRESS_BUDGET:
             daemon.progress_sent[action] = daemon.progress_sent.get(action, 0) + 1
             percent = done * 100 // total if total else 0
@@ -209,6 +254,18 @@ class DeploymentRun:
     def on_install(self, event: Progress) -> None:
         self.daemon.pet(event)
         notify("WATCHDOG=1")
+        if event.phase == "delta":
+            self.on_delta(event)
+
+    def on_delta(self, event: Progress) -> None:
+        """A delta image's progress, in planned bytes (reused and fetched), as the download's would be."""
+        daemon, action, total = self.daemon, self.action, event.total_bytes
+        daemon.status.publish(phase="downloading", bytes_done=event.done_bytes, bytes_total=total)
+        if self.delta_throttle.due(event.done_bytes, total) and daemon.progress_sent.get(action, 0) < PROGRESS_BUDGET:
+            daemon.progress_sent[action] = daemon.progress_sent.get(action, 0) + 1
+            percent = event.done_bytes * 100 // total if total else 0
+            daemon.feedback(action, "proceeding", f"Delta image {event.item}: {percent}% of its planned bytes "
+                                                  "(reused and fetched)", progress=(percent, 100))
 
     def save_checkpoint(self, download: ResumableDownload, journal: DownloadJournal, point: ResumePoint) -> None:
         snapshot = download.snapshot()
@@ -220,7 +277,15 @@ class DeploymentRun:
         crashpoint.reached("agent.download_checkpoint")
 
     def verify(self, download: ResumableDownload, done: SlotInstallResult) -> None:
-        """What follows the CPIO trailer, and the server's hash; a mismatch fails the written slot."""
+        """What follows the CPIO trailer, and the server's hash; a mismatch fails the written slot.
+        A bundle whose last member is a delta's chunk data was not read to its end: its hash cannot
+        be checked, and need not be (every chunk was checked against the signed zchunk header)."""
+        if not done.install.read_to_end:
+            download.close()
+            log.info("action %s: %s was read up to its delta chunk data; its %s is not checked, every chunk "
+                     "written was checked against the signed zchunk header", self.action, download.artifact.filename,
+                     (download.artifact.strongest_hash() or ("hash", ""))[0])
+            return
         try:
             download.verify()
         except OtadError:
@@ -247,7 +312,7 @@ class DeploymentRun:
                                 f"{waiting.target_slot}; waiting for the maintenance window")
             daemon.waiting_href = self.link.href
             log.info("action %s: waiting for the maintenance window", action)
-            daemon.status.publish(phase="waiting_window", action_id=action, version=waiting.version)
+            daemon.status.publish(phase=DaemonPhase.WAITING_WINDOW, action_id=action, version=waiting.version)
             return
         daemon.waiting_href = None
         self.arm_and_reboot(waiting)
@@ -294,7 +359,7 @@ class DeploymentRun:
         log.error("action %s failed: %s", action, reason)
         daemon.outbox.put(action, "closed", "failure", (reason,), final=True)
         daemon.actions.end(action, "failure")
-        daemon.status.publish(phase="error", last_error=reason, action_id=action)
+        daemon.status.publish(phase=DaemonPhase.ERROR, last_error=reason, action_id=action)
         daemon.outbox.flush(daemon.send)
 
 

@@ -8,29 +8,22 @@ whether to restart a whole install after RestartRequired, and what to persist, i
 from __future__ import annotations
 
 import hmac
-import http.client
 import logging
 import random
 import time
 from types import TracebackType
 from typing import Any, Callable, List, Optional, Tuple, Type
 
-import requests
-import urllib3
-
 from otad.errors import (Cancelled, Conflict, DownloadInterrupted, HashMismatch, RestartRequired, ServerError,
                          ServerUnavailable, SizeMismatch)
 from otad.hashstate import ResumableHash, new_hash
 from otad.hawkbit.ddi import Artifact, ArtifactResponse, DdiClient
-from otad.hawkbit.policy import ResumePolicy
+from otad.httpget import BODY_ERRORS as _BODY_ERRORS
+from otad.httpget import CHUNK_BYTES
+from otad.httpget import body_reader as _body_reader
+from otad.retry import ResumePolicy
 
 log = logging.getLogger(__name__)
-
-CHUNK_BYTES = 1 << 20  # requests' iter_content default is 1 byte (0.4 MB/s); 1 MiB runs at ~1 GB/s
-
-# What a broken or stalled body raises, wrapped by requests or (on some versions) raw from urllib3.
-_BODY_ERRORS = (requests.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException, OSError)
-
 
 class ResumableDownload:
     """`read(n)` over an artifact, resuming after drops, short bodies and stalls.
@@ -43,6 +36,11 @@ class ResumableDownload:
     To continue after a reboot, pass `start_offset` and `prefix_hash`: a hashlib object already
     fed the first `start_offset` bytes, of an algorithm the artifact announces (or None: no
     verification), and `if_range`, the ETag seen before, if known.
+
+    `head_bytes` asks for only that many bytes first (and 4 times as many each time the consumer
+    reads past what was asked for), until the consumer says how far it will read (`upto`): a
+    bundle whose last member is a delta's chunk data is read up to that member and no further,
+    instead of the server pushing the rest of it into the socket buffers.
     """
 
     def __init__(self, client: DdiClient, artifact: Artifact, *, start_offset: int = 0,
@@ -53,7 +51,7 @@ class ResumableDownload:
                  rng: Optional[random.Random] = None,
                  sleep: Callable[[float], None] = time.sleep,
                  monotonic: Callable[[], float] = time.monotonic,
-                 chunk_bytes: int = CHUNK_BYTES) -> None:
+                 chunk_bytes: int = CHUNK_BYTES, head_bytes: Optional[int] = None) -> None:
         if not 0 <= start_offset <= artifact.size:
             raise ValueError(f"start_offset: expected 0..{artifact.size}, got {start_offset}")
         if chunk_bytes < 1:
@@ -82,6 +80,9 @@ class ResumableDownload:
         self._eof = False
         self._verified = False
         self._reopens = 0
+        self._limit = head_bytes if not start_offset else None  # no request reaches past it (None: no limit)
+        self._window = head_bytes or 0  # the size of the last part asked for; 4 times more if more is read
+        self._window_end: Optional[int] = None  # where the open response ends, when it was asked to
 
     # the file-like side
 
@@ -135,6 +136,13 @@ class ResumableDownload:
         data = b"".join(parts)
         self._delivered += len(data)
         return data
+
+    def upto(self, end: Optional[int]) -> None:
+        """Ask the server for no more than the bytes before `end` (None: the whole artifact) from
+        the next request on; a request open now is not cut."""
+        if end is not None:
+            self._window = max(self._window, end - self._received)
+        self._limit = end
 
     def verify(self) -> None:
         """Read (and hash) whatever the consumer left, then check the hash; raise HashMismatch."""
@@ -192,6 +200,8 @@ class ResumableDownload:
             if self._received == self.artifact.size:
                 self._eof = True
                 return b""
+            if self._received == self._window_end:
+                return b""  # the part asked for is complete: the next read asks for more
             # urllib3 1.26 may end a dropped body early without an error, and a proxy may cut
             # a body short with a matching Content-Length: only the byte count tells.
             raise ServerUnavailable(f"body ended at byte {self._received} of {self.artifact.size}", self.url)
@@ -217,7 +227,11 @@ class ResumableDownload:
     def _open(self) -> None:
         offset = self._received
         self._reopens += 1
-        resp = self._client.open_artifact(self.artifact, offset=offset,
+        if self._limit is not None and offset >= self._limit:
+            self._window *= 4
+            self._limit = offset + self._window
+        end = self._limit if self._limit is not None and offset < self._limit < self.artifact.size else None
+        resp = self._client.open_artifact(self.artifact, offset=offset, end=end,
                                           if_range=self._etag if offset and _strong(self._etag) else None)
         if resp.status == 416:
             if resp.complete:
@@ -232,6 +246,7 @@ class ResumableDownload:
             raise
         self._resp = resp
         self._etag = resp.etag or self._etag
+        self._window_end = end if resp.status == 206 else None
         self._body = _body_reader(resp.response, self._chunk_bytes)
         log.debug("%s: reading from byte %d (HTTP %d)", self.url, offset, resp.status)
 
@@ -290,22 +305,6 @@ class ResumableDownload:
         if self._resp is not None:
             self._resp.close()
         self._resp, self._body = None, None
-
-
-def _body_reader(response: requests.Response, chunk_bytes: int) -> Callable[[], bytes]:
-    """A function returning the next piece of the body (b"" at its end), at most `chunk_bytes`.
-
-    read1 returns what one socket read brings, so bytes that arrived before a drop or a stall
-    are delivered instead of being lost inside a larger read (urllib3 2's read(n) and
-    iter_content drop them with the IncompleteRead). urllib3 1.26 has no read1: read(n) with
-    n <= 64 KiB bounds that loss. Content coding is refused by open_artifact, so raw bytes are
-    the file's bytes.
-    """
-    raw = response.raw
-    if hasattr(raw, "read1"):
-        return lambda: bytes(raw.read1(chunk_bytes, decode_content=False))
-    small = min(chunk_bytes, 64 * 1024)
-    return lambda: bytes(raw.read(small, decode_content=False))
 
 
 def _strong(etag: Optional[str]) -> bool:

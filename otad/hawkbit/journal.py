@@ -2,8 +2,9 @@
 
 One file, `state_dir/resume.json`, replaced atomically at each resume point the installer
 hands out: which action and artifact, the server's ETag, the state of the server's hash over
-the bytes so far, and the install's ResumePoint. It is a cache: an unreadable or foreign
-journal is logged, removed and the download starts from the first byte; nothing else is lost.
+the bytes so far, and the install's ResumePoint. It is a cache (otad.statefile): an unreadable
+journal is logged and set aside, a foreign one removed, and the download starts from the first
+byte; nothing else is lost.
 """
 
 from __future__ import annotations
@@ -12,15 +13,18 @@ import json
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 from otad.durable import atomic_write
 from otad.errors import HashStateError, StateError
 from otad.hashstate import ResumableHash
 from otad.hawkbit.ddi import Artifact
-from otad.install.resume import JOURNAL_NAME, JsonObject, ResumePoint, decode_bytes, discard_journal, encode_bytes
+from otad.install.resume import JOURNAL_NAME, ResumePoint, decode_bytes, discard_journal, encode_bytes
+from otad.statefile import JsonObject, read_cache
 
 log = logging.getLogger(__name__)
+
+_MAX_BYTES = 4 << 20  # the signed sw-description (at most 256 KiB) in base64, and the positions
 
 @dataclass(frozen=True)
 class DownloadCheckpoint:
@@ -53,25 +57,17 @@ class DownloadJournal:
         self.path = os.path.join(state_dir, JOURNAL_NAME)
 
     def load(self, *, remove_unusable: bool = True) -> Optional[DownloadCheckpoint]:
-        """The saved checkpoint, or None (none saved, or unreadable: then it is removed, unless
-        `remove_unusable` is False, as for `otad status`, which only looks)."""
+        """The saved checkpoint, or None (none saved, or unreadable: a cache, so the download
+        starts from byte 0; the daemon sets the file aside, `otad status`, with
+        `remove_unusable=False`, only looks)."""
+        return read_cache(self.path, self._parse, limit=_MAX_BYTES, owner=remove_unusable)
+
+    def _parse(self, body: Dict[str, Any]) -> DownloadCheckpoint:
+        checkpoint = _parse(body, self.path)
         try:
-            with open(self.path, "rb") as f:
-                raw = f.read(4 << 20)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            log.warning("%s: cannot read the download journal (%s); downloads start from the beginning",
-                        self.path, exc.strerror)
-            return None
-        try:
-            checkpoint = _parse(raw, self.path)
             checkpoint.prefix_hash()  # a state this libcrypto cannot take is as bad as a broken file
-        except (StateError, HashStateError) as exc:
-            if remove_unusable:
-                log.warning("download journal unusable, removed: %s", exc)
-                self.clear()
-            return None
+        except HashStateError as exc:
+            raise StateError(f"hash_state: {exc.what}", self.path) from None
         return checkpoint
 
     def save(self, checkpoint: DownloadCheckpoint) -> None:
@@ -85,11 +81,7 @@ class DownloadJournal:
         discard_journal(self.state_dir)
 
 
-def _parse(raw: bytes, where: str) -> DownloadCheckpoint:
-    try:
-        data: Any = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise StateError(f"not JSON: {exc}", where) from exc
+def _parse(data: Dict[str, Any], where: str) -> DownloadCheckpoint:
     fields = JsonObject(data, where)
     optional = (str, type(None))
     state = fields.get("hash_state", optional)

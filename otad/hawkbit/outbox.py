@@ -19,9 +19,11 @@ from otad.durable import atomic_write
 from otad.errors import OtadError, StateError
 from otad.hawkbit.ddi import (EXECUTIONS, FINISHED, Conflict, Gone, NotFound, QuotaExceeded, Rejected,
                               ServerUnavailable, trim_details)
+from otad.statefile import read_record
 
 log = logging.getLogger(__name__)
 
+OUTBOX_FILE = "outbox.json"  # in state_dir
 FORMAT = 1
 _MAX_BYTES = 1 << 20  # a few entries of at most 10 short lines each; anything huge is not ours
 _FIELDS = ("seq", "action_id", "execution", "finished", "details", "progress", "cancel", "final", "queued_at")
@@ -186,20 +188,10 @@ class Outbox:
         self._entries, self._next_seq = entries, next_seq
 
     def _load(self) -> Tuple[List[PendingFeedback], int]:
-        try:
-            with open(self.path, "rb") as f:
-                raw = f.read(_MAX_BYTES + 1)
-        except FileNotFoundError:
-            return [], 1
-        except OSError as exc:
-            raise StateError(f"cannot read the feedback queue: {exc.strerror or exc}", self.path) from exc
-        try:
-            if len(raw) > _MAX_BYTES:
-                raise ValueError(f"expected a small JSON file, got more than {_MAX_BYTES} bytes")
-            return _parse(json.loads(raw.decode("utf-8")))
-        except (UnicodeDecodeError, ValueError, TypeError) as exc:
-            raise StateError(f"unreadable feedback queue ({exc}); the file is kept as it is: move it aside to "
-                             "start an empty queue (its final results are then never reported)", self.path) from None
+        """The queue on disk (a record: an unreadable file stops the daemon and is kept)."""
+        loaded = read_record(self.path, _parse, limit=_MAX_BYTES,
+                             consequence=" and the queue starts empty (its final results are then never reported)")
+        return loaded if loaded is not None else ([], 1)
 
 
 def _progress(progress: Optional[Tuple[int, Optional[int]]]) -> Optional[Tuple[int, Optional[int]]]:
@@ -215,23 +207,23 @@ def _count(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def _parse(body: object) -> Tuple[List[PendingFeedback], int]:
-    """The queue in a decoded document; ValueError saying what is wrong."""
-    if not isinstance(body, dict) or body.get("format") != FORMAT:
-        raise ValueError(f"expected an object with format {FORMAT}")
+def _parse(body: Dict[str, Any]) -> Tuple[List[PendingFeedback], int]:
+    """The queue in a decoded document; StateError saying what is wrong."""
+    if body.get("format") != FORMAT:
+        raise StateError(f"format: expected {FORMAT}, got {body.get('format')!r}")
     next_seq, items = body.get("next_seq"), body.get("entries")
     if not isinstance(next_seq, int) or not _count(next_seq) or not isinstance(items, list):
-        raise ValueError("expected next_seq (an integer) and entries (a list)")
+        raise StateError("expected next_seq (an integer) and entries (a list)")
     entries = [_entry(item, index) for index, item in enumerate(items)]
     seqs = [e.seq for e in entries]
     if seqs != sorted(set(seqs)) or any(s >= next_seq for s in seqs):
-        raise ValueError("entries: expected increasing seq numbers below next_seq")
+        raise StateError("entries: expected increasing seq numbers below next_seq")
     return entries, next_seq
 
 
 def _entry(item: object, index: int) -> PendingFeedback:
     if not isinstance(item, dict) or set(item) != set(_FIELDS):
-        raise ValueError(f"entries[{index}]: expected the fields {', '.join(_FIELDS)}")
+        raise StateError(f"entries[{index}]: expected the fields {', '.join(_FIELDS)}")
     ok = (_count(item["seq"]) and isinstance(item["action_id"], str) and item["execution"] in EXECUTIONS
           and item["finished"] in FINISHED and isinstance(item["details"], list)
           and all(isinstance(d, str) for d in item["details"])
@@ -239,9 +231,12 @@ def _entry(item: object, index: int) -> PendingFeedback:
           and isinstance(item["queued_at"], (int, float)) and not isinstance(item["queued_at"], bool)
           and (item["progress"] is None or isinstance(item["progress"], list) and len(item["progress"]) == 2))
     if not ok:
-        raise ValueError(f"entries[{index}]: a field has the wrong type: {item!r}")
+        raise StateError(f"entries[{index}]: a field has the wrong type: {item!r}")
     pair = item["progress"]
-    progress = _progress((pair[0], pair[1])) if pair is not None else None
+    try:
+        progress = _progress((pair[0], pair[1])) if pair is not None else None
+    except ValueError as exc:
+        raise StateError(f"entries[{index}]: {exc}") from None
     return PendingFeedback(item["seq"], item["action_id"], item["execution"], item["finished"],
                            tuple(item["details"]), progress, item["cancel"], item["final"],
                            float(item["queued_at"]))

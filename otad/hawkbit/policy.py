@@ -1,7 +1,8 @@
-"""Timing policy for talking to hawkBit: backoff, poll intervals and the server's time values.
+"""Timing policy for talking to hawkBit: poll intervals and the server's time values.
 
 Owns the arithmetic only (frozen dataclasses, pure functions, randomness passed in); sleeping,
-clocks and HTTP belong to the callers. Parses `sleep` and `Retry-After` and clamps both.
+clocks and HTTP belong to the callers. Parses `sleep` and `Retry-After` and clamps both. The
+retry arithmetic shared with chunk fetching (Backoff, ResumePolicy) is otad.retry's.
 """
 
 from __future__ import annotations
@@ -13,52 +14,16 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
-from otad.errors import ConfigError, MalformedResponse
+from otad.errors import MalformedResponse
+from otad.retry import Backoff
+from otad.retry import check_policy as _check
 
 RETRY_AFTER_CAP_S = 3600.0  # a proxy's Retry-After is honoured up to an hour (hawkBit sends none)
-MAX_EXPONENT = 62  # 2**62 s is far past any cap: keeps base * 2**attempt a finite float
 
 _CLOCK = re.compile(r"(\d{1,9})(?::(\d{1,2}))?(?::(\d{1,2}))?")
 _ISO = re.compile(r"P(?:(\d{1,9})W)?(?:(\d{1,9})D)?"
                   r"(?:T(?:(\d{1,9})H)?(?:(\d{1,9})M)?(?:(\d{1,9}(?:[.,]\d{1,9})?)S)?)?")
 _DELTA = re.compile(r"\d{1,12}")
-
-
-def _check(ok: bool, what: str) -> None:
-    if not ok:
-        raise ConfigError(what)
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """Capped exponential backoff: attempt 0 waits up to `base_s`, each next one twice as long.
-
-    `jitter="full"` draws U(0, ceiling) (AWS's "full jitter": a fleet that failed together
-    spreads out); `"none"` returns the ceiling itself.
-    """
-
-    base_s: float = 1.0
-    cap_s: float = 300.0
-    jitter: str = "full"
-
-    def __post_init__(self) -> None:
-        _check(math.isfinite(self.base_s) and self.base_s > 0,
-               f"Backoff.base_s: expected a number > 0, got {self.base_s!r}")
-        _check(math.isfinite(self.cap_s) and self.cap_s >= self.base_s,
-               f"Backoff.cap_s: expected a number >= base_s ({self.base_s}), got {self.cap_s!r}")
-        _check(self.jitter in ("full", "none"),
-               f"Backoff.jitter: expected 'full' or 'none', got {self.jitter!r}")
-
-    def ceiling(self, attempt: int) -> float:
-        """The longest wait before retry number `attempt` (0-based)."""
-        if attempt < 0:
-            raise ValueError(f"attempt: expected >= 0, got {attempt}")
-        return min(self.cap_s, self.base_s * 2.0 ** min(attempt, MAX_EXPONENT))
-
-    def next(self, attempt: int, rng: random.Random) -> float:
-        """Seconds to wait before retry number `attempt` (0-based)."""
-        top = self.ceiling(attempt)
-        return rng.uniform(0.0, top) if self.jitter == "full" else top
 
 
 @dataclass(frozen=True)
@@ -171,26 +136,3 @@ def retry_after(header_value: Optional[str], now: float) -> Optional[float]:
     if when is None or when.tzinfo is None:  # parsedate_to_datetime gives naive only for "-0000"
         return None
     return min(max(0.0, when.timestamp() - now), RETRY_AFTER_CAP_S)
-
-
-@dataclass(frozen=True)
-class ResumePolicy:
-    """When a broken artifact download is resumed, and when it is given up.
-
-    `max_attempts` and `max_stall_s` count from the last byte received, so a long download over
-    a flaky link goes on as long as it advances; `max_reopens` bounds the whole download, so a
-    server that drops every connection after a few bytes still ends it.
-    """
-
-    max_attempts: int = 10
-    max_stall_s: float = 900.0
-    max_reopens: int = 1000
-    backoff: Backoff = Backoff(base_s=1.0, cap_s=60.0)
-
-    def __post_init__(self) -> None:
-        _check(self.max_attempts >= 1, f"ResumePolicy.max_attempts: expected >= 1, got {self.max_attempts!r}")
-        _check(math.isfinite(self.max_stall_s) and self.max_stall_s > 0,
-               f"ResumePolicy.max_stall_s: expected a number > 0, got {self.max_stall_s!r}")
-        _check(self.max_reopens >= self.max_attempts,
-               f"ResumePolicy.max_reopens: expected >= max_attempts ({self.max_attempts}), "
-               f"got {self.max_reopens!r}")

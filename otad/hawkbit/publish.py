@@ -16,20 +16,44 @@ import os
 import threading
 import time
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any, Callable, Deque, Dict, Mapping, Optional, Tuple
 
 from otad.durable import atomic_write
-from otad.errors import StateError
+from otad.errors import StateCorrupt, StateError
 from otad.lock import pid_alive
+from otad.smallfile import peek_text
+from otad.statefile import read_object
 
 log = logging.getLogger(__name__)
 
-PHASES = ("starting", "idle", "polling", "downloading", "installing", "waiting_window", "downloaded",
-          "rebooting", "backoff", "error", "stopped")
-NOT_RUNNING = "not running"  # only `read_status` says this: the writer is gone or silent for too long
+
+
+class DaemonPhase(Enum):
+    """What the daemon is doing; the value is the word in daemon.json and `otad status`."""
+
+    STARTING = "starting"
+    IDLE = "idle"
+    POLLING = "polling"
+    DOWNLOADING = "downloading"
+    INSTALLING = "installing"
+    WAITING_WINDOW = "waiting_window"
+    DOWNLOADED = "downloaded"
+    REBOOTING = "rebooting"
+    BACKOFF = "backoff"
+    ERROR = "error"
+    STOPPED = "stopped"
+    NOT_RUNNING = "not running"  # only `read_status` says this: the writer is gone or silent for too long
+
+    @property
+    def transferring(self) -> bool:
+        """Bytes flow: `bytes_done` and `rate_bps` mean something."""
+        return self in (DaemonPhase.DOWNLOADING, DaemonPhase.INSTALLING)
+
+
+NOT_RUNNING = DaemonPhase.NOT_RUNNING
 FORMAT = 1
 RATE_WINDOW_S = 10.0  # rate_bps averages over about this long
-_TRANSFER_PHASES = ("downloading", "installing")
 _BOOT_ID = "/proc/sys/kernel/random/boot_id"
 _MAX_BYTES = 64 * 1024
 
@@ -39,7 +63,7 @@ class DaemonStatus:
     """One snapshot. `next_poll_in_s` counts from `updated_at` (wall clock, informational only)."""
 
     pid: int
-    phase: str  # one of PHASES, or NOT_RUNNING from read_status
+    phase: DaemonPhase  # NOT_RUNNING only from read_status
     action_id: Optional[str] = None
     version: Optional[str] = None
     bytes_done: int = 0
@@ -52,7 +76,11 @@ class DaemonStatus:
 
     @property
     def running(self) -> bool:
-        return self.phase not in ("stopped", NOT_RUNNING)
+        return self.phase not in (DaemonPhase.STOPPED, NOT_RUNNING)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The JSON form (daemon.json, `otad status --json`): the phase as its word."""
+        return dict(dataclasses.asdict(self), phase=self.phase.value)
 
 
 _SETTABLE = frozenset(f.name for f in dataclasses.fields(DaemonStatus)) - {"pid", "rate_bps", "updated_at"}
@@ -72,7 +100,7 @@ class StatusPublisher:
         self._clock = clock  # monotonic: throttling and the rate
         self._wall_clock = wall_clock
         self._lock = threading.Lock()
-        self._status = DaemonStatus(pid=os.getpid(), phase="starting")
+        self._status = DaemonStatus(pid=os.getpid(), phase=DaemonPhase.STARTING)
         self._samples: Deque[Tuple[float, int]] = collections.deque()
         self._written_at: Optional[float] = None
         self._dirty = False
@@ -90,8 +118,8 @@ class StatusPublisher:
         unknown = sorted(set(changes) - _SETTABLE)
         if unknown:
             raise ValueError(f"publish: unknown field {unknown[0]!r} (expected: {', '.join(sorted(_SETTABLE))})")
-        if "phase" in changes and changes["phase"] not in PHASES:
-            raise ValueError(f"publish: phase: expected one of {', '.join(PHASES)}, got {changes['phase']!r}")
+        if "phase" in changes and (not isinstance(changes["phase"], DaemonPhase) or changes["phase"] is NOT_RUNNING):
+            raise ValueError(f"publish: phase: expected a DaemonPhase the daemon can be in, got {changes['phase']!r}")
         now = self._clock()
         with self._lock:
             new = dataclasses.replace(self._status, **changes)
@@ -111,14 +139,14 @@ class StatusPublisher:
 
     def close(self) -> None:
         """The daemon ends: phase "stopped", written at once."""
-        self.publish(phase="stopped", next_poll_in_s=None)
+        self.publish(phase=DaemonPhase.STOPPED, next_poll_in_s=None)
 
     def _rate(self, now: float, status: DaemonStatus, *, reset: bool) -> Optional[float]:
         """Bytes per second over the last RATE_WINDOW_S of transfer; None outside a transfer."""
         samples = self._samples
-        if reset or status.phase not in _TRANSFER_PHASES or (samples and status.bytes_done < samples[-1][1]):
+        if reset or not status.phase.transferring or (samples and status.bytes_done < samples[-1][1]):
             samples.clear()  # another phase or a restarted transfer
-        if status.phase not in _TRANSFER_PHASES:
+        if not status.phase.transferring:
             return None
         if len(samples) >= 2 and now - samples[-2][0] < RATE_WINDOW_S / 40:
             samples[-1] = (now, status.bytes_done)  # callers may report every chunk: keep the deque short
@@ -131,7 +159,7 @@ class StatusPublisher:
 
     def _write(self, now: float) -> None:
         self._status = dataclasses.replace(self._status, updated_at=self._wall_clock())
-        body: Dict[str, Any] = {"format": FORMAT, **dataclasses.asdict(self._status),
+        body: Dict[str, Any] = {"format": FORMAT, **self._status.to_dict(),
                                 "monotonic": now, "boot_id": self._boot_id}
         data = json.dumps(body, indent=1, sort_keys=True).encode("utf-8") + b"\n"
         try:
@@ -155,21 +183,14 @@ def read_status(path: str, *, stale_after_s: float = 600, clock: Callable[[], fl
     boot (the pid may belong to another process now), or it was not rewritten for
     `stale_after_s` after the next poll it announced.
     """
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(_MAX_BYTES + 1)
-    except FileNotFoundError:
+    body = read_object(path, limit=_MAX_BYTES)  # a view: an unreadable file is only reported
+    if body is None:
         return None
-    except OSError as exc:
-        raise StateError(f"cannot read the daemon status: {exc.strerror or exc}", path) from exc
     try:
-        if len(raw) > _MAX_BYTES:
-            raise ValueError(f"more than {_MAX_BYTES} bytes")
-        body = json.loads(raw.decode("utf-8"))
         status = _status_from(body)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise StateError(f"unreadable daemon status: {exc}", path) from None
-    if status.phase == "stopped" or not _gone(status, body, stale_after_s, clock, wall_clock):
+    except StateError as exc:
+        raise StateCorrupt(f"unreadable daemon status: {exc.what}", path) from None
+    if status.phase is DaemonPhase.STOPPED or not _gone(status, body, stale_after_s, clock, wall_clock):
         return status
     return dataclasses.replace(status, phase=NOT_RUNNING, rate_bps=None, next_poll_in_s=None)
 
@@ -189,17 +210,13 @@ def _gone(status: DaemonStatus, body: Mapping[str, Any], stale_after_s: float, c
 
 
 def _boot_id() -> Optional[str]:
-    try:
-        with open(_BOOT_ID, encoding="ascii") as f:
-            return f.read().strip() or None
-    except (OSError, UnicodeDecodeError):
-        return None
+    return (peek_text(_BOOT_ID) or "").strip() or None
 
 
-def _status_from(body: object) -> DaemonStatus:
+def _status_from(body: Dict[str, Any]) -> DaemonStatus:
     """DaemonStatus from a decoded document; unknown fields are ignored (a newer writer)."""
-    if not isinstance(body, dict) or body.get("format") != FORMAT:
-        raise ValueError(f"expected a JSON object with format {FORMAT}")
+    if body.get("format") != FORMAT:
+        raise StateError(f"format: expected {FORMAT}, got {body.get('format')!r}")
     kinds = {"pid": (int,), "phase": (str,), "action_id": (str, type(None)), "version": (str, type(None)),
              "bytes_done": (int,), "bytes_total": (int, type(None)), "rate_bps": (int, float, type(None)),
              "last_error": (str, type(None)), "next_poll_in_s": (int, float, type(None)),
@@ -208,8 +225,13 @@ def _status_from(body: object) -> DaemonStatus:
     for name, allowed in kinds.items():
         value = body.get(name)
         if name not in body or isinstance(value, bool) or not isinstance(value, allowed):
-            raise ValueError(f"{name}: expected {' or '.join(t.__name__ for t in allowed)}, got {value!r}")
+            raise StateError(f"{name}: expected {' or '.join(t.__name__ for t in allowed)}, got {value!r}")
         values[name] = value
-    if values["phase"] not in PHASES:
-        raise ValueError(f"phase: expected one of {', '.join(PHASES)}, got {values['phase']!r}")
+    try:
+        values["phase"] = DaemonPhase(values["phase"])
+    except ValueError:
+        values["phase"] = NOT_RUNNING  # refused below
+    if values["phase"] is NOT_RUNNING:
+        known = ", ".join(p.value for p in DaemonPhase if p is not NOT_RUNNING)
+        raise StateError(f"phase: expected one of {known}, got {body['phase']!r}")
     return DaemonStatus(**values)

@@ -20,6 +20,7 @@ from otad import libconfig
 from otad.config import HAWKBIT_PAIRS, BadValue, Config, HawkbitConfig
 from otad.durable import atomic_write
 from otad.errors import ConfigError
+from otad.smallfile import read_bytes
 
 log = logging.getLogger(__name__)
 
@@ -310,13 +311,7 @@ def _holds(path: str, data: bytes) -> bool:
 
 
 def _load(path: str) -> Tuple[Dict[str, Any], "_Lines"]:
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(_MAX_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(f"cannot read swupdate.cfg: {exc.strerror or exc}", path) from exc
-    if len(raw) > _MAX_BYTES:
-        raise ConfigError(f"expected a configuration file, got more than {_MAX_BYTES} bytes", path)
+    raw = read_bytes(path, "swupdate.cfg", limit=_MAX_BYTES, error=ConfigError)
     tree = libconfig.loads(raw, source=path, error=ConfigError)  # names path:line itself
     return tree, _Lines(path, raw.decode("utf-8"))
 

@@ -12,7 +12,8 @@ from typing import List, Optional, Tuple
 
 from otad.errors import InstallError
 from otad.install.filetarget import NEW_FILE_MODE, FileTarget, file_error
-from otad.install.scripts import Heartbeat, run_tool
+from otad.install.scripts import run_tool
+from otad.process import Heartbeat
 
 TOOL_TIMEOUT_S = 300.0
 

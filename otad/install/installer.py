@@ -20,6 +20,7 @@ from otad import crashpoint, hashstate
 from otad.errors import REFUSED, WRITE_FAILED, BundleFormatError, ImageError, Interrupted, OtadError, ResumeError
 from otad.hashstate import ResumableHash
 from otad.install.handlers import FILE_HANDLERS, HANDLERS, HandlerOptions
+from otad.install.delta import DeltaInstall, DeltaReport
 from otad.install.handlers.raw import read_back
 from otad.install.pipeline import (ArtifactResult, Checkpoints, Reader, Sink, StreamPosition, resumable,
                                    stream_artifact)
@@ -40,6 +41,7 @@ if TYPE_CHECKING:  # cryptography loads on first use: the idle daemon stays smal
 log = logging.getLogger(__name__)
 
 SAMPLE_BYTES = 64 << 10  # read back from each target before resuming
+NEXT_HEADER_BYTES = 512  # a member's padding and the next cpio header with its name
 OnBytes = Callable[[int], None]
 
 
@@ -52,6 +54,8 @@ class InstallResult:
     bootenv: Tuple[BootenvVar, ...]
     dry_run: bool
     seconds: float
+    deltas: Tuple[DeltaReport, ...] = ()  # what each delta image took from where
+    read_to_end: bool = True  # False: the bundle's last member (a delta's chunk data) was not read from it
 
 
 @dataclass(frozen=True)
@@ -101,7 +105,7 @@ def install_bundle(source: Reader, request: InstallRequest, *, name: str = "bund
     progress(Progress("done", None, bundle.bytes_read, total_bytes))
     crashpoint.reached("install.done")
     return InstallResult(manifest, verified.signer, results, plan.target_paths(), manifest.bootenv, request.dry_run,
-                         time.monotonic() - started)
+                         time.monotonic() - started, tuple(run.deltas), run.read_to_end)
 
 
 def _open_bundle(source: Reader, name: str, point: Optional[ResumePoint]) -> Bundle:
@@ -163,18 +167,34 @@ class _Run:
         self.pre_done = False
         self.resuming = resuming  # its point is used by the first member streamed, then dropped
         self.head = head  # what resume points carry, to be verified again
+        self.deltas: List[DeltaReport] = []
+        self.waiting: Dict[str, DeltaInstall] = {}  # delta images whose chunk data is a later member, by its name
+        self.read_to_end = True
 
     def stream(self, progress: ProgressListener, total_bytes: Optional[int]) -> Tuple[ArtifactResult, ...]:
         touched: List[str] = []
         acted = False  # an image or file began to be written (scripts that ran count too)
+        steps: List[DeltaInstall] = []
+        bounded = self._chunks_in_bundle()
+        if not bounded:
+            self.request.delta.sources.upto(None)
         try:
             for member in self.bundle.artifacts():
+                if bounded:  # read no further ahead than this member (and the next one's header)
+                    self.request.delta.sources.upto(member.data_offset + member.size + NEXT_HEADER_BYTES)
+                if member.name in self.waiting:
+                    if self._delta_body(member, self.waiting.pop(member.name), touched):
+                        break  # the stream was left for Range requests: nothing after this member is read
+                    continue
                 plan = self.plans.get(member.name)
                 if plan is None or plan.result is not None:
                     log.debug("skipping member %r: not in the selection", member.name)
                     member.skip()
                     continue
                 self._before(plan)
+                if plan.delta is not None:
+                    steps.append(self._delta(member, plan, progress, touched))
+                    continue
                 log.info("installing %s (%d bytes stored) to %s", member.name, member.size,
                          ", ".join(plan.descriptions() or ["a private copy"]))
 
@@ -186,9 +206,14 @@ class _Run:
                 point, self.resuming = self.resuming.point, replace(self.resuming, point=None)
                 plan.result = self._install_artifact(member, plan, on_bytes, point)
                 crashpoint.reached("install.artifact_written")
+            for name, step in self.waiting.items():
+                raise ImageError(f"properties.zckfile {name!r}: the chunk data is neither an artifact of the "
+                                 "deployment nor a member of the bundle", step.name)
             missing = [p.filename for p in self.plans.values() if p.result is None]
             if missing:
-                raise ImageError("required image is missing from the bundle", missing[0])
+                what = "required image is missing from the bundle" if self.read_to_end else \
+                    "comes after the delta image's chunk data, which must be the bundle's last member"
+                raise ImageError(what, missing[0])
             self._run_phase(PREINST)  # a bundle of scripts only
             self._run_phase(POSTINST)
         except OtadError as exc:
@@ -197,7 +222,7 @@ class _Run:
             if not self.request.dry_run:
                 for path in touched:
                     self.status.mark(path, FAILED, version=self.manifest.version, reason=str(exc))
-            wrote = not self.request.dry_run and (acted or bool(self.scripts.ran))
+            wrote = not self.request.dry_run and (acted or bool(self.scripts.ran) or any(s.writing for s in steps))
             raise exc.at_stage(WRITE_FAILED if wrote else REFUSED)
         except Interrupted as stop:
             if not self.request.dry_run:
@@ -206,6 +231,42 @@ class _Run:
             stop.written = tuple(touched)
             raise
         return tuple(p.result for p in self.plans.values() if p.result is not None)
+
+    def _chunks_in_bundle(self) -> bool:
+        """Whether a delta image may take its chunk data from a member of this bundle (the last one)."""
+        sources = self.request.delta.sources
+        return any(image.delta.url is None and image.delta.zckfile is not None
+                   and sources.artifact(image.delta.zckfile) is None
+                   for plan in self.plans.values() for image in plan.delta_images() if image.delta is not None)
+
+    def _delta(self, member: CpioMember, plan: MemberPlan, progress: ProgressListener,
+               touched: List[str]) -> DeltaInstall:
+        """A delta image's header member: checked now; the image is assembled now, or when the
+        member holding its chunk data comes (then the stream ends there)."""
+        step = DeltaInstall(plan, self.request, self.status, self.options, progress, self.manifest.version)
+        step.begin(member)
+        if step.waits_for is None:
+            plan.result = step.run(touched)
+            self._reported(step)
+        elif step.waits_for in self.plans or step.waits_for in self.waiting:
+            raise ImageError(f"properties.zckfile {step.waits_for!r} is installed by another entry; a delta's "
+                             "chunk data is a member of its own", step.name)
+        else:
+            self.waiting[step.waits_for] = step
+        return step
+
+    def _delta_body(self, member: CpioMember, step: DeltaInstall, touched: List[str]) -> bool:
+        """The member holding a delta image's chunk data; True when the stream was left there. The
+        chunk data of another delta image may follow: then this one is read from the stream."""
+        step.member_plan.result = step.run(touched, body=member, stream_only=bool(self.waiting))
+        self._reported(step)
+        self.read_to_end = not step.left_stream
+        return step.left_stream
+
+    def _reported(self, step: DeltaInstall) -> None:
+        assert step.report is not None
+        self.deltas.append(step.report)
+        crashpoint.reached("install.artifact_written")
 
     def _before(self, plan: MemberPlan) -> None:
         """Order checks for a member about to be written; pre-install scripts run before the first."""

@@ -15,7 +15,9 @@ from contextlib import contextmanager
 from typing import Iterator, List, Optional
 
 from otad.errors import InstallError
-from otad.install.scripts import Heartbeat, run_tool
+from otad.install.scripts import run_tool
+from otad.process import Heartbeat
+from otad.smallfile import peek_text
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +54,11 @@ def _device_numbers(device: str) -> Optional[str]:
     for name in loops:
         if not name.startswith("loop"):
             continue
-        try:
-            with open(f"/sys/block/{name}/loop/backing_file", encoding="utf-8") as f:
-                backing = f.read().strip()
-            if backing != real:
-                continue
-            with open(f"/sys/block/{name}/dev", encoding="utf-8") as f:
-                return f.read().strip()
-        except OSError:
-            continue
+        backing = peek_text(f"/sys/block/{name}/loop/backing_file")
+        if backing is not None and backing.strip() == real:
+            numbers = peek_text(f"/sys/block/{name}/dev")
+            if numbers is not None:
+                return numbers.strip()
     return None
 
 
@@ -70,12 +68,10 @@ def mounted_at(device: str, mountinfo: str = "/proc/self/mountinfo") -> Optional
     numbers = _device_numbers(device)
     if numbers is None:
         return None
-    try:
-        with open(mountinfo, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except OSError:
+    table = peek_text(mountinfo)
+    if table is None:
         return None
-    for line in lines:
+    for line in table.splitlines():
         fields = line.split()
         if len(fields) < 6 or fields[2] != numbers or fields[3] != "/":
             continue

@@ -12,8 +12,10 @@ from typing import TYPE_CHECKING, Optional, Tuple
 
 from otad.config import Config
 from otad.errors import ConfigError
+from otad.install.chunks import DeltaOptions
 from otad.install.plan import InstallRequest
 from otad.install.versionpolicy import VersionPolicy
+from otad.smallfile import read_text
 from otad.swu.crypto import AesKey, load_key_file
 from otad.swu.manifest import HardwareRevision
 
@@ -56,14 +58,8 @@ def hardware_identity(config: Config) -> Optional[HardwareRevision]:
     if config.system.hardware:
         return HardwareRevision.parse(config.system.hardware)
     path = config.system.hwrevision_file
-    if not os.path.exists(path):
-        return None
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read hardware revision: {exc}", path) from exc
-    return HardwareRevision.from_hwrevision_file(text, path)
+    text = read_text(path, "the hardware revision", limit=64 << 10, error=ConfigError, missing_ok=True)
+    return HardwareRevision.from_hwrevision_file(text, path) if text is not None else None
 
 
 def make_request(config: Config, *, dry_run: bool = False,
@@ -84,7 +80,16 @@ def make_request(config: Config, *, dry_run: bool = False,
         ext4_resize=install.ext4_resize,
         files_via=install.files_via,
         script_timeout_s=install.script_timeout_s,
+        delta=delta_options(config),
     )
+
+
+def delta_options(config: Config) -> DeltaOptions:
+    """The `delta` section; where chunks come from is the caller's to add (`sources`)."""
+    delta = config.delta
+    return DeltaOptions(state_dir=config.system.state_dir, max_ranges=delta.max_ranges,
+                        min_interval_s=delta.min_interval_s, libzck=delta.libzck, python_index=delta.python_index,
+                        checkpoint_bytes=delta.checkpoint_mib << 20)
 
 
 def work_dir(config: Config) -> str:

@@ -15,10 +15,11 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple
 
 from otad.errors import REFUSED, CompatibilityError, ImageError, InstallError, ManifestError, OtadError
+from otad.install.chunks import DeltaOptions
 from otad.install.handlers import FILE_HANDLERS, HANDLERS, HandlerOptions
 from otad.install.handlers.ext4 import property_flag
 from otad.install.handlers.files import FileTarget
-from otad.install.handlers.raw import RawTarget
+from otad.install.handlers.raw import RawTarget, resolve_device
 from otad.install.pipeline import DEFAULT_CHUNK, ArtifactResult, Decoding
 from otad.install.scripts import script_phases
 from otad.install.versionpolicy import VersionPolicy
@@ -56,6 +57,7 @@ class InstallRequest:
     mountinfo: str = "/proc/self/mountinfo"
     # the caller's own refusals (A/B target, bootenv rules), run last; each raises an OtadError
     checks: Tuple[PlanCheck, ...] = ()
+    delta: DeltaOptions = DeltaOptions()  # delta images: where chunks come from, cached indexes
 
 
 @dataclass
@@ -80,6 +82,14 @@ class MemberPlan:
     def written_paths(self) -> List[str]:
         """The install records this member changes: its image targets and files' devices."""
         return [t.path for _, t in self.targets] + [t.path for _, t in self.files if t.device is not None]
+
+    @property
+    def delta(self) -> Optional[Tuple[Image, RawTarget]]:
+        """The delta image this member is the zchunk header of (then it feeds nothing else)."""
+        return self.targets[0] if self.targets and self.targets[0][0].delta is not None else None
+
+    def delta_images(self) -> List[Image]:
+        return [image for image, _ in self.targets if image.delta is not None]
 
 
 @dataclass(frozen=True)
@@ -138,6 +148,9 @@ def plan_entries(manifest: Manifest, request: InstallRequest) -> Dict[str, Membe
         elif (plan.sha256, plan.decoding) != (image.sha256, decoding):
             raise ManifestError(f"entries for {image.filename!r} disagree on sha256, compression or encryption")
         plan.targets.append((image, target))
+        if plan.delta_images() and len(plan.targets) > 1:
+            raise ManifestError(f"{image.filename!r} is the zchunk header of a delta image and is referenced again; "
+                                "a delta header feeds exactly one image")
     for entry in manifest.files:
         file_target = _plan_file(entry, request)
         _join(plans, entry, request).files.append((entry, file_target))
@@ -231,6 +244,8 @@ def decoding_for(entry: Entry, request: InstallRequest) -> Decoding:
 def _plan_image(image: Image, request: InstallRequest) -> RawTarget:
     if request.verifier is not None and image.sha256 is None:
         raise ImageError("no sha256 in sw-description (required for a signed bundle)", image.filename)
+    if image.delta is not None:
+        return _plan_delta(image, request)
     handler_class = HANDLERS.get(image.type)
     if handler_class is None:
         raise ImageError(f"no handler for type {image.type!r} (have: {', '.join(sorted(HANDLERS))})",
@@ -241,6 +256,36 @@ def _plan_image(image: Image, request: InstallRequest) -> RawTarget:
         raise exc.within(f"image {image.filename!r}")
     _check_not_protected(target, image, request.protected_paths)
     return target
+
+
+def _plan_delta(image: Image, request: InstallRequest) -> RawTarget:
+    """A delta image: written by its chain handler to `device`, from chunks of `source` and fetched ones."""
+    assert image.delta is not None
+    if request.verifier is None:
+        raise ImageError("a delta image needs a signed bundle: its chunks are checked only against the zchunk "
+                         "header the signed sw-description names (unsigned bundles are not enough)", image.filename)
+    try:
+        target = HANDLERS[image.delta.chain](request.device_dir).plan(image)
+    except OtadError as exc:
+        raise exc.within(f"image {image.filename!r}")
+    _check_not_protected(target, image, request.protected_paths)
+    source = resolve_device(image.delta.source, request.device_dir)
+    try:
+        os.close(os.open(source, os.O_RDONLY | os.O_CLOEXEC))
+    except OSError as exc:
+        raise InstallError(f"properties.source {image.delta.source}: cannot be read: {exc.strerror}",
+                           f"image {image.filename!r}") from exc
+    if os.path.realpath(source) == os.path.realpath(target.path):
+        raise CompatibilityError(f"properties.source {image.delta.source} is the device the image is written to; "
+                                 "a delta reads unchanged chunks from another one (the running slot)",
+                                 f"image {image.filename!r}")
+    return target
+
+
+def delta_source(image: Image, device_dir: str) -> str:
+    """The path a delta image's `source` names, as `device` paths resolve."""
+    assert image.delta is not None
+    return resolve_device(image.delta.source, device_dir)
 
 
 def _check_not_protected(target: RawTarget, image: Image, protected: Tuple[str, ...]) -> None:

@@ -19,6 +19,7 @@ from typing import Any, Dict, Optional, Tuple
 
 from otad.errors import StateError
 from otad.install.pipeline import ArtifactResult
+from otad.statefile import JsonObject
 
 JOURNAL_NAME = "resume.json"  # in state_dir; written by the daemon (hawkbit/journal.py)
 MAX_HEAD_BYTES = 256 << 10  # a larger sw-description is not worth carrying in every checkpoint
@@ -105,30 +106,6 @@ def discard_journal(state_dir: str) -> None:
         os.unlink(os.path.join(state_dir, JOURNAL_NAME))
     except FileNotFoundError:
         pass
-
-
-class JsonObject:
-    """Typed access to one JSON object, naming the field in every error."""
-
-    def __init__(self, data: Any, where: str) -> None:
-        if not isinstance(data, dict):
-            raise StateError(f"expected an object, got {type(data).__name__}", where)
-        self._data = data
-        self._where = where
-
-    def get(self, key: str, kind: Any) -> Any:
-        if key not in self._data:
-            raise StateError(f"{key}: missing", self._where)
-        value = self._data[key]
-        if not isinstance(value, kind) or isinstance(value, bool):
-            raise StateError(f"{key}: wrong type {type(value).__name__}", self._where)
-        return value
-
-    def count(self, key: str) -> int:
-        value = self.get(key, int)
-        if value < 0:
-            raise StateError(f"{key}: negative ({value})", self._where)
-        return int(value)
 
 
 def encode_bytes(data: bytes) -> str:

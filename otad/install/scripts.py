@@ -1,7 +1,7 @@
 """Programs run during an install: the bundle's shell scripts at their phase, and the tools
-(e2fsck, resize2fs, debugfs, mount) the handlers call. Each runs in its own session with a
-timeout, its process group killed when it ends, its output logged, a heartbeat fed meanwhile.
-Which script runs in which phase with which arguments is SWUpdate 2022.12's
+(e2fsck, resize2fs, debugfs, mount) the handlers call, a failure of either an InstallError.
+Running a program (own session, timeout, process group killed, output logged, heartbeat) is
+otad.process'. Which script runs in which phase with which arguments is SWUpdate 2022.12's
 (handlers/shell_scripthandler.c); when a phase comes is the installer's decision.
 """
 
@@ -10,19 +10,16 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import signal
 import tempfile
-import time
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from otad.errors import ImageError, InstallError
+from otad.install.pipeline import FdSink
+from otad.process import Heartbeat, ProgramResult, run_program
 from otad.swu.manifest import Script
 
 log = logging.getLogger(__name__)
-
-Heartbeat = Callable[[], None]
 
 PREINST = "preinst"
 POSTINST = "postinst"
@@ -35,133 +32,11 @@ SCRIPT_TYPES: Mapping[str, Tuple[str, ...]] = {
     "postinstall": (POSTINST,),
 }
 MAX_SCRIPT_BYTES = 1 << 20  # a script is small; the cap also bounds what is spooled to disk
-MAX_OUTPUT_BYTES = 64 << 10  # of a program's stdout/stderr kept for the caller
-HEARTBEAT_S = 1.0
-_POLL_S = 0.1
 # SWUpdate's run_system_cmd() hands a script two extra log pipes on fd 3 and fd 4 and names
 # them in the environment; scripts write `echo msg >&$SWUPDATE_INFO_FD`. otad points both at
 # the script's stdout/stderr, which go to its log.
 _FD_WRAPPER = 'exec "$0" "$@" 3>&1 4>&2'
 SCRIPT_ENV = {"SWUPDATE_INFO_FD": "3", "SWUPDATE_WARN_FD": "4"}
-
-
-@dataclass(frozen=True)
-class ProgramResult:
-    status: int  # exit status; negative: killed by that signal
-    stdout: bytes  # at most MAX_OUTPUT_BYTES of each
-    stderr: bytes
-    timed_out: bool
-
-    def tail(self, limit: int = 300) -> str:
-        text = " ".join((self.stderr or self.stdout).decode("utf-8", "replace").split())
-        return text[-limit:]
-
-
-def run_program(argv: Sequence[str], *, timeout_s: float, heartbeat: Optional[Heartbeat] = None,
-                env: Optional[Mapping[str, str]] = None, log_as: Optional[str] = None,
-                clock: Callable[[], float] = time.monotonic) -> ProgramResult:
-    """Run `argv` (no shell) in its own session; kill its process group after `timeout_s`.
-
-    Output is read as it comes (a chatty program never blocks on a full pipe); with `log_as`
-    each line is logged at INFO under that name. `heartbeat` is called about once a second.
-    OSError (no such program) propagates for the caller to name.
-    """
-    import subprocess  # lazy: an install without scripts or tools runs no program
-
-    full_env = dict(os.environ, **env) if env is not None else None
-    proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True, cwd="/", env=full_env)
-    assert proc.stdout is not None and proc.stderr is not None
-    streams = _Streams(proc.stdout.fileno(), proc.stderr.fileno(), log_as)
-    timed_out = False
-    try:
-        with proc.stdout, proc.stderr:
-            try:
-                timed_out = _watch(proc.pid, streams, clock() + timeout_s, heartbeat, clock)
-            finally:
-                # Also when otad itself is interrupted: a program must not outlive it. The leader
-                # has exited at most, not been reaped, so its pid still names this group only.
-                _kill_group(proc.pid)
-            streams.drain()
-    finally:
-        status = proc.wait()
-    return ProgramResult(status, bytes(streams.kept[0]), bytes(streams.kept[1]), timed_out)
-
-
-class _Streams:
-    """stdout and stderr of one program: kept up to a cap, logged line by line if asked."""
-
-    def __init__(self, out_fd: int, err_fd: int, log_as: Optional[str]) -> None:
-        self.fds = [out_fd, err_fd]
-        self.open = {out_fd, err_fd}
-        self.kept = (bytearray(), bytearray())
-        self._partial = [b"", b""]
-        self._log_as = log_as
-
-    def read(self, fd: int) -> None:
-        chunk = os.read(fd, 4096)
-        index = self.fds.index(fd)
-        if not chunk:
-            self.open.discard(fd)
-            self._log_line(self._partial[index])
-            self._partial[index] = b""
-            return
-        kept = self.kept[index]
-        kept += chunk[:max(0, MAX_OUTPUT_BYTES - len(kept))]
-        if self._log_as is not None:
-            *lines, self._partial[index] = (self._partial[index] + chunk).split(b"\n")
-            for line in lines:
-                self._log_line(line)
-            self._partial[index] = self._partial[index][-4096:]
-
-    def _log_line(self, line: bytes) -> None:
-        if self._log_as is not None and line.strip():
-            log.info("%s: %s", self._log_as, line.decode("utf-8", "replace").rstrip()[:500])
-
-    def drain(self) -> None:
-        """What is left in the pipes; never waits for a writer that escaped the group."""
-        import select
-
-        for _ in range(64):
-            ready = select.select(sorted(self.open), [], [], 0)[0] if self.open else []
-            if not ready:
-                return
-            for fd in ready:
-                self.read(fd)
-
-
-def _watch(pid: int, streams: _Streams, deadline: float, heartbeat: Optional[Heartbeat],
-           clock: Callable[[], float]) -> bool:
-    """Read output until the process exits (left unreaped); True if the deadline passed first."""
-    import select
-
-    beat = clock()
-    while not _exited(pid):
-        now = clock()
-        if now >= deadline:
-            return True
-        if heartbeat is not None and now - beat >= HEARTBEAT_S:
-            heartbeat()
-            beat = now
-        wait = min(deadline - now, _POLL_S)
-        if not streams.open:
-            time.sleep(wait)
-            continue
-        for fd in select.select(sorted(streams.open), [], [], wait)[0]:
-            streams.read(fd)
-    return False
-
-
-def _exited(pid: int) -> bool:
-    """Whether `pid` has exited, without reaping it (WNOWAIT)."""
-    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-
-
-def _kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass  # the group is already empty (apart from the unreaped leader)
 
 
 def run_tool(argv: Sequence[str], what: str, *, timeout_s: float, heartbeat: Optional[Heartbeat] = None,
@@ -176,19 +51,6 @@ def run_tool(argv: Sequence[str], what: str, *, timeout_s: float, heartbeat: Opt
     if result.status not in ok_status:
         raise InstallError(f"{' '.join(argv[:2])} failed (exit status {result.status}): {result.tail()}", what)
     return result
-
-
-class SpoolSink:
-    """Writes a member to a new private file; refuses more than `capacity` bytes."""
-
-    def __init__(self, fd: int, capacity: int) -> None:
-        self._fd = fd
-        self.capacity: Optional[int] = capacity
-
-    def write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._fd, view):]
 
 
 class _CountingSink:
@@ -261,7 +123,7 @@ class ScriptRunner:
         return self._dir
 
     @contextmanager
-    def open(self, filename: str) -> Iterator[SpoolSink | _CountingSink]:
+    def open(self, filename: str) -> Iterator[FdSink | _CountingSink]:
         """A sink for the member `filename`; the spooled file is kept only if the stream (and
         with it the sha256 check) completes without an exception."""
         if self._dry_run:
@@ -274,7 +136,7 @@ class ScriptRunner:
             raise InstallError(f"cannot spool the script: {exc.strerror}", path) from exc
         done = False
         try:
-            yield SpoolSink(fd, MAX_SCRIPT_BYTES)
+            yield FdSink(fd, MAX_SCRIPT_BYTES)
             done = True
         finally:
             os.close(fd)

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any, Callable, List, Optional, Tuple
 from otad.errors import ImageError, InstallError
 from otad.install.filetarget import DIR_MODE, FileTarget, file_error
 from otad.install.pipeline import FdSink, Reader, ZstdReader
-from otad.install.scripts import Heartbeat
+from otad.process import Heartbeat
+from otad.smallfile import peek_text
 
 if TYPE_CHECKING:  # loaded when an archive entry is unpacked
     import tarfile
@@ -53,13 +54,12 @@ class _Full:
 
 def _umask() -> int:
     """This process's umask, read without changing it (another thread may create files)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
+    for line in (peek_text("/proc/self/status") or "").splitlines():
+        if line.startswith("Umask:"):
+            try:
+                return int(line.split()[1], 8)
+            except (IndexError, ValueError):
+                break
     return 0o022
 
 

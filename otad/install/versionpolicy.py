@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Tuple, Union
 
 from otad.errors import CompatibilityError, ConfigError
+from otad.smallfile import read_text
 from otad.swu.manifest import File, Image, Manifest
 from otad.swu.version import compare
 
@@ -108,18 +109,10 @@ def parse_sw_versions(text: str, source: str) -> Dict[str, str]:
 
 def read_sw_versions(path: str) -> Dict[str, str]:
     """The file at `path`; a missing file means nothing is installed (as in SWUpdate)."""
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(1 << 20)
-    except FileNotFoundError:
+    text = read_text(path, "the installed versions", limit=1 << 20, error=ConfigError, missing_ok=True)
+    if text is None:
         log.info("%s does not exist: every version-gated entry is installed", path)
         return {}
-    except OSError as exc:
-        raise ConfigError(f"cannot read installed versions: {exc.strerror or exc}", path) from exc
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"not UTF-8 text (byte {exc.start})", path) from None
     return parse_sw_versions(text, path)
 
 

@@ -7,10 +7,8 @@ the output appears only once it is complete; a member that changed meanwhile is 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -111,35 +109,20 @@ def _plan(entries: Sequence[Entry], options: "BuildOptions") -> List[Job]:
 
 def _write_bundle(output: str, fmt: str, content: bytes, signature: Optional[bytes],
                   stored: Sequence[StoredArtifact]) -> int:
-    from otad.durable import fsync_dir
+    from otad.durable import replacing
     from otad.swu.cpio import CRC, NEWC, CpioWriter
 
-    directory = os.path.dirname(output)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(output)}.", suffix=".tmp", dir=directory)
-    except OSError as exc:
-        raise OtadError(f"cannot create: {exc.strerror}", output) from exc
-    try:
-        with os.fdopen(fd, "wb") as f:
+        with replacing(output, 0o644) as f:
             with CpioWriter(f, {"crc": CRC, "newc": NEWC}[fmt]) as cpio:
                 cpio.add(DESCRIPTION, content)
                 if signature is not None:
                     cpio.add(SIG_NAME, signature)
                 for artifact in stored:
                     _add_member(cpio, artifact)
-            size = cpio.bytes_written
-            f.flush()
-            os.fchmod(f.fileno(), 0o644)
-            os.fsync(f.fileno())
-        os.replace(tmp, output)
-    except BaseException as exc:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        if isinstance(exc, OSError):
-            raise OtadError(f"cannot write: {exc.strerror}", output) from exc
-        raise
-    fsync_dir(directory)
-    return size
+            return cpio.bytes_written
+    except OSError as exc:
+        raise OtadError(f"cannot write: {exc.strerror}", output) from exc
 
 
 class _HashingReader:

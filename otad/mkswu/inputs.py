@@ -11,16 +11,14 @@ import os
 from typing import IO, Iterator, Sequence
 
 from otad.errors import ConfigError
+from otad.smallfile import read_bytes
 
 _CHUNK = 1 << 20
+MAX_INPUT_BYTES = 1 << 20  # keys, variables, the template (a bundle's sw-description is capped at 1 MiB)
 
 
 def read_input(path: str, what: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as exc:
-        raise ConfigError(f"cannot read {what}: {exc.strerror}", path) from exc
+    return read_bytes(path, what, limit=MAX_INPUT_BYTES, error=ConfigError)
 
 
 def find_artifact(name: str, dirs: Sequence[str], where: str) -> str:

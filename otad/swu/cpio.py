@@ -135,6 +135,7 @@ class CpioMember:
         self._sum = 0
         self._done = False
         self._error: Optional[BundleFormatError] = None
+        self.data_offset = stream.offset  # where the member's data begins in the archive
 
     @property
     def name(self) -> str:
@@ -161,6 +162,7 @@ class CpioMember:
         member = cls(header, stream, where)
         member._remaining = header.size - consumed
         member._sum = crc_sum
+        member.data_offset = stream.offset - consumed
         return member
 
     def read(self, n: int) -> bytes:

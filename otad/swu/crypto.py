@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from otad.errors import ConfigError, DecryptError
+from otad.smallfile import read_bytes
 from otad.swu.cpio import SupportsRead
 
 log = logging.getLogger(__name__)
@@ -63,11 +64,7 @@ def parse_key_file(text: str, source: str) -> AesKey:
 
 
 def load_key_file(path: str) -> AesKey:
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(4096)  # a key file is two short lines; more is not a key file
-    except OSError as exc:
-        raise ConfigError(f"cannot read AES key file: {exc.strerror or exc}", path) from exc
+    raw = read_bytes(path, "the AES key file", limit=4096, error=ConfigError)  # two short lines
     try:
         text = raw.decode("ascii")
     except UnicodeDecodeError:

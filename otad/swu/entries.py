@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import re
 from types import MappingProxyType
-from typing import Any, FrozenSet, Mapping, NoReturn, Optional
+from typing import Any, Callable, FrozenSet, Mapping, NoReturn, Optional
 
 from otad.errors import ManifestError
-from otad.swu.models import BootenvVar, File, Image, Script, show
+from otad.swu.models import BootenvVar, DeltaProperties, File, Image, Script, show
 
 MAX_BOOTENV_NAME = 255  # bytes SWUpdate 2022.12 keeps of a bootenv name (struct sw_version.name)
 MAX_BOOTENV_VALUE = 256  # ... and of a value (measured with Debian's swupdate: longer ones are cut)
@@ -157,6 +157,7 @@ def read_image(entry: EntryReader, bootloader: bool = False) -> Image:
     kind = entry.kind("" if bootloader else "ubivol" if volume else "raw" if device else "")
     if not kind:
         entry.fail("type", "a handler name (or a device to write raw)", entry.values.get("type"))
+    properties = entry.properties()
     return Image(
         filename=str(entry.filename()), type=kind, device=device,
         sha256=entry.hexdigits("sha256", _HEX64, 64), compressed=entry.compressed(),
@@ -164,9 +165,77 @@ def read_image(entry: EntryReader, bootloader: bool = False) -> Image:
         installed_directly=entry.flag("installed-directly"), offset=entry.offset(), size=entry.size(),
         name=entry.text("name"), version=entry.text("version"),
         install_if_different=entry.flag("install-if-different"),
-        install_if_higher=entry.flag("install-if-higher"), properties=entry.properties(),
+        install_if_higher=entry.flag("install-if-higher"), properties=properties,
         data=entry.text("data"), volume=volume, extra=entry.extra(_IMAGE_KEYS),
+        delta=read_delta(entry, properties) if kind == DELTA else None,
     )
+
+
+DELTA = "delta"
+DELTA_CHAINS = ("raw",)  # the image handlers a delta can feed (SWUpdate also allows rawfile: a file path)
+DYNAMIC_URL = "dynamic"
+
+
+def read_delta(entry: EntryReader, properties: Mapping[str, str]) -> DeltaProperties:
+    """SWUpdate's delta handler properties (delta_retrieve_attributes), refused where SWUpdate would
+    fail later or guess: its member is the zchunk header, which must be read whole and checked first."""
+    def fail(key: str, expected: str, value: Any) -> NoReturn:
+        entry.fail(f"properties.{key}" if key else "type", expected, value)
+
+    if entry.flag("installed-directly"):
+        entry.fail("installed-directly", "false for a delta image (its member is the zchunk header, read "
+                   "whole and checked before the image is assembled; SWUpdate refuses it too)", True)
+    for key in ("compressed", "encrypted"):
+        if entry.values.get(key) not in (None, False):
+            entry.fail(key, "nothing for a delta image (its member is the zchunk header, stored plain)",
+                       entry.values.get(key))
+    chain, source = properties.get("chain"), properties.get("source")
+    if not chain or chain == DELTA:
+        fail("chain", "the handler that writes the assembled image, e.g. \"raw\" (not \"delta\")", chain)
+    if chain not in DELTA_CHAINS:
+        fail("chain", f"one of {', '.join(DELTA_CHAINS)} (otad assembles delta images into raw images only)",
+             chain)
+    if not source:
+        fail("source", "the device to take unchanged chunks from: the running slot, e.g. \"/dev/mmcblk0p2\"",
+             source)
+    url = properties.get("url") or None
+    zckfile = properties.get("zckfile") or None
+    if url == DYNAMIC_URL:
+        url = None
+    if url is None and zckfile is None:
+        fail("url", "the URL of the .zck, or \"dynamic\" with properties.zckfile naming it", properties.get("url"))
+    if zckfile is not None and ("/" in zckfile or zckfile in (".", "..")):
+        fail("zckfile", "a file name (an artifact of the deployment or a member of this bundle)", zckfile)
+    image_sha256 = properties.get("image-sha256")
+    if image_sha256 is not None and not _HEX64.fullmatch(image_sha256):
+        fail("image-sha256", "64 hex digits", image_sha256)
+    return DeltaProperties(chain=chain, source=source, url=url, zckfile=zckfile,
+                           source_size=_source_size(properties.get("source-size"), fail),
+                           max_ranges=_max_ranges(properties.get("max-ranges"), fail),
+                           image_sha256=image_sha256.lower() if image_sha256 else None)
+
+
+def _source_size(text: Optional[str], fail: Callable[[str, str, Any], NoReturn]) -> Optional[int]:
+    """"detect" (or absent): None, the filesystem's size; else a byte count as SWUpdate's ustrtoull reads it."""
+    if text is None or text == "detect":
+        return None
+    m = _OFFSET.fullmatch(text) if len(text) <= 40 else None
+    if m is None:
+        fail("source-size", "\"detect\" or a number of bytes (K, M, G suffixes allowed)", text)
+    size = _offset_number(m.group("number")) * _UNITS.get((m.group("unit") or " ")[0], 1)
+    if not 0 < size < 2**63:
+        fail("source-size", "a number of bytes above 0", text)
+    return size
+
+
+def _max_ranges(text: Optional[str], fail: Callable[[str, str, Any], NoReturn]) -> Optional[int]:
+    """SWUpdate falls back to its default (150, which Starlette answers with the whole file) on a
+    value it cannot read; otad refuses it instead. Values above 100 are lowered when fetching."""
+    if text is None:
+        return None
+    if not text.isdigit() or not 0 < int(text) < 1 << 32:
+        fail("max-ranges", "a number of ranges per request above 0", text)
+    return int(text)
 
 
 def read_file(entry: EntryReader) -> File:

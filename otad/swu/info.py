@@ -20,6 +20,10 @@ from otad.swu.manifest import Entry, File, Image, Manifest, SwDescription, parse
 from otad.swu.signature import SignerInfo, Verifier
 
 PlanFn = Callable[[SwDescription], object]  # raises the OtadError `install` would refuse with
+# For a member name: how to describe that member's plan on this device (a delta image's header:
+# what it would reuse and fetch), or None; the describer gets the member's bytes.
+DeltaFn = Callable[[str], Optional[Callable[[bytes], str]]]
+MAX_PREVIEW_BYTES = 32 << 20  # a delta header's limit (otad.delta.zck.Limits)
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,7 @@ class EntryInfo:
     name: Optional[str] = None  # component name and version, matched against sw-versions
     version: Optional[str] = None
     install_if: Optional[str] = None  # "different", "higher" or None: when sw-versions lets it install
+    plan: Optional[str] = None  # a delta image: what it would reuse and fetch here
 
     @property
     def version_gate(self) -> Optional[str]:
@@ -85,8 +90,10 @@ class BundleInfo:
 
 
 def inspect_bundle(source: SupportsRead, *, name: str, verifier: Optional[Verifier],
-                   board: Optional[str] = None, plan: Optional[PlanFn] = None) -> BundleInfo:
-    """What the bundle holds and, given `plan`, whether `install` would take it on this device."""
+                   board: Optional[str] = None, plan: Optional[PlanFn] = None,
+                   delta: Optional[DeltaFn] = None) -> BundleInfo:
+    """What the bundle holds and, given `plan`, whether `install` would take it on this device
+    (and, given `delta`, what its delta images would reuse and fetch)."""
     bundle = Bundle(source, name=name)
     try:
         head = bundle.read_head()
@@ -111,9 +118,10 @@ def inspect_bundle(source: SupportsRead, *, name: str, verifier: Optional[Verifi
             plan(description)
         except OtadError as exc:
             refusal = exc
-    members = _hash_members(bundle, problems)
+    plans: Dict[str, str] = {}
+    members = _hash_members(bundle, problems, delta if refusal is None else None, plans)
     manifests = _manifests(description, board, problems)
-    selections = tuple(_selection_info(m, members, problems) for m in manifests)
+    selections = tuple(_selection_info(m, members, problems, plans) for m in manifests)
     version, text = (manifests[0].version, manifests[0].description) if manifests else ("", "")
     refused = None if refusal is None else str(refusal)
     exit_code = refusal.at_stage(REFUSED).exit_code if refusal is not None else VERIFICATION if problems else 0
@@ -121,13 +129,23 @@ def inspect_bundle(source: SupportsRead, *, name: str, verifier: Optional[Verifi
                       refused, exit_code)
 
 
-def _hash_members(bundle: Bundle, problems: List[str]) -> Dict[str, MemberInfo]:
+def _hash_members(bundle: Bundle, problems: List[str], delta: Optional[DeltaFn],
+                  plans: Dict[str, str]) -> Dict[str, MemberInfo]:
     members: Dict[str, MemberInfo] = {}
     try:
         for member in bundle.artifacts():
-            digest = hashlib.sha256()
-            for chunk in member.chunks():
-                digest.update(chunk)
+            describe = delta(member.name) if delta is not None and member.size <= MAX_PREVIEW_BYTES else None
+            if describe is not None:
+                data = member.read_all(MAX_PREVIEW_BYTES)
+                digest = hashlib.sha256(data)
+                try:
+                    plans[member.name] = describe(data)
+                except OtadError as exc:
+                    problems.append(str(exc))
+            else:
+                digest = hashlib.sha256()
+                for chunk in member.chunks():
+                    digest.update(chunk)
             members.setdefault(member.name, MemberInfo(member.name, member.size, digest.hexdigest()))
     except BundleFormatError as exc:
         problems.append(str(exc))
@@ -145,7 +163,8 @@ def _manifests(description: SwDescription, board: Optional[str], problems: List[
     return manifests
 
 
-def _selection_info(manifest: Manifest, members: Dict[str, MemberInfo], problems: List[str]) -> SelectionInfo:
+def _selection_info(manifest: Manifest, members: Dict[str, MemberInfo], problems: List[str],
+                    plans: Dict[str, str]) -> SelectionInfo:
     entries = []
     for entry in manifest.entries():
         member = members.get(entry.filename)
@@ -159,7 +178,8 @@ def _selection_info(manifest: Manifest, members: Dict[str, MemberInfo], problems
         entries.append(EntryInfo(kind, entry.filename, entry.type, target, getattr(entry, "compressed", None),
                                  entry.encrypted, entry.sha256, member.stored_bytes if member else None, hash_ok,
                                  ivt=entry.ivt, name=getattr(entry, "name", None),
-                                 version=getattr(entry, "version", None), install_if=_install_if(entry)))
+                                 version=getattr(entry, "version", None), install_if=_install_if(entry),
+                                 plan=plans.get(entry.filename) if getattr(entry, "delta", None) else None))
     return SelectionInfo(manifest.selection, manifest.board, manifest.version, manifest.hardware_compatibility,
                          tuple(entries), {v.name: v.value for v in manifest.bootenv})
 

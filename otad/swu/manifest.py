@@ -17,10 +17,11 @@ from typing import Any, Dict, List, Mapping, NoReturn, Optional, Tuple
 from otad import libconfig
 from otad.errors import ManifestError
 from otad.swu import selection as lookup
-from otad.swu.models import BootenvVar, Entry, File, HardwareRevision, Image, Manifest, Script, Selection, show
+from otad.swu.models import (BootenvVar, DeltaProperties, Entry, File, HardwareRevision, Image, Manifest, Script,
+                              Selection, show)
 from otad.swu.selection import ROOT
 
-__all__ = ["BootenvVar", "Entry", "File", "HardwareRevision", "Image", "Manifest", "Script", "Selection",
+__all__ = ["BootenvVar", "DeltaProperties", "Entry", "File", "HardwareRevision", "Image", "Manifest", "Script", "Selection",
            "SwDescription", "parse"]
 
 # json-c's default nesting limit; SWUpdate fails to parse deeper JSON.

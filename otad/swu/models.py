@@ -53,6 +53,21 @@ class HardwareRevision:
 
 
 @dataclass(frozen=True)
+class DeltaProperties:
+    """The properties of a `type = "delta"` image (SWUpdate's delta handler): its member is the
+    zchunk header of the image; the chunks come from `url`, or (`url` "dynamic" or absent) from
+    the file named `zckfile`: a hawkBit artifact of the deployment or a member of this bundle."""
+
+    chain: str  # the handler that writes the assembled image ("raw")
+    source: str  # the device (or file) the reused chunks are read from: the running slot
+    url: Optional[str] = None  # a static URL of the whole .zck; None: `zckfile` names it
+    zckfile: Optional[str] = None
+    source_size: Optional[int] = None  # bytes of `source` to index; None: "detect" (the filesystem's size)
+    max_ranges: Optional[int] = None  # ranges per request; None: otad.conf's delta.max_ranges
+    image_sha256: Optional[str] = None  # otad-only: the whole assembled image, checked after writing
+
+
+@dataclass(frozen=True)
 class Image:
     """An `images` entry: an artifact a handler writes to a device."""
 
@@ -74,6 +89,7 @@ class Image:
     data: Optional[str] = None
     volume: Optional[str] = None
     extra: Mapping[str, Any] = field(default_factory=_no_extra, hash=False)
+    delta: Optional[DeltaProperties] = None  # set for `type = "delta"` only
 
 
 @dataclass(frozen=True)

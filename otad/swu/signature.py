@@ -36,6 +36,7 @@ from cryptography.x509.oid import NameOID
 
 from otad import RELEASE_DATE
 from otad.errors import ConfigError, SignatureError
+from otad.smallfile import read_bytes
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ _EKU_OIDS = {name: oid for oid, name in _EKU_NAMES.items()}
 _EC_PUBLIC_KEY = "1.2.840.10045.2.1"  # some signers put id-ecPublicKey where ecdsa-with-SHAx belongs
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END \1-----", re.S)
 _MAX_DEPTH = 8   # certificates in one path; real ones have 2-3
+MAX_TRUST_FILE_BYTES = 4 << 20  # Debian's whole CA bundle is about 200 KiB
 _MAX_PATHS = 16  # candidate paths tried; more only with many same-name CAs in the trust file
 
 
@@ -382,11 +384,7 @@ def _load_pem_certificates(pem: bytes, source: str) -> List[_Cert]:
 
 
 def _read_file(path: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as exc:
-        raise SignatureError(f"cannot read: {exc.strerror or exc}", path) from exc
+    return read_bytes(path, "the trust file", limit=MAX_TRUST_FILE_BYTES, error=SignatureError)
 
 
 # --- CMS ---------------------------------------------------------------------------------------

@@ -155,7 +155,7 @@ def test_install_upgrade_remove_purge(chroot: Chroot, deb: Path, older_deb: Path
     assert chroot.out("otad --version") == f"otad {new.split('~')[0].split('-')[0]}"
     # Before the device is set up (README.Debian), otad says what is missing in one line.
     assert chroot.run("otad status", check=False) == (
-        2, "otad: error: /etc/fw_env.config: cannot read: No such file or directory\n")
+        2, "otad: error: /etc/fw_env.config: cannot read fw_env.config: No such file or directory\n")
     # Set up as README.Debian says; otad writes the first uboot.env, Debian's fw_printenv reads it.
     chroot.run("cp /usr/share/otad/fw_env.config /etc/ && mkdir -p /boot/firmware && echo 'rpi0w 1.0' > /etc/hwrevision")
     (chroot.root / "tmp/defenv").write_text("bootdelay=2\n")

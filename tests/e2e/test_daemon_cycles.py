@@ -28,7 +28,7 @@ def test_download_only_cycle_as_a_process(rig: Rig) -> None:
     sent = rig.feedback()
     assert sent[-1].execution == "downloaded" and all(f.finished != "success" for f in sent)
     assert image_in_slot(rig, "b", "2.0") and rig.env_bytes() == env and not rig.closed()
-    assert run(rig) == 0 and rig.fake.count("artifact") == 1
+    assert run(rig) == 0 and rig.fake.downloads() == 1
 
 
 def test_maintenance_window_cycle_as_a_process(rig: Rig) -> None:
@@ -42,7 +42,7 @@ def test_maintenance_window_cycle_as_a_process(rig: Rig) -> None:
     assert run(rig) == 0
     env_now = rig.sim.env()
     assert (env_now["rootpart"], env_now["upgrade_available"]) == ("3", "1")
-    assert rig.fake.count("artifact") == 1  # the window opened: armed without downloading again
+    assert rig.fake.downloads() == 1  # the window opened: armed without downloading again
     rig.sim.boot()
     assert run(rig) == 0
     assert [f.finished for f in rig.closed()] == ["success"]
@@ -51,10 +51,10 @@ def test_maintenance_window_cycle_as_a_process(rig: Rig) -> None:
 def test_cancel_cycle_as_a_process(rig: Rig) -> None:
     env = rig.env_bytes()
     rig.fake.offer(ACTION, rig.bundle("2.0"), version="2.0")
-    rig.fake.fault("artifact", rate_bps=250_000)
+    rig.fake.fault("artifact", rate_bps=250_000, times=None)
 
     def cancel_once_downloading() -> None:
-        if wait_until(lambda: rig.fake.count("artifact") > 0, 20):
+        if wait_until(lambda: rig.fake.downloads() > 0, 20):
             rig.fake.cancel(ACTION)
 
     canceller = threading.Thread(target=cancel_once_downloading)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import List, Tuple
 
@@ -20,7 +22,7 @@ import pytest
 
 from otad.delta import srcindex, zck
 from otad.delta.plan import Plan
-from tests.delta_fixtures import DeltaFixture, delta_bundle, small  # noqa: F401 - fixture
+from tests.delta_fixtures import DeltaFixture, delta_bundle, self_contained, small  # noqa: F401 - fixture
 from tests.integration.test_swupdate_oracle import run_swupdate
 from tests.pki import Pki
 from tests.range_server import RangeServer
@@ -64,3 +66,67 @@ def test_swupdate_fetches_exactly_the_ranges_otad_plans(small: DeltaFixture, pki
     assert (int(reused.group(1)), int(downloaded.group(1))) == (as_2022.reused_bytes, as_2022.fetch_bytes)
     extra = set(as_2022.fetched()) - set(ours.fetched())
     assert set(ours.fetched()) <= set(as_2022.fetched()) and len(extra) <= 1
+
+
+def otad_install(bundle: Path, selection: str, pki: Pki, tmp_path: Path) -> None:
+    """`otad install -e SELECTION BUNDLE` as a process, without slots (as `swupdate -i`)."""
+    conf = tmp_path / "otad.conf"
+    conf.write_text(f'system = {{ state_dir = "{tmp_path / "state"}"; hardware = "rpi0w:1.0"; }};\n'
+                    f'install = {{ trust_file = "{pki.ca_pem}"; }};\ndelta = {{ min_interval_s = 0; }};\n')
+    done = subprocess.run([sys.executable, "-m", "otad", "--config", str(conf), "install", "-e", selection,
+                           str(bundle)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
+def chunks_fetched(target: zck.ChunkIndex, ranges: List[str]) -> List[int]:
+    """The chunk numbers whose bytes the Range headers asked for."""
+    starts = {target.starts[i]: i for i in range(len(target))}
+    found = []
+    for header in ranges:
+        for spec in header.split("=", 1)[1].split(","):
+            first, last = (int(x) for x in spec.split("-"))
+            i = starts[first]
+            while i < len(target) and target.starts[i] <= last:
+                found.append(i)
+                i += 1
+    return found
+
+
+def test_otad_installs_swupdates_bundle_byte_identically_fetching_the_same_chunks(
+        small: DeltaFixture, pki: Pki, tmp_path: Path) -> None:  # noqa: F811
+    """Debian swupdate and otad install the same swugenerator bundle from the same source: the
+    same bytes, and the same chunks (otad also indexes the source's last chunk, which 2022.12
+    forgets: at most that one chunk less)."""
+    swupdate_slot, otad_slot = tmp_path / "slot-swupdate", tmp_path / "slot-otad"
+    for slot in (swupdate_slot, otad_slot):
+        slot.write_bytes(b"\x5a" * small.v2.stat().st_size)
+    target = zck.parse_header(small.header_bytes).index
+    with RangeServer(small.v2_zck.read_bytes(), "starlette") as srv:
+        swupdate_bundle = delta_bundle(small, tmp_path / "a.swu", pki, srv.url, small.v1, swupdate_slot)
+        ok, log = run_swupdate(swupdate_bundle, pki.ca_pem, ["-e", "stable,delta"])
+        assert ok, log[-3000:]
+        theirs = [s.range or "" for s in srv.journal if s.status == 206]
+        srv.journal.clear()
+        otad_install(delta_bundle(small, tmp_path / "b.swu", pki, srv.url, small.v1, otad_slot), "stable,delta",
+                     pki, tmp_path)
+        ours = [s.range or "" for s in srv.journal]
+    assert otad_slot.read_bytes() == swupdate_slot.read_bytes() == small.v2.read_bytes()
+    swupdate_chunks, otad_chunks = chunks_fetched(target, theirs), chunks_fetched(target, ours)
+    assert len(set(swupdate_chunks)) == len(swupdate_chunks)  # one run of swupdate, each chunk once
+    assert set(otad_chunks) <= set(swupdate_chunks) and len(set(swupdate_chunks) - set(otad_chunks)) <= 1
+    assert sorted(otad_chunks) == plans(small)[0].fetched()
+
+
+def test_the_self_contained_bundles_full_selection_installs_by_swupdate_and_by_otad(
+        small: DeltaFixture, pki: Pki, tmp_path: Path) -> None:  # noqa: F811
+    """The body member as a raw zstd image (`stable,copy2-full`): a device without a usable source,
+    or SWUpdate (which cannot resolve `url = "dynamic"` without hawkBit), installs the same file."""
+    swupdate_slot, otad_slot = tmp_path / "slot-swupdate", tmp_path / "slot-otad"
+    for slot in (swupdate_slot, otad_slot):
+        slot.write_bytes(b"\x5a" * small.v2.stat().st_size)
+    swupdate_bundle = self_contained(small, tmp_path / "a.swu", pki, devices=(str(small.v1), str(swupdate_slot)))
+    ok, log = run_swupdate(swupdate_bundle, pki.ca_pem, ["-e", "stable,copy2-full"])
+    assert ok, log[-3000:]
+    otad_install(self_contained(small, tmp_path / "b.swu", pki, devices=(str(small.v1), str(otad_slot))),
+                 "stable,copy2-full", pki, tmp_path)
+    assert otad_slot.read_bytes() == swupdate_slot.read_bytes() == small.v2.read_bytes()

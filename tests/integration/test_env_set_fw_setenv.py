@@ -320,5 +320,5 @@ def test_missing_script_is_an_error_where_fw_setenv_quietly_rewrites_the_env(tmp
     assert fw_result.returncode == 0  # libubootenv 0.3.2 ignores the failed open
     before = env_bytes(ours)
     rc, err = otad_env_set(ours, ["-s", str(tmp_path / "missing")], capsys)
-    assert rc == 1 and "cannot read script" in err
+    assert rc == 1 and "cannot read the script" in err
     assert env_bytes(ours) == before

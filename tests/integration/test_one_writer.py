@@ -31,6 +31,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import pytest
 
+from otad.hawkbit.deployment import HEAD_BYTES
 from otad.sim.device import GOOD_MARKER, SimDevice, otad_command
 from otad.state import Phase, StateStore
 from tests.bundles import ImageSpec, sha256, signed_members, write_bundle
@@ -166,7 +167,8 @@ def start(lane: Lane, kind: str, held: bool) -> Racer:
         bundle = lane.bundles["run"]
         if held:
             size = bundle.path.stat().st_size
-            lane.fake.fault("artifact", rate_bps=int(size / FEED_S), stall_after=size - HOLD_BYTES,
+            lane.fake.fault("artifact", rate_bps=int(size / FEED_S))  # the bundle's head, then the rest stalls
+            lane.fake.fault("artifact", rate_bps=int(size / FEED_S), stall_after=size - HOLD_BYTES - HEAD_BYTES,
                             stall_s=TIMEOUT_S, release=hold)
         return Racer(kind, held, *popen(lane, args + ["run", "--once", "--no-reboot"]), hold.set, bundle)
     go = lane.marks / "go"

@@ -13,7 +13,8 @@ from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
 
-from otad.install.status import TargetStatusStore
+from otad.hawkbit.deployment import HEAD_BYTES
+from otad.install.status import TargetState, TargetStatusStore
 from otad.lock import RECORD_FILE, Holder, WriterLock
 from otad.sim.device import SimDevice, make_image, otad_command
 from tests.hawkbit_fakes import DdiFake, wait_until
@@ -69,7 +70,9 @@ def holder_at_work(sim: SimDevice) -> Holder:
 def stalled_daemon(rig: Rig) -> "subprocess.Popen[str]":
     data = rig.bundle("2.0")
     rig.fake.offer(ACTION, data, version="2.0")
-    rig.fake.fault("artifact", stall_after=int(len(data) * HOLD_AT), stall_s=60, release=threading.Event())
+    rig.fake.fault("artifact")  # the bundle's head comes first, as asked; the rest stalls
+    rig.fake.fault("artifact", stall_after=int(len(data) * HOLD_AT) - HEAD_BYTES, stall_s=60,
+                   release=threading.Event())
     return otad(rig.sim, "run", "--once", "--no-reboot")
 
 
@@ -114,7 +117,7 @@ def test_sigterm_stops_the_daemons_install_cleanly_and_it_exits_0(rig: Rig) -> N
     assert daemon.returncode == 0, err  # the init script's stop
     assert "terminated while installing slot b; slot b marked not installed" in err and "Traceback" not in err
     record = TargetStatusStore(str(rig.sim.layout.state_dir / "targets.json")).get(str(rig.sim.layout.slot_path("b")))
-    assert record is not None and (record.state, record.version) == ("interrupted", "2.0")
+    assert record is not None and (record.state, record.version) == (TargetState.INTERRUPTED, "2.0")
     assert not rig.closed(), "a stop request is not a failed install"
     assert not (rig.sim.layout.state_dir / RECORD_FILE).exists()
 
@@ -149,7 +152,7 @@ def test_a_stop_signal_mid_install_exits_130_with_one_line_and_marks_the_slot(
     problems: List[str] = [x for x in err.splitlines() if not x.startswith(("otad: INFO:", "otad: WARNING:"))]
     assert problems == [line]
     record = TargetStatusStore(str(sim.layout.state_dir / "targets.json")).get(str(sim.layout.slot_path("b")))
-    assert record is not None and record.state == "interrupted"
+    assert record is not None and record.state is TargetState.INTERRUPTED
     text, doc = status(sim)
     b = slot_doc(doc, "b")
     assert (b["state"], b["install_state"], b["installed_version"]) == ("interrupted", "interrupted", None)
@@ -158,13 +161,13 @@ def test_a_stop_signal_mid_install_exits_130_with_one_line_and_marks_the_slot(
 
 def test_an_idle_daemon_holds_no_lock_so_env_set_works_and_sigterm_exits_0(tmp_path: Path, fake: DdiFake,
                                                                             pki: Pki) -> None:
-    from otad.hawkbit.publish import read_status
+    from otad.hawkbit.publish import DaemonPhase, read_status
 
     rig = make_rig(tmp_path, fake, pki, poll_max_s=2)  # the first poll comes soon, then it sleeps
     daemon = otad(rig.sim, "run", "--no-reboot")
     try:
         status_file = str(rig.sim.layout.state_dir / "daemon.json")
-        assert wait_until(lambda: (read_status(status_file) or _starting()).phase == "idle", 30)
+        assert wait_until(lambda: (read_status(status_file) or _starting()).phase is DaemonPhase.IDLE, 30)
         done = rig.sim.otad("env", "set", "admin_note=set beside the daemon")
         assert done.returncode == 0, done.stderr
         assert rig.sim.env()["admin_note"] == "set beside the daemon"
@@ -172,10 +175,10 @@ def test_an_idle_daemon_holds_no_lock_so_env_set_works_and_sigterm_exits_0(tmp_p
         daemon.send_signal(signal.SIGTERM)
         _, err = daemon.communicate(timeout=30)
     assert daemon.returncode == 0 and "Traceback" not in err, err
-    assert read_status(status_file).phase == "stopped"  # type: ignore[union-attr]
+    assert read_status(status_file).phase is DaemonPhase.STOPPED  # type: ignore[union-attr]
 
 
 def _starting() -> Any:
-    from otad.hawkbit.publish import DaemonStatus
+    from otad.hawkbit.publish import DaemonPhase, DaemonStatus
 
-    return DaemonStatus(pid=0, phase="starting")
+    return DaemonStatus(pid=0, phase=DaemonPhase.STARTING)

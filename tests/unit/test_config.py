@@ -212,7 +212,7 @@ def test_wrong_types_and_shapes_name_file_and_line(text: str, line: int, message
     ('slots = (\n  { name = "a"; device = "/dev/x"; boot_value = "1"; },\n  { name = "b"; dev = "/dev/y"; }\n);',
      3, "slots[1].dev: unknown setting (expected one of: name, device, boot_value, selection)"),
     ("system = { };\nbootchooser = { };", 2,
-     "unknown section 'bootchooser' (expected one of: system, install, bootloader, slots, health, watchdog, hawkbit)"),
+     "unknown section 'bootchooser' (expected one of: system, install, bootloader, slots, health, watchdog, hawkbit, delta)"),
 ])
 def test_unknown_names_are_errors_naming_file_and_line(text: str, line: int, message: str) -> None:
     exc = error_of(text)
@@ -241,13 +241,28 @@ def test_install_values_now_name_their_line_too() -> None:
     assert exc.where == "otad.conf:2" and exc.what.startswith("install.signature: expected one of cms, rsa")
 
 
+@pytest.mark.parametrize("section, key, good, words", [
+    ("install", "signature", "rsa", "cms, rsa"),
+    ("install", "cert_purpose", "codeSigning", "emailProtection, codeSigning, any"),
+    ("install", "files_via", "debugfs", "auto, mount, debugfs"),
+    ("hawkbit", "auth", "none", "none, target_token, gateway_token"),
+])
+def test_a_choice_takes_one_of_its_words_and_nothing_else(section: str, key: str, good: str, words: str) -> None:
+    """The choices are Literal types; the file's word is checked against the same list."""
+    cfg = config.parse(f'{section} = {{ {key} = "{good}"; }};', source="otad.conf")
+    assert getattr(getattr(cfg, section), key) == good
+    assert error_of(f'{section} = {{\n  {key} = 3;\n}};').what == f"{section}.{key}: expected str, got 3"
+    assert error_of(f'{section} = {{\n  {key} = "x";\n}};').what.startswith(f"{section}.{key}: expected one of "
+                                                                            f"{words}, got 'x'")
+
+
 def test_syntax_errors_come_from_the_libconfig_reader_with_a_line() -> None:
     exc = error_of("bootloader = {\n  bootlimit = ;\n};")
     assert exc.where == "otad.conf:2"
 
 
 def test_unreadable_file_is_a_config_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="cannot read configuration") as info:
+    with pytest.raises(ConfigError, match="cannot read the configuration") as info:
         config.load(str(tmp_path / "missing.conf"))
     assert info.value.where == str(tmp_path / "missing.conf")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import re
+from pathlib import Path
 from typing import Dict, List, Tuple
 
 from otad import errors
@@ -50,3 +51,29 @@ def test_errors_docstring_draws_every_error_under_its_base() -> None:
     for name, cls in classes.items():
         if name != "OtadError":
             assert drawn[name] == cls.__bases__[0].__name__, f"{name} is drawn under {drawn[name]}"
+
+
+def readme_exit_table() -> Dict[int, str]:
+    """README's "Exit status" table: status → the row's text (meaning and errors)."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("### Exit status", 1)[1].split("\n### ", 1)[0]
+    rows = re.findall(r"^\| (\d+) \|(.*)\|$", section, re.MULTILINE)
+    return {int(status): text for status, text in rows}
+
+
+def test_every_error_family_has_a_deliberate_exit_status_named_in_the_readme() -> None:
+    """Each family states its status in its own class, and README's table names it in that row
+    (a status-1 family may be named in the by-step rows 3 and 5 instead)."""
+    table = readme_exit_table()
+    assert sorted(table) == [0, 1, 2, 3, 4, 5, 75, 130]
+    families = [cls for cls in vars(errors).values() if inspect.isclass(cls)
+                and cls.__bases__[0] in (errors.OtadError, KeyboardInterrupt)]
+    assert len(families) > 15
+    for cls in families:
+        assert "exit_code" in vars(cls), f"{cls.__name__} inherits its exit status instead of stating it"
+    for cls in [c for c in vars(errors).values() if inspect.isclass(c) and "exit_code" in vars(c)]:
+        if cls is errors.OtadError:
+            continue
+        rows = [table[cls.exit_code]] + ([table[3], table[5]] if cls.exit_code == errors.OTHER else [])
+        assert any(re.search(rf"\b{cls.__name__}\b", row) for row in rows), \
+            f"{cls.__name__} (exit {cls.exit_code}) is not named in README's row for it"

@@ -40,6 +40,10 @@ def test_config_is_a_leaf() -> None:
 @pytest.mark.parametrize("modules, forbidden", [
     (("otad.install.options",), ("otad.boot", "otad.hawkbit")),
     (("otad.boot.*",), ("otad.install", "otad.hawkbit", "otad.update")),
+    # delta/ sits beside swu/: zchunk data, sources, Range requests through a given opener
+    (("otad.delta.*",), ("otad.swu", "otad.install", "otad.boot", "otad.hawkbit", "otad.update")),
+    # the installer gets chunk sources through install/chunks.py, filled by update.py or the daemon
+    (("otad.install.*", "otad.install.handlers.*"), ("otad.boot", "otad.hawkbit", "otad.update")),
 ])
 def test_a_layer_loads_nothing_above_it(modules: Tuple[str, ...], forbidden: Tuple[str, ...]) -> None:
     asked, loaded = loaded_by(*modules)

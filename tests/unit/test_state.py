@@ -167,9 +167,12 @@ def test_power_cut_during_a_write_keeps_the_old_state(store: StateStore, monkeyp
 
 
 @pytest.mark.parametrize("content, message", [
-    (b"{not json", "not valid JSON"),
-    (b"\xff\xfe", "not valid JSON"),
-    (b"", "not valid JSON"),
+    (b"{not json", "not JSON"),
+    (b"\xff\xfe", "expected UTF-8, got byte 0xff at offset 0"),
+    (b"", "not JSON"),
+    (b"[" * 100000 + b"]" * 100000, "expected JSON nested at most 16 deep"),
+    (json.dumps({"a": [[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]}).encode(), "expected JSON nested at most 16 deep"),
+    (json.dumps(valid_body(armed_at=float("nan"))).encode(), "not JSON: NaN is not a JSON number"),
     (b"[]", "expected a JSON object, got list"),
     (json.dumps(valid_body(format=2)).encode(), "format: expected 1, got 2"),
     (json.dumps(valid_body(phase="confirming")).encode(), "phase: expected one of idle, .*got 'confirming'"),
@@ -198,7 +201,7 @@ def test_corrupt_state_is_an_error_naming_the_file_and_is_kept(store: StateStore
 def test_oversized_state_file_is_refused(store: StateStore) -> None:
     os.makedirs(store.state_dir)
     Path(store.path).write_bytes(b" " * (2 << 20))
-    with pytest.raises(StateError, match="expected a small JSON file"):
+    with pytest.raises(StateError, match="expected a JSON object of at most 1048576 bytes"):
         store.load()
 
 
@@ -230,18 +233,19 @@ def test_failed_write_is_a_state_error_and_keeps_the_old_state(store: StateStore
     assert StateStore(store.state_dir).load().phase is Phase.TRIAL_ARMED
 
 
-def test_reset_moves_a_corrupt_file_aside_and_starts_idle(store: StateStore) -> None:
+def test_reset_sets_a_corrupt_file_aside_and_starts_idle(store: StateStore) -> None:
     os.makedirs(store.state_dir)
     Path(store.path).write_bytes(b"garbage")
-    assert store.reset() == State()
+    assert store.set_aside_unreadable() == store.path + ".corrupt"
     assert Path(store.path + ".corrupt").read_bytes() == b"garbage"
     assert store.load() == State()
 
 
-def test_reset_of_a_valid_state_forgets_the_trial(store: StateStore) -> None:
-    arm(store)
-    store.reset()
-    assert store.load() == State()
+def test_reset_leaves_a_readable_state_as_it_is(store: StateStore) -> None:
+    armed = arm(store)
+    before = Path(store.path).read_bytes()
+    assert store.set_aside_unreadable() is None
+    assert store.load() == armed and Path(store.path).read_bytes() == before
     assert not Path(store.path + ".corrupt").exists()
 
 

@@ -15,16 +15,16 @@ import shutil
 import stat
 import tempfile
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Iterator, Optional, Tuple
+from typing import TYPE_CHECKING, BinaryIO, ContextManager, Iterator, Optional, Tuple
 
-from otad.durable import fsync_dir
+from otad.durable import fsync_dir, replacing
 from otad.errors import InstallError
 from otad.install.debugfs import Debugfs
 from otad.install.filetarget import DIR_MODE, NEW_FILE_MODE, FileTarget, file_error
 from otad.install.handlers.raw import resolve_device
 from otad.install.pipeline import FdSink, Sink
-from otad.install.scripts import Heartbeat
 from otad.install.tar import Extractor, StreamingSink
+from otad.process import Heartbeat
 from otad.swu.manifest import File
 
 if TYPE_CHECKING:  # the registry imports this module; options are only annotated here
@@ -221,49 +221,45 @@ def _write_file(dest: str, target: FileTarget) -> Iterator[Sink]:
     atomic-install replaces it), but through a temp file renamed after the sha256 check,
     except for an installed-directly file without atomic-install, which is written in place."""
     parent = os.path.dirname(dest)
-    in_place = target.streamed and not target.atomic
     try:
         if target.create_destination:
             os.makedirs(parent, mode=DIR_MODE, exist_ok=True)
         old = os.stat(dest) if os.path.lexists(dest) else None
-        if old is not None and not stat.S_ISREG(old.st_mode):
-            raise file_error(target.entry, f"path {target.dest} exists and is not a regular file")
-        if in_place or target.atomic:
-            temp = dest if in_place else dest + ".tmp"
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, NEW_FILE_MODE)
-        else:
-            fd, temp = tempfile.mkstemp(prefix=f".{os.path.basename(dest)}.", suffix=".otad", dir=parent)
-    except FileNotFoundError:
+    except OSError as exc:
+        raise InstallError(f"cannot create {parent}: {exc.strerror}", target.description) from exc
+    if old is not None and not stat.S_ISREG(old.st_mode):
+        raise file_error(target.entry, f"path {target.dest} exists and is not a regular file")
+    keep_owner = old is not None and not target.atomic
+    try:
+        with _new_content(dest, target, stat.S_IMODE(old.st_mode) if keep_owner and old else NEW_FILE_MODE) as f:
+            yield FdSink(f.fileno(), _free_bytes(parent) + (old.st_size if old is not None else 0))
+            if keep_owner and old is not None:
+                os.fchown(f.fileno(), old.st_uid, old.st_gid)
+    except FileNotFoundError as exc:
+        if os.path.isdir(parent):
+            raise InstallError(f"writing failed: {exc.strerror}", target.description) from exc
         raise file_error(target.entry, f"directory {posixpath.dirname(target.dest)} does not exist (set "
                                        "properties.create-destination = \"true\" to create it)") from None
     except OSError as exc:
-        raise InstallError(f"cannot create {dest}: {exc.strerror}", target.description) from exc
-    try:
-        yield FdSink(fd, _free_bytes(parent) + (old.st_size if old is not None else 0))
-        if old is not None and not target.atomic:
-            os.fchown(fd, old.st_uid, old.st_gid)
-            os.fchmod(fd, stat.S_IMODE(old.st_mode))
-        else:
-            os.fchmod(fd, NEW_FILE_MODE)
+        raise InstallError(f"writing failed: {exc.strerror}", target.description) from exc
+
+
+def _new_content(dest: str, target: FileTarget, mode: int) -> ContextManager[BinaryIO]:
+    """Where the member goes: a temp file renamed over `dest` (`dest.tmp` with atomic-install, as
+    SWUpdate names it), or `dest` itself for an installed-directly file without atomic-install."""
+    if target.streamed and not target.atomic:
+        return _in_place(dest, mode)
+    return replacing(dest, mode, temp=dest + ".tmp" if target.atomic else None)
+
+
+@contextmanager
+def _in_place(dest: str, mode: int) -> Iterator[BinaryIO]:
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, NEW_FILE_MODE)
+    with os.fdopen(fd, "wb") as f:
+        yield f
+        os.fchmod(fd, mode)
         os.fsync(fd)
-        if temp != dest:
-            os.replace(temp, dest)
-        fsync_dir(parent)
-    except BaseException as exc:
-        if temp != dest:
-            _unlink_quietly(temp)
-        if isinstance(exc, OSError):
-            raise InstallError(f"writing failed: {exc.strerror}", target.description) from exc
-        raise
-    finally:
-        os.close(fd)
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
+    fsync_dir(os.path.dirname(dest))
 
 
 class ArchiveHandler(FilesHandler):

@@ -77,6 +77,7 @@ class RawSink:
         self._fd = fd
         self.capacity: Optional[int] = capacity
         self.written = 0  # by this sink (a resumed one starts past the earlier bytes)
+        self.skipped = 0  # bytes moved past without writing: the target held them already
         self._sync_every = sync_every
         self._unsynced = 0
 
@@ -89,6 +90,11 @@ class RawSink:
             self._unsynced += done
         if self._unsynced >= self._sync_every:
             self.sync()
+
+    def skip(self, n: int) -> None:
+        """Move past `n` bytes the target already holds (a delta's chunk in place): not written."""
+        os.lseek(self._fd, n, os.SEEK_CUR)
+        self.skipped += n
 
     def sync(self) -> None:
         os.fdatasync(self._fd)
@@ -104,6 +110,9 @@ class CountingSink:
 
     def write(self, data: bytes) -> None:
         self.written += len(data)
+
+    def skip(self, n: int) -> None:
+        pass
 
     def sync(self) -> None:
         pass

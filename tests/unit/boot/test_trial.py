@@ -522,7 +522,7 @@ def test_confirm_with_a_corrupt_state_file_is_a_state_error_and_touches_nothing(
     rig.arm()
     Path(rig.store().path).write_text("{")
     before = rig.files()
-    with pytest.raises(StateError, match="state.json: not valid JSON"):
+    with pytest.raises(StateError, match="state.json: not JSON"):
         rig.confirm(A)
     assert rig.files() == before
 

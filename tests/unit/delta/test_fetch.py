@@ -19,7 +19,7 @@ from otad.delta.fetch import MULTIPART, SEQUENTIAL, SINGLE, FetchPolicy, RangeFe
 from otad.delta.plan import Plan
 from otad.delta.srcindex import NOT_FOUND, SourceMatch
 from otad.errors import ArtifactChanged, RangeFetchError
-from otad.hawkbit.policy import Backoff, ResumePolicy
+from otad.retry import Backoff, ResumePolicy
 from tests.delta_fixtures import DeltaFixture
 from tests.range_server import DIALECTS, Misbehave, RangeServer
 from tests.delta_fixtures import client_for, ddi_opener
@@ -218,3 +218,22 @@ def test_nothing_to_fetch_sends_nothing(plan: Plan, small: DeltaFixture) -> None
 def test_max_ranges_is_bounded_by_starlettes_limit() -> None:
     with pytest.raises(ValueError, match="max_ranges: expected 1..100"):
         FetchPolicy(max_ranges=150)
+
+
+def test_a_single_range_whose_chunk_arrives_in_pieces_is_read_in_one_request(plan: Plan, small: DeltaFixture) -> None:
+    data = small.v2_zck.read_bytes()
+    big = max(plan.fetched(), key=lambda i: plan.target.comp_lengths[i])
+    chunk = plan.target[big]
+    assert chunk.comp_length > 20_000
+    one = [(ByteRangeOf(chunk),)]
+    with RangeServer(data, "starlette", rate_bps=1_000_000) as srv:  # 20 kB a piece: many socket reads
+        f = fetcher(srv, len(data))
+        got = list(f.fetch(plan.target, one))
+    assert [n for n, _ in got] == [big] and len(got[0][1]) == chunk.comp_length
+    assert srv.requests == 1 and f.stats.retries == 0
+
+
+def ByteRangeOf(chunk: zck.Chunk) -> "ByteRange":  # noqa: N802 - reads like the type it builds
+    from otad.delta.plan import ByteRange
+
+    return ByteRange(chunk.start, chunk.end, chunk.number, chunk.number)

@@ -21,8 +21,8 @@ from otad import config as otad_config
 from otad.hawkbit.agent import Agent, AgentOptions
 from otad.hawkbit.download import ResumableDownload
 from otad.hawkbit.outbox import Outbox
-from otad.hawkbit.publish import StatusPublisher
-from otad.install.status import TargetStatusStore
+from otad.hawkbit.publish import DaemonPhase, StatusPublisher
+from otad.install.status import TargetState, TargetStatusStore
 from otad.sim.device import SimDevice, make_image
 from otad.state import Phase, State, StateStore
 from tests.bundles import ImageSpec, sha256, signed_members, write_bundle
@@ -187,7 +187,7 @@ def test_full_cycle_reports_success_only_after_the_new_slot_booted_and_was_confi
     assert progress and progress[-1] == {"cnt": 100, "of": 100}
     assert "rebooting" in details(sent[-1]) and "slot b" in details(sent[-1])
     assert all(len(f.body["status"].get("details", [])) <= 10 for f in sent)
-    assert rig.fake.count("artifact") == 1
+    assert rig.fake.downloads() == 1
 
     boot = rig.sim.boot()
     assert boot.slot_name == "b" and not boot.fell_back
@@ -200,7 +200,7 @@ def test_full_cycle_reports_success_only_after_the_new_slot_booted_and_was_confi
                                                     "hw_revision": "1.0"}
     for _ in range(3):
         assert rig.run() == 0
-    assert len(rig.closed()) == 1 and rig.fake.count("artifact") == 1
+    assert len(rig.closed()) == 1 and rig.fake.downloads() == 1
     assert {"time", "timestamp"} <= set(closed[0].body)  # today's clock is plausible
 
 
@@ -216,7 +216,7 @@ def test_broken_image_falls_back_and_is_reported_once_as_a_failure_and_never_rei
     assert "sw_version" not in rig.fake.config_data_log[-1]["data"]  # slot a was not installed by otad
     for _ in range(3):
         rig.run()
-    assert len(rig.closed()) == 1 and rig.fake.count("artifact") == 1
+    assert len(rig.closed()) == 1 and rig.fake.downloads() == 1
 
     # A server that offers it again (goosebit after force_update reuses the id) gets the old
     # verdict once, and nothing is downloaded or armed.
@@ -226,7 +226,7 @@ def test_broken_image_falls_back_and_is_reported_once_as_a_failure_and_never_rei
         rig.run()
     again = rig.closed()
     assert len(again) == 2 and again[1].finished == "failure" and "not installed again" in details(again[1])
-    assert rig.fake.count("artifact") == 1 and rig.env_bytes() == env
+    assert rig.fake.downloads() == 1 and rig.env_bytes() == env
 
 
 @pytest.mark.parametrize("how", ["server_hash", "untrusted_signer", "artifact_404", "artifact_410"])
@@ -259,13 +259,13 @@ def test_a_failed_install_is_reported_with_its_reason_and_leaves_the_env_alone(
     assert "install failed" in reason and expected in reason, reason
     assert rig.env_bytes() == env and rig.state().phase is Phase.IDLE
     if how == "server_hash":
-        assert rig.slot_record("b").state == "failed"  # the written slot does not count as installed
-    artifact_requests = rig.fake.count("artifact")
+        assert rig.slot_record("b").state is TargetState.FAILED  # the written slot does not count as installed
+    artifact_requests = rig.fake.downloads()
     assert artifact_requests <= 1
     rig.fake.actions[ACTION].state = "open"  # offered again: not downloaded again
     for _ in range(2):
         rig.run()
-    assert rig.fake.count("artifact") == artifact_requests and rig.env_bytes() == env
+    assert rig.fake.downloads() == artifact_requests and rig.env_bytes() == env
 
 
 def test_unsupported_deployment_fails_the_action(rig: Rig) -> None:
@@ -285,7 +285,7 @@ def test_already_running_version_is_success_without_flashing(rig: Rig) -> None:
     rig.run()
     closed = rig.closed("9")
     assert len(closed) == 1 and closed[0].finished == "success" and "already installed" in details(closed[0])
-    assert rig.fake.count("artifact") == 1 and rig.env_bytes() == env
+    assert rig.fake.downloads() == 1 and rig.env_bytes() == env
 
 
 # --------------------------------------------------------------------------- skip, windows, cancel
@@ -302,7 +302,7 @@ def test_download_only_reports_downloaded_and_never_arms(rig: Rig) -> None:
     assert rig.state().phase is Phase.IDLE and rig.fake.actions[ACTION].state == "closed"
     for _ in range(2):
         rig.run()
-    assert rig.env_bytes() == env and rig.fake.count("artifact") == 1
+    assert rig.env_bytes() == env and rig.fake.downloads() == 1
 
 
 def test_closed_maintenance_window_defers_the_install_not_the_download(rig: Rig) -> None:
@@ -324,7 +324,7 @@ def test_closed_maintenance_window_defers_the_install_not_the_download(rig: Rig)
     action.c += 1
     agent.cycle()
     assert armed(rig.env()) and rig.state().phase is Phase.TRIAL_ARMED
-    assert rig.fake.count("artifact") == 1  # not downloaded again
+    assert rig.fake.downloads() == 1  # not downloaded again
     rig.sim.boot()
     rig.run()
     assert [f.finished for f in rig.closed()] == ["success"]
@@ -338,16 +338,16 @@ def test_a_restart_while_waiting_for_the_window_arms_later_without_downloading_a
     action.update, action.window = "attempt", "available"
     action.c += 1
     rig.run()
-    assert armed(rig.env()) and rig.fake.count("artifact") == 1
+    assert armed(rig.env()) and rig.fake.downloads() == 1
 
 
 def test_cancel_during_the_download_stops_it_and_is_confirmed(rig: Rig) -> None:
     env = rig.env_bytes()
     rig.fake.offer(ACTION, rig.bundle("2.0"), version="2.0")
-    rig.fake.fault("artifact", rate_bps=250_000)  # ~4 s for the bundle
+    rig.fake.fault("artifact", rate_bps=250_000, times=None)  # ~4 s for the bundle (its head, then the rest)
 
     def cancel_once_downloading() -> None:
-        if wait_until(lambda: rig.fake.count("artifact") > 0, 10):
+        if wait_until(lambda: rig.fake.downloads() > 0, 10):
             rig.fake.cancel(ACTION)
 
     canceller = threading.Thread(target=cancel_once_downloading)
@@ -362,7 +362,7 @@ def test_cancel_during_the_download_stops_it_and_is_confirmed(rig: Rig) -> None:
     assert rig.env_bytes() == env and rig.state().phase is Phase.IDLE
     assert not image_in_slot(rig, "b", "2.0")
     rig.run()
-    assert rig.env_bytes() == env and rig.fake.count("artifact") == 1
+    assert rig.env_bytes() == env and rig.fake.downloads() == 1
 
 
 def test_cancel_while_waiting_for_the_window_drops_the_unarmed_install(rig: Rig) -> None:
@@ -516,7 +516,7 @@ def test_connection_drops_mid_download_resume_with_range(rig: Rig, monkeypatch: 
         assert rig.run() == 0
         assert proxy.connections == 3 and proxy.bytes_down <= 1.2 * len(data)
     ranges = [r.headers.get("Range") for r in rig.fake.requests if r.endpoint == "artifact"]
-    assert ranges[0] is None and all(r and r.startswith("bytes=") for r in ranges[1:])
+    assert ranges[0] == "bytes=0-16383" and all(r and r.startswith("bytes=") for r in ranges[1:])
     assert armed(rig.env()) and image_in_slot(rig, "b", "2.0", size=2 << 20)
     assert not rig.closed()
 
@@ -656,7 +656,7 @@ def test_a_poll_while_another_otad_writes_skips_the_install_and_tells_the_server
     with WriterLock(str(rig.sim.layout.state_dir)).acquire("installing into slot b", slot="b",
                                                             command="otad install other.swu"):
         assert rig.run() == 0
-        assert not rig.feedback() and rig.fake.count("artifact") == 0
+        assert not rig.feedback() and rig.fake.downloads() == 0
         assert rig.env_bytes() == env and rig.state().phase is Phase.IDLE and rig.sim.read_slot("b", 16) == bytes(16)
         assert rig.fake.actions[ACTION].state == "open"
     assert "(otad install other.swu) is installing into slot b since" in caplog.text
@@ -699,12 +699,12 @@ def test_otad_status_shows_what_the_daemon_does(rig: Rig, capsys: pytest.Capture
     rc, out, _ = run_cli(["--config", config, "status"], capsys)
     assert rc == 0 and "daemon:  not started" in out
     publisher = StatusPublisher(str(rig.sim.layout.state_dir / "daemon.json"))
-    publisher.publish(phase="downloading", action_id="8", version="2.0", bytes_done=3 << 20, bytes_total=6 << 20,
-                      server="http://hawkbit")
+    publisher.publish(phase=DaemonPhase.DOWNLOADING, action_id="8", version="2.0", bytes_done=3 << 20,
+                      bytes_total=6 << 20, server="http://hawkbit")
     rc, out, _ = run_cli(["--config", config, "status"], capsys)
     line = next(x for x in out.splitlines() if x.startswith("daemon:"))
     assert "downloading" in line and "action 8" in line and "3.0 MiB of 6.0 MiB (50%)" in line
-    publisher.publish(phase="backoff", last_error="HTTP 503", next_poll_in_s=30)
+    publisher.publish(phase=DaemonPhase.BACKOFF, last_error="HTTP 503", next_poll_in_s=30)
     rc, out, _ = run_cli(["--config", config, "status", "--json"], capsys)
     doc = json.loads(out)
     assert doc["daemon"]["phase"] == "backoff" and doc["daemon"]["last_error"] == "HTTP 503"

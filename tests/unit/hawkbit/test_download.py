@@ -13,7 +13,7 @@ import pytest
 from otad.errors import Cancelled, DownloadInterrupted, HashMismatch, RestartRequired, SizeMismatch
 from otad.hawkbit.ddi import Artifact, AuthError, DdiClient, Gone, HawkbitSettings, NotFound
 from otad.hawkbit.download import ResumableDownload
-from otad.hawkbit.policy import Backoff, ResumePolicy
+from otad.retry import Backoff, ResumePolicy
 from tests.hawkbit_fakes import ConnPlan, DdiFake, FaultProxy
 
 DATA = os.urandom(3 << 20)  # 3 MiB: several 1 MiB chunks
@@ -393,3 +393,28 @@ def test_no_snapshot_when_only_md5_is_announced(fake: DdiFake, client: DdiClient
     dl = ResumableDownload(client, art, sleep=Sleeps(), rng=random.Random(1))
     dl.read(1000)
     assert dl.snapshot() is None
+
+
+# --- asking for the head first ------------------------------------------------------------------
+
+def test_the_head_comes_first_then_the_rest_in_one_request_once_the_reader_says_so(fake: DdiFake,
+                                                                                 client: DdiClient) -> None:
+    art = offered(fake, client)
+    dl = ResumableDownload(client, art, head_bytes=16 << 10, sleep=Sleeps())
+    head = dl.read(16 << 10)
+    dl.upto(None)  # a plain bundle: read to its end
+    rest = b"".join(iter(lambda: dl.read(1 << 20), b""))
+    assert head + rest == DATA and dl.verified
+    assert artifact_requests(fake) == ["bytes=0-16383", "bytes=16384-"]
+
+
+def test_the_reader_bounds_what_is_asked_for_and_a_longer_read_asks_for_more(fake: DdiFake, client: DdiClient) -> None:
+    art = offered(fake, client)
+    dl = ResumableDownload(client, art, head_bytes=16 << 10, sleep=Sleeps())
+    assert dl.read(20_000) == DATA[:20_000]  # past the head, nothing said: 4 times as much asked for
+    dl.upto(100_000)  # the reader will stop before byte 100000 (a delta's chunk data follows)
+    assert dl.read(70_000) == DATA[20_000:90_000]
+    dl.close()
+    assert artifact_requests(fake) == ["bytes=0-16383", "bytes=16384-81919", "bytes=81920-99999"]
+    served = sum(int(r.split("-")[1]) + 1 - int(r[6:].split("-")[0]) for r in artifact_requests(fake) if r)
+    assert served == 100_000  # not a byte past what the reader said

@@ -58,15 +58,23 @@ def test_a_checkpoint_for_something_else_does_not_match(why: str, change) -> Non
     b"", b"{", b"\xff\xfe", b"[]", b'{"action_id": 7}',
     json.dumps({"action_id": "7"}).encode(),
 ])
-def test_an_unreadable_journal_is_removed_and_the_download_starts_over(tmp_path: Path, content: bytes,
-                                                                      caplog: pytest.LogCaptureFixture) -> None:
+def test_an_unreadable_journal_is_set_aside_and_the_download_starts_over(tmp_path: Path, content: bytes,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
     (tmp_path / "resume.json").write_bytes(content)
     assert DownloadJournal(str(tmp_path)).load() is None
     assert not (tmp_path / "resume.json").exists()
-    assert "download journal unusable, removed" in caplog.text
+    assert (tmp_path / "resume.json.corrupt").read_bytes() == content
+    assert "resume.json unreadable, moved to" in caplog.text
+
+
+def test_otad_status_only_looks_at_an_unreadable_journal(tmp_path: Path) -> None:
+    (tmp_path / "resume.json").write_bytes(b"[" * 5000)
+    assert DownloadJournal(str(tmp_path)).load(remove_unusable=False) is None
+    assert (tmp_path / "resume.json").read_bytes() == b"[" * 5000
 
 
 def test_a_hash_state_of_the_wrong_size_is_unusable(tmp_path: Path) -> None:
     journal = DownloadJournal(str(tmp_path))
     journal.save(replace(checkpoint(), hash_state=os.urandom(20)))
     assert journal.load() is None and not (tmp_path / "resume.json").exists()
+    assert (tmp_path / "resume.json.corrupt").exists()

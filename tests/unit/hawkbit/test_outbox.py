@@ -10,7 +10,7 @@ from typing import Any, List, Optional, Sequence
 
 import pytest
 
-from otad.errors import StateError
+from otad.errors import StateCorrupt, StateError
 from otad.hawkbit.ddi import (AuthError, Conflict, Gone, NotFound, QuotaExceeded, Rejected, ServerError,
                               ServerUnavailable)
 from otad.hawkbit.outbox import Outbox, PendingFeedback
@@ -246,7 +246,7 @@ def test_a_put_while_its_entry_is_being_sent_keeps_the_newer_one(path: str) -> N
 ])
 def test_a_corrupt_file_is_a_state_error_naming_it_and_is_kept(path: str, content: bytes) -> None:
     Path(path).write_bytes(content)
-    with pytest.raises(StateError, match="unreadable feedback queue") as info:
+    with pytest.raises(StateCorrupt, match="`otad state reset` sets it aside and the queue starts empty") as info:
         Outbox(path)
     assert info.value.where == path
     assert Path(path).read_bytes() == content

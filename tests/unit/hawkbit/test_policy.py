@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from otad.errors import ConfigError
 from otad.hawkbit.ddi import MalformedResponse
-from otad.hawkbit.policy import Backoff, PollPolicy, ResumePolicy, parse_sleep, retry_after
+from otad.hawkbit.policy import PollPolicy, parse_sleep, retry_after
+from otad.retry import Backoff, ResumePolicy
 
 NOW = 1_800_000_000.0
 

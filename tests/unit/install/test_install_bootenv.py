@@ -123,7 +123,8 @@ def test_bootenv_without_a_fw_env_config_is_refused_before_the_first_byte(tmp_pa
     plain.fw_env_config.unlink()
     refused_before_writing(plain, capsys, env_bundle(tmp_path, pki, SET_AND_DELETE),
                            "bootenv: the bundle sets boot env variables (kernel, old, gone, args) and no U-Boot "
-                           f"env is usable here: {plain.fw_env_config}: cannot read: No such file or directory")
+                           f"env is usable here: {plain.fw_env_config}: cannot read fw_env.config: No such file or "
+                           "directory")
 
 
 def test_bootenv_with_no_valid_env_copy_is_refused_before_the_first_byte(tmp_path, pki, plain, capsys) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from otad.install.handlers.ext4 import parse_superblock
+from otad.superblock import parse_superblock
 from otad.errors import REFUSED, WRITE_FAILED
 from tests.bundles import gz
 from tests.conftest import Device, run_cli

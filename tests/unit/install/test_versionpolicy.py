@@ -133,7 +133,7 @@ def test_malformed_sw_versions_is_a_config_error_naming_the_line(text, line, fra
 def test_missing_sw_versions_means_nothing_installed(tmp_path: Path) -> None:
     assert read_sw_versions(str(tmp_path / "nope")) == {}
     (tmp_path / "bin").write_bytes(b"rootfs \xff\n")
-    with pytest.raises(ConfigError, match="not UTF-8"):
+    with pytest.raises(ConfigError, match="as UTF-8 text, got byte 0xff"):
         read_sw_versions(str(tmp_path / "bin"))
 
 

@@ -82,7 +82,7 @@ BAD = {
     "key file: unknown line": (GOOD, lambda t, p: ["-K", _key_file(t, "key=" + "00" * 32 + "\npassword=x\n")],
                                ["bad.key:2:", "got a line starting 'password'"]),
     "key file: missing": (GOOD, lambda t, p: ["-K", str(t / "none.key")],
-                          ["none.key: cannot read AES key file: No such file or directory"]),
+                          ["none.key: cannot read the AES key file: No such file or directory"]),
     "filename with a slash": (template(image("sub/rootfs.img")), lambda t, p: [],
                               ["sw-description.in:5:", "expected a flat file name"]),
     "filename sw-description": (template(image("sw-description")), lambda t, p: [],

@@ -183,7 +183,7 @@ def test_malformed_key_file_names_file_and_line_but_never_the_key(case) -> None:
 
 
 def test_key_file_that_cannot_be_read_or_is_binary_is_a_config_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="cannot read AES key file"):
+    with pytest.raises(ConfigError, match="cannot read the AES key file"):
         load_key_file(str(tmp_path / "missing.key"))
     (tmp_path / "bin.key").write_bytes(b"\xff\xfe" * 40)
     with pytest.raises(ConfigError, match=r"bin.key: AES key file: expected ASCII text"):
