@@ -1,38 +1,38 @@
-"""The delta benchmark of `scripts/bench --delta`: what a device downloads, and what it costs, to go
+"""The delta benchmark of `scripts/bench --delta`: what a device downloads, writes and spends to go
 from v1 to v2 of issue 12's fixture (tests/delta_fixtures.py) — otad's bundles next to Debian
 swupdate 2022.12 on the same bundle, in the same run.
 
-Every bundle is built by `otad mkswu`: `compatible` and `fine` self-contained bundles for otad,
-and the url-layout bundle of each profile for swupdate (the compatible one is swugenerator's
-byte for byte: tests/integration/test_mkdelta_oracle.py). Chunks are served by the loopback Range
-server in goosebit's dialect (tests/range_server.py). A row's bytes are what crosses the wire: the
-bundle up to where its chunk data begins (the head: sw-description, signature, zck header), plus
-every HTTP body byte of the chunk requests (multipart framing included).
+Every bundle is built by `otad mkswu --delta PROFILE --delta-layout url` from the same v2 (the
+compatible .zck is swugenerator's byte for byte: tests/integration/test_mkdelta_oracle.py); its
+chunk file is served by the loopback Range server in goosebit's dialect (tests/range_server.py).
 
-The device side: `install_delta` runs one install into a target file and is measured from
-outside (CPU, peak RSS, wall; bytes and requests from the client; `cmp` of the target). Until
-`otad install` installs delta bundles it runs tests/delta_device.py, stage 1's otad.delta
-functions put together as a device would; swap `install_delta` for `otad install` then.
-Measuring needs scripts/bench's `measure` (GNU time + wait4): scripts/bench passes it in.
+The device side is the shipped code path: `otad install BUNDLE` in its own process on a
+file-backed A/B device (tests/delta_fixtures.py's delta_device: slot a running, slot b the
+target, a U-Boot env, otad.conf with the shipped delta defaults), measured from outside: CPU and
+peak RSS by scripts/bench's `measure` (GNU time + wait4), bytes, requests and their rate from the
+Range server's journal, `cmp` of slot b against v2, and — in a second, traced run of the same
+case — the bytes written into slot b (strace of every write to it). A row's bytes are the head
+(the bundle file `otad install` reads: sw-description, signature, zck header) plus every HTTP body
+byte of the chunk requests (multipart framing included).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
+import shutil
 import subprocess
-import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from otad.delta import libzck, srcindex, zck
 from otad.delta.plan import Plan
 from tests import delta_fixtures
-from tests.delta_fixtures import DeltaFixture
-from tests.range_server import Misbehave, RangeServer
+from tests.delta_fixtures import DeltaDevice, DeltaFixture, ab_delta_template, cache_index, delta_device, source_zck
+from tests.range_server import Misbehave, RangeServer, Served
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON_SAMPLE = 32 << 20  # the pure-Python chunker reads this much of the source (5 MB/s)
@@ -45,6 +45,8 @@ SWUPDATE_OK = "SWUPDATE successful"
 MISBEHAVING = (Misbehave(ignore_range=True), Misbehave(dialect="hawkbit-old"), Misbehave(drop_after=100_000))
 MISBEHAVING_LABEL = ("otad, `compatible`, cached index, misbehaving server (200 to the first request, "
                      "old-hawkBit multipart, one dropped connection)")
+WRITES = ("write", "pwrite64", "writev", "pwritev", "pwritev2")
+WARM_IMPORTS = "import otad.cli, otad.update, otad.install.delta, otad.delta.libzck, otad.httpget, requests"
 
 Measure = Callable[..., Any]  # scripts/bench's measure(args, env=, timeout=, marker=, scratch=) -> Measured
 
@@ -56,14 +58,15 @@ class Row:
     label: str
     downloaded: int
     requests: Optional[int] = None
-    cpu_s: Optional[float] = None  # the whole process
-    work_cpu_s: Optional[float] = None  # the install itself, after start-up and imports
-    index_cpu_s: Optional[float] = None
+    cpu_s: Optional[float] = None  # the whole process (GNU time + wait4)
     rss_kB: Optional[int] = None
     wall_s: Optional[float] = None
     ok: Optional[bool] = None
     detail: str = ""
     head: int = 0
+    per_s: Optional[int] = None  # the most requests the server saw within one second
+    written: Optional[int] = None  # bytes written into the target slot (strace, a second run)
+    in_place: Optional[int] = None  # bytes otad says it found in place and did not write
 
 
 @dataclass
@@ -76,7 +79,6 @@ class SpecResult:
     rows: Dict[str, Row] = field(default_factory=dict)
     sweep: List[Dict[str, Any]] = field(default_factory=list)
     speeds: Dict[str, float] = field(default_factory=dict)
-    plan_rss_kB: Dict[str, int] = field(default_factory=dict)
     builds: Dict[str, Tuple[float, float]] = field(default_factory=dict)  # profile -> (CPU s, bundle bytes)
     notes: List[str] = field(default_factory=list)
 
@@ -157,33 +159,91 @@ def same(a: Path, b: Path) -> bool:
     return subprocess.run(["cmp", "-s", str(a), str(b)]).returncode == 0
 
 
-def install_delta(env: Env, label: str, bundle: Path, served: RangeServer, source: Path, mode: str,
-                  cached: Optional[Path] = None, faults: Sequence[Misbehave] = ()) -> Row:
-    """The device: v2 from `bundle` into a fresh target, `source` as the booted slot. Stage 1's
-    functions (tests/delta_device.py) until `otad install` takes delta bundles. With `faults`,
+@dataclass(frozen=True)
+class Holds:
+    """What the device holds before a row's install: slot a (running) and slot b (the target)."""
+
+    source: Path
+    source_zck: Optional[Path] = None  # the .zck whose header is slot a's cached index
+    target: Optional[Path] = None  # None: slot b filled with 0x5a
+    target_zck: Optional[Path] = None
+    delta: str = ""  # otad.conf's delta section: the shipped defaults unless a row says
+
+
+def device(env: Env, holds: Holds) -> DeltaDevice:
+    """A fresh file-backed A/B device in the scratch directory, holding what `holds` says."""
+    root = env.scratch / "device"
+    shutil.rmtree(root, ignore_errors=True)
+    dev = delta_device(root, replace(env.fx, v1=holds.source), SimpleNamespace(ca_pem=env.pki[0]),
+                       delta=holds.delta, slot_b=holds.target)
+    for slot, zck_file in (("mmcblk0p2", holds.source_zck), ("mmcblk0p3", holds.target_zck)):
+        if zck_file is not None:
+            cache_index(dev, slot, zck_file)
+    return dev
+
+
+def per_second(served: Sequence[Served]) -> int:
+    """The most requests that began within any one second."""
+    times = sorted(s.at for s in served)
+    return max((sum(1 for u in times[i:] if u < t + 1.0) for i, t in enumerate(times)), default=0)
+
+
+def install_delta(env: Env, label: str, bundle: Path, served: RangeServer, holds: Holds,
+                  faults: Sequence[Misbehave] = (), count_writes: bool = False) -> Row:
+    """`otad install BUNDLE` on a device holding `holds`, measured from outside. With `faults`,
     the server misbehaves on the first requests, and the bytes are what it sent (a cut or
-    unwanted body counts as far as it went)."""
-    target = env.scratch / "target.img"
-    fresh_target(target, env.fx.v2.stat().st_size)
-    args = [sys.executable, "-m", "tests.delta_device", str(bundle), served.url, str(source), str(target), mode]
-    args += [str(cached)] if cached else []
+    unwanted body counts as far as it went). `count_writes`: a second run of the same case under
+    strace counts the bytes written into slot b."""
+    dev = device(env, holds)
     before = len(served.journal)
     served.script = list(faults)
-    m = env.measure(args, env=dict(os.environ, PYTHONPATH=str(REPO)), scratch=env.scratch)
+    m = env.measure([str(env.otad), "--config", str(dev.config), "install", str(bundle)], scratch=env.scratch)
+    sent = served.journal[before:]
+    said = re.findall(r"reused [^\n]*", m.output)
+    summary = said[-1] if said else ""
+    ok = m.rc == 0 and same(dev.slot("mmcblk0p3"), env.fx.v2) and served.script == [] \
+        and (bool(faults) or "fell back" not in summary)
     if m.rc != 0:
         return Row(label, 0, ok=False, detail=f"failed: {m.output[-500:]}")
-    r = json.loads(m.output.strip().splitlines()[-1])
-    served_bytes = sum(s.body_bytes for s in served.journal[before:])
-    if faults:
-        ok = same(target, env.fx.v2) and served_bytes >= r["body_bytes"] and served.script == []
-    else:
-        ok = same(target, env.fx.v2) and r["fallbacks"] == [] and served_bytes == r["body_bytes"]
-    detail = (f"{r['fetched_chunks']:,} of {r['chunks']:,} chunks fetched ({r['fetch_bytes']:,} B of chunk data), "
-              f"{r['reused_bytes'] / 1e6:.1f} MB reused")
-    if r["fallbacks"]:
-        detail += "; fell back: " + "; ".join(r["fallbacks"]) + f"; ended in {r['mode']} mode"
-    return Row(label, r["head"] + (served_bytes if faults else r["body_bytes"]), r["requests"], m.user + m.sys,
-               r["work_cpu_s"], r["index_cpu_s"], m.maxrss_kb, m.wall, ok, detail, head=r["head"])
+    in_place = re.search(r"; ([\d.]+) (MB|kB) already in place, not written", summary)
+    row = Row(label, bundle.stat().st_size + sum(s.body_bytes for s in sent), len(sent), m.user + m.sys,
+              m.maxrss_kb, m.wall, ok, f"otad: {summary}", head=bundle.stat().st_size, per_s=per_second(sent),
+              in_place=round(float(in_place.group(1)) * (1e6 if in_place.group(2) == "MB" else 1e3)) if in_place else 0)
+    if count_writes:
+        row.written = written(env, bundle, holds)
+    return row
+
+
+def written(env: Env, bundle: Path, holds: Holds) -> int:
+    """Bytes `otad install` writes into slot b (every write syscall to it, traced), on a fresh device
+    holding `holds` (the chunks come from the same server)."""
+    dev = device(env, holds)
+    trace = env.scratch / "strace.out"
+    done = subprocess.run(["strace", "-f", "-qq", "-y", "-s", "0", "-e", "signal=none", "-e",
+                           "trace=" + ",".join(WRITES), "-o", str(trace), str(env.otad), "--config", str(dev.config),
+                           "install", str(bundle)], capture_output=True, text=True)
+    if done.returncode != 0 or not same(dev.slot("mmcblk0p3"), env.fx.v2):
+        raise RuntimeError(f"the traced otad install failed: {done.stderr[-1000:]}")
+    return target_writes(trace.read_text(), os.path.realpath(dev.slot("mmcblk0p3")))
+
+
+def target_writes(trace: str, path: str) -> int:
+    """Sum of the results of write calls to `path` in `strace -f -y` output (split calls joined)."""
+    call = re.compile(r"^(\d+ +)?(" + "|".join(WRITES) + r")\((\d+)<([^>]*)>")
+    result = re.compile(r"\) += (\d+)")
+    pending: Dict[str, bool] = {}  # pid -> its unfinished write is to `path`
+    total = 0
+    for line in trace.splitlines():
+        started = call.match(line)
+        pid = (started.group(1) or "").strip() if started else line.split(" ", 1)[0]
+        if started and line.endswith("<unfinished ...>"):
+            pending[pid] = started.group(4) == path
+            continue
+        to_target = started.group(4) == path if started else ("resumed>" in line and pending.pop(pid, False))
+        done = result.search(line)
+        if to_target and done:
+            total += int(done.group(1))
+    return total
 
 
 def swupdate(env: Env, label: str, bundle: Path, served: RangeServer, target: Path) -> Row:
@@ -206,22 +266,8 @@ def swupdate(env: Env, label: str, bundle: Path, served: RangeServer, target: Pa
     totals = dict(re.findall(r"Total bytes to be (reused|downloaded)\s*:\s*(\d+)", m.output))
     detail = (f"{sum(s.ranges for s in served_now)} range(s); its log: {int(totals.get('downloaded', 0)):,} B of "
               f"chunk data to download, {int(totals.get('reused', 0)) / 1e6:.1f} MB reused")
-    return Row(label, head + body, len(served_now), m.user + m.sys, None, None, m.maxrss_kb, m.wall, ok, detail,
+    return Row(label, head + body, len(served_now), m.user + m.sys, m.maxrss_kb, m.wall, ok, detail,
                head=head)
-
-
-def plan_rss(env: Env, header_file: Path, mode: str, cached: Optional[Path]) -> int:
-    """Peak RSS of a process that parses the target header, indexes the source and plans (no fetch)."""
-    child = (
-        "import sys\nfrom tests.delta_device import match, _vm_hwm\nfrom otad.delta import zck\n"
-        "from otad.delta.plan import Plan\n"
-        "with open(sys.argv[1], 'rb') as f:\n    lead = zck.parse_lead(f.read(64)); f.seek(0)\n"
-        "    header = zck.parse_header(f.read(lead.total_length), exact=False)\n"
-        "Plan(header.index, match(header, sys.argv[2], sys.argv[3], sys.argv[4] or None)).requests(50)\n"
-        "print(_vm_hwm())\n")
-    out = subprocess.run([sys.executable, "-c", child, str(header_file), str(env.fx.v1), mode, str(cached or "")],
-                         capture_output=True, text=True, check=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
-    return int(out.stdout.strip())
 
 
 def write_zck(image: Path, out: Path, chunk_bytes: Optional[int]) -> float:
@@ -254,52 +300,62 @@ def run(spec: str, work: Path, scratch: Path, measure: Measure, pki: Tuple[Path,
     res.image_bytes = size
     packages, _mib, copies = delta_fixtures.SPECS[spec]
     res.files = len(delta_fixtures.package_files(packages)) * copies
-    res.zstd9 = len(subprocess.run(["zstd", "-9", "-c", str(fx.v2)], capture_output=True, check=True).stdout)
+    res.zstd9 = zstd9_size(fx.v2, work / "v2.zstd9.size")
     full, _ = mkswu(env, "full", FULL.format(target=scratch / "target.img"))
     res.full_bundle = full.stat().st_size
     res.rows["zstd9"] = Row("full image, `zstd -9` (the design notes' reference)", res.zstd9, 1)
     res.rows["full"] = Row("full bundle, `otad mkswu` (zstd -3, 4 MiB frames)", res.full_bundle, 1)
 
-    # Source indexes: v1's own compatible header is what otad keeps for the slot after installing v1.
-    v1_zck, v2_zck = work / "v1.compatible.zck", fx.v2_zck
-    write_zck(fx.v1, v1_zck, None)
+    # v1's compatible header is what otad keeps as slot a's index after installing v1 there.
+    v1_zck, v2_zck = source_zck(fx), fx.v2_zck
+    measure([str(otad.parent / "python"), "-c", WARM_IMPORTS])  # their .pyc, as an installed otad has them
     fine = f"fine:{default_kib}"
-    bundles: Dict[str, Path] = {}
-    for profile in ("compatible", fine):
-        log(f"{spec}: otad mkswu --delta {profile}")
-        bundles[profile], cpu = mkswu(env, profile.replace(":", ""), template(scratch / "target.img", fx.v1),
-                                      "--delta", profile)
-        res.builds[profile] = (cpu, bundles[profile].stat().st_size)
-    runs = [("compatible-cached", "compatible", fx.v1, "cached", v1_zck),
-            ("compatible-libzck", "compatible", fx.v1, "libzck", None),
-            ("fine", fine, fx.v1, "fine", None),
-            ("identical-compatible", "compatible", fx.v2, "cached", v2_zck),
-            ("identical-fine", fine, fx.v2, "fine", None)]
+    device_rows = [("compatible-cached", "compatible", Holds(fx.v1, v1_zck), True),
+                   ("compatible-libzck", "compatible", Holds(fx.v1), False),
+                   ("compatible-python", "compatible", Holds(fx.v1, delta="libzck = false; python_index = true;"),
+                    False),
+                   ("fine", fine, Holds(fx.v1), False),
+                   ("identical-compatible", "compatible", Holds(fx.v2, v2_zck), False),
+                   ("identical-fine", fine, Holds(fx.v2), False),
+                   ("inplace-v1", "compatible", Holds(fx.v1, v1_zck, fx.v1, v1_zck), True),
+                   ("inplace-v2", "compatible", Holds(fx.v1, v1_zck, fx.v2, v2_zck), True)]
+    if spec != "f1":  # the pure-Python chunker: ~3.5 CPU minutes per GiB; its speed is measured on f1
+        device_rows = [r for r in device_rows if r[0] != "compatible-python"]
     labels = {"compatible-cached": "otad, `compatible`, cached source index",
               "compatible-libzck": "otad, `compatible`, source chunked by libzck",
+              "compatible-python": "otad, `compatible`, source chunked by the pure-Python chunker (libzck off)",
               "fine": f"otad, `fine` {default_kib} KiB, source scanned at every 4 KiB",
               "identical-compatible": "identical image: otad, `compatible`, cached index",
-              "identical-fine": f"identical image: otad, `fine` {default_kib} KiB"}
-    for key, profile, source, mode, cached in runs:
-        with RangeServer(bundles[profile].read_bytes(), "starlette") as srv:
-            log(f"{spec}: device run {key}")
-            res.rows[key] = install_delta(env, labels[key], bundles[profile], srv, source, mode, cached)
-    with RangeServer(bundles["compatible"].read_bytes(), "starlette") as srv:
-        log(f"{spec}: device run against a misbehaving server")
-        res.rows["misbehaving"] = install_delta(env, MISBEHAVING_LABEL, bundles["compatible"], srv, fx.v1, "cached",
-                                                v1_zck, MISBEHAVING)
-    if swupdate_runs:
-        for profile in ("compatible", fine):
-            with RangeServer(b"", "starlette") as srv:
-                bundle, _ = mkswu(env, "url-" + profile.replace(":", ""),
-                                  template(scratch / "slot-b", fx.v1, srv.url, pad=True),
-                                  "--delta", profile, "--delta-layout", "url")
-                srv.data = (bundle.parent / "file").read_bytes()
+              "identical-fine": f"identical image: otad, `fine` {default_kib} KiB",
+              "inplace-v1": "otad, `compatible`, cached index; slot b holds v1 (and its index): write avoidance",
+              "inplace-v2": "otad, `compatible`, cached index; slot b already holds v2 (and its index)"}
+    for profile in ("compatible", fine):
+        name = profile.replace(":", "")
+        with RangeServer(b"", "starlette") as srv:
+            log(f"{spec}: otad mkswu --delta {profile} --delta-layout url (otad's bundle and swupdate's)")
+            ours, cpu = mkswu(env, name, ab_delta_template(f'url = "{srv.url}";'), "--delta", profile,
+                              "--delta-layout", "url")
+            theirs, _ = mkswu(env, "swupdate-" + name, template(scratch / "slot-b", fx.v1, srv.url, pad=True),
+                              "--delta", profile, "--delta-layout", "url")
+            srv.data = (ours.parent / "file").read_bytes()
+            if srv.data != (theirs.parent / "file").read_bytes():
+                raise RuntimeError(f"otad mkswu --delta {profile} wrote two different .zck files of v2")
+            res.builds[profile] = (cpu, ours.stat().st_size + len(srv.data))
+            for key, row_profile, holds, count_writes in device_rows:
+                if row_profile == profile:
+                    log(f"{spec}: otad install, {key}")
+                    res.rows[key] = install_delta(env, labels[key], ours, srv, holds, count_writes=count_writes)
+            if profile == "compatible":
+                log(f"{spec}: otad install against a misbehaving server")
+                res.rows["misbehaving"] = install_delta(env, MISBEHAVING_LABEL, ours, srv, Holds(fx.v1, v1_zck),
+                                                        MISBEHAVING)
+            shutil.rmtree(env.scratch / "device", ignore_errors=True)
+            if swupdate_runs:
                 log(f"{spec}: swupdate 2022.12 on the {profile} bundle")
                 key = "swupdate-" + ("compatible" if profile == "compatible" else "fine")
                 res.rows[key] = swupdate(env, f"Debian swupdate 2022.12, `{profile}` bundle (max-ranges "
-                                              f"{SWUPDATE_MAX_RANGES})", bundle, srv, scratch / "slot-b")
-            (scratch / "slot-b").unlink()
+                                              f"{SWUPDATE_MAX_RANGES})", theirs, srv, scratch / "slot-b")
+                (scratch / "slot-b").unlink()
     log(f"{spec}: fine chunk sizes {', '.join(map(str, fine_kib))} KiB")
     for kib in fine_kib:
         out = work / f"v2.fine{kib}.zck"
@@ -316,11 +372,6 @@ def run(spec: str, work: Path, scratch: Path, measure: Measure, pki: Tuple[Path,
                           "requests_50": len(plan.requests(50)), "write_cpu_s": cpu,
                           "scan_s_per_GiB": scan / size * 2**30})
     speeds(env, res)
-    log(f"{spec}: planning RSS")
-    fine_zck = work / f"v2.fine{default_kib}.zck"
-    write_zck(fx.v2, fine_zck, default_kib << 10)
-    for mode, header_file, cached in (("cached", v2_zck, v1_zck), ("libzck", v2_zck, None), ("fine", fine_zck, None)):
-        res.plan_rss_kB[mode] = plan_rss(env, header_file, mode, cached)
     if xdelta:
         xd = work / "v1-v2.xdelta"
         if not xd.exists():
@@ -332,6 +383,8 @@ def run(spec: str, work: Path, scratch: Path, measure: Measure, pki: Tuple[Path,
 
 
 def speeds(env: Env, res: SpecResult) -> None:
+    """Indexing speeds of the library calls in this process, and per-GiB CPU of the measured installs:
+    a source index's cost from outside is the install's CPU less that of the cached-index install."""
     fx, size = env.fx, env.fx.v1.stat().st_size
     if libzck.available():
         with open(fx.v1, "rb") as f:
@@ -343,13 +396,27 @@ def speeds(env: Env, res: SpecResult) -> None:
         start = time.process_time()
         srcindex.chunk_source(f, sample, use_libzck=False)
         res.speeds["python_MBps"] = sample / (time.process_time() - start) / 1e6
-    for key in ("compatible-cached", "fine"):
+    cached = res.rows.get("compatible-cached")
+    for key in ("compatible-cached", "compatible-libzck", "compatible-python", "fine"):
         row = res.rows.get(key)
-        if row and row.cpu_s is not None and row.work_cpu_s is not None:
-            res.speeds[f"{key}_s_per_GiB"] = row.work_cpu_s / size * 2**30
-            res.speeds[f"{key}_process_s_per_GiB"] = row.cpu_s / size * 2**30
-            if key == "fine" and row.index_cpu_s is not None:
-                res.speeds["fine_scan_s_per_GiB"] = row.index_cpu_s / size * 2**30
+        if row is None or row.cpu_s is None or not row.ok:
+            continue
+        res.speeds[f"{key}_s_per_GiB"] = row.cpu_s / size * 2**30
+        if key in ("compatible-libzck", "compatible-python") and cached and cached.cpu_s is not None:
+            res.speeds[f"{key}_index_MBps"] = size / max(row.cpu_s - cached.cpu_s, 1e-3) / 1e6
+
+
+def zstd9_size(image: Path, kept: Path) -> int:
+    """Bytes of `zstd -9` of `image` (kept beside the fixture: minutes on 1 GiB)."""
+    if kept.exists() and kept.stat().st_mtime >= image.stat().st_mtime:
+        return int(kept.read_text())
+    zstd = subprocess.Popen(["zstd", "-9", "-T1", "-q", "-c", str(image)], stdout=subprocess.PIPE)
+    assert zstd.stdout is not None
+    size = sum(len(piece) for piece in iter(lambda: zstd.stdout.read(1 << 20), b""))  # type: ignore[union-attr]
+    if zstd.wait() != 0:
+        raise RuntimeError(f"zstd -9 {image} failed")
+    kept.write_text(str(size))
+    return size
 
 
 # ---------------------------------------------------------------------------- the report
@@ -361,8 +428,11 @@ GOAL_RSS_MB = 40.0
 GOAL_RSS_SPREAD_MB = 4.0  # the 1 GiB variant within this of the small one
 GOAL_CACHED_S_PER_GIB = 4.0
 GOAL_MULTIPART_REQUESTS = 4
-ROW_ORDER = ("zstd9", "full", "swupdate-compatible", "compatible-cached", "compatible-libzck", "misbehaving",
-             "swupdate-fine", "fine", "identical-compatible", "identical-fine", "xdelta3")
+GOAL_PER_S = 10
+ROW_ORDER = ("zstd9", "full", "swupdate-compatible", "compatible-cached", "compatible-libzck", "compatible-python",
+             "misbehaving", "swupdate-fine", "fine", "identical-compatible", "identical-fine", "inplace-v1",
+             "inplace-v2", "xdelta3")
+OTAD_ROWS = tuple(k for k in ROW_ORDER if k not in ("zstd9", "full", "xdelta3") and not k.startswith("swupdate"))
 
 
 def _mb(kb: Optional[int]) -> str:
@@ -380,18 +450,19 @@ def _verdict(ok: Optional[bool]) -> str:
 def fixture_table(r: SpecResult) -> List[str]:
     mib = r.image_bytes >> 20
     lines = [f"#### {r.spec}: {mib} MiB ext4, {r.files:,} files", "",
-             "| way | bytes downloaded (head + chunk requests) | % of zstd -9 full | requests | CPU s | peak RSS MB | "
-             "wall s | image ok | detail |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| way | bytes downloaded (head + chunk requests) | % of zstd -9 full | requests (most in 1 s) | CPU s | "
+             "peak RSS MB | wall s | written to slot b MB | image ok | detail |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for key in ROW_ORDER:
         row = r.rows.get(key)
         if row is None:
             continue
         parts = f" ({row.head:,} + {row.downloaded - row.head:,})" if row.head else ""
         ok = "–" if row.ok is None else ("yes" if row.ok else "**NO**")
+        reqs = _opt(row.requests, "{}") + (f" ({row.per_s})" if row.per_s is not None else "")
         lines.append(f"| {row.label} | {row.downloaded:,}{parts} | {100 * row.downloaded / r.zstd9:.1f} | "
-                     f"{_opt(row.requests, '{}')} | {_opt(row.cpu_s)} | {_mb(row.rss_kB)} | {_opt(row.wall_s)} | {ok} | "
-                     f"{row.detail} |")
+                     f"{reqs} | {_opt(row.cpu_s)} | {_mb(row.rss_kB)} | {_opt(row.wall_s)} | "
+                     f"{_opt(None if row.written is None else row.written / 1e6, '{:.1f}')} | {ok} | {row.detail} |")
     return lines + [""]
 
 
@@ -400,23 +471,30 @@ def section(results: Sequence[SpecResult], meta: Dict[str, str], begin: str, end
     L = [begin, "## Delta updates (`scripts/bench --delta`)", "",
          f"Generated by `scripts/bench --delta` on {meta['started']} (took {meta['duration']}) with {meta['otad']}, "
          f"{meta['python']}, {meta['swupdate']}, {meta['zchunk']}; the rest of this file is untouched by `--delta`. "
+         f"Load average before/after: {meta.get('load', '–')}. "
          f"Fixtures (tests/delta_fixtures.py, built with `mke2fs -d` at a fixed UUID, hash seed and time): the files of "
          "17 installed Debian packages in an ext4 image (`f1`: 96 MiB; `f1-1g`: 1 GiB holding the tree ten times); "
          "v1 → v2 is issue 12's minor update: 15 `.py` files edited, one library rebuilt (a byte changed every "
          "32 KiB), a 512 KiB tool added to /usr/bin (sorted before /usr/lib, so half the blocks move), /etc/version "
-         "changed. Every bundle is built by `otad mkswu` from the same v2 (`--delta compatible` is swugenerator's "
-         "bundle byte for byte, tests/integration/test_mkdelta_oracle.py) and served by the loopback Range server in "
-         "goosebit's dialect (Starlette: multipart, 200 above 100 ranges). MB = 10^6 bytes.", "",
-         "**The otad rows are not yet `otad install`**: until the device side lands, the bench's device process "
-         "(tests/delta_device.py) does what a delta install does with stage 1's `otad.delta` functions: it reads the "
-         "self-contained .swu up to its chunk data (the *head*: sw-description, signature, zck header), indexes the "
-         "source slot (v1), plans, fetches the missing chunks from the .swu's own URL through otad's DDI client "
-         "(≤ 50 ranges a request), checks and decodes them and writes v2 into a target file in order (reused chunks "
-         "pread from v1 and re-hashed), then fsyncs; `image ok` is `cmp` of the target against v2. Bytes are the head "
-         "plus every HTTP body byte of the chunk requests (multipart framing included). For swupdate: the bundle up "
-         "to its padding member (an unreferenced 8 MiB member against 2022.12's IPC race, not counted) plus the "
-         "Range bodies it received; CPU and peak RSS as in the install tables above (wait4 rusage, GNU time %M). "
-         "*cached source index*: the zck header of v1, which otad keeps per slot after installing v1.", ""]
+         "changed. Every bundle is built by `otad mkswu --delta PROFILE --delta-layout url` from the same v2 "
+         "(`compatible` is swugenerator's .zck byte for byte, tests/integration/test_mkdelta_oracle.py); otad's and "
+         "swupdate's bundles of a profile differ only in sw-description (device paths) and share one .zck, served by "
+         "the loopback Range server in goosebit's dialect (Starlette: multipart, 200 above 100 ranges). "
+         "MB = 10^6 bytes.", "",
+         "**The otad rows are `otad install BUNDLE`**, the shipped code path in its own process (planning, the "
+         "source index — slot a's cached one, or chunked by libzck or the pure-Python chunker —, Range requests "
+         "through otad's opener, write avoidance, fsync, the install record and the armed trial) on a file-backed "
+         "A/B device (tests/delta_fixtures.py `delta_device`: slot a runs the source, slot b is the target, otad.conf "
+         "with the shipped `delta` defaults: 50 ranges a request, ≥ 0.1 s between requests, libzck on). Measured "
+         "from outside: CPU (user + sys) and peak RSS by GNU time and wait4, bytes and requests from the server's "
+         "journal (the head is the bundle file otad reads, the rest every HTTP body byte of the chunk requests, "
+         "multipart framing included), `image ok` is `cmp` of slot b against v2, and *written to slot b* is the sum "
+         "of every write call into slot b in a second run of the same case under `strace -f -y`. *cached source "
+         "index*: slot a's install record and the zck header of v1, which otad keeps for a slot it installed. "
+         "For swupdate: the bundle up to its padding member (an unreferenced 8 MiB member against 2022.12's IPC "
+         "race, not counted) plus the Range bodies it received.", ""]
+    if meta.get("shared"):
+        L += [meta["shared"], ""]
     for r in results:
         L += fixture_table(r)
     specs = [r.spec for r in results]
@@ -437,36 +515,38 @@ def section(results: Sequence[SpecResult], meta: Dict[str, str], begin: str, end
                 f"{w['header']:,} + {w['fetch']:,} = {w['total']:,} ({100 * w['total'] / r.zstd9:.1f} %)",
                 f"{w['zck'] / 1e6:.1f}", str(w["requests_50"]), f"{w['scan_s_per_GiB']:.1f} s/GiB"]
         L.append(f"| {kib} | " + " | ".join(cells) + " |")
-    L += ["", "### CPU and memory", "",
+    L += ["", "### CPU", "",
           "| measure | " + " | ".join(specs) + " |", "| --- |" + " --- |" * len(specs)]
 
     def line(label: str, fn: Callable[[SpecResult], str]) -> None:
         L.append(f"| {label} | " + " | ".join(fn(r) for r in results) + " |")
 
-    line("index the source, libzck via ctypes (CPU)",
+    line("index the source, libzck via ctypes: `otad install` less the cached-index install",
+         lambda r: _opt(r.speeds.get("compatible-libzck_index_MBps"), "{:.0f} MB/s")
+         + _per_gib(r.speeds.get("compatible-libzck_index_MBps")))
+    line("index the source, pure-Python chunker: `otad install` less the cached-index install",
+         lambda r: _opt(r.speeds.get("compatible-python_index_MBps"), "{:.1f} MB/s")
+         + _per_gib(r.speeds.get("compatible-python_index_MBps")))
+    line("index the source, libzck via ctypes (the library call alone, in the bench process)",
          lambda r: _opt(r.speeds.get("libzck_MBps"), "{:.0f} MB/s") + _per_gib(r.speeds.get("libzck_MBps")))
-    line(f"index the source, pure-Python chunker (CPU, first {PYTHON_SAMPLE >> 20} MiB)",
+    line(f"index the source, pure-Python chunker (the library call alone, first {PYTHON_SAMPLE >> 20} MiB)",
          lambda r: _opt(r.speeds.get("python_MBps"), "{:.1f} MB/s") + _per_gib(r.speeds.get("python_MBps")))
-    line("`fine`: scan the source at every 4 KiB (CPU)", lambda r: _opt(r.speeds.get("fine_scan_s_per_GiB"), "{:.1f} s/GiB"))
-    for key, what in (("compatible-cached", "`compatible` with a cached index"), ("fine", "`fine`")):
-        line(f"install, {what}: CPU per GiB of image (the whole process incl. start-up)",
-             lambda r, k=key: _opt(r.speeds.get(f"{k}_s_per_GiB"), "{:.2f} s/GiB") + " ("
-             + _opt(r.speeds.get(f"{k}_process_s_per_GiB"), "{:.2f}") + ")")
-    for mode, what in (("cached", "cached index"), ("libzck", "libzck index"), ("fine", "fine scan")):
-        line(f"peak RSS, parse header + {what} + plan (no fetch)", lambda r, m=mode: _mb(r.plan_rss_kB.get(m)) + " MB")
+    for key, what in (("compatible-cached", "`compatible`, cached index"), ("compatible-libzck", "`compatible`, libzck"),
+                      ("fine", "`fine`")):
+        line(f"`otad install`, {what}: CPU per GiB of image (the whole process, start-up included)",
+             lambda r, k=key: _opt(r.speeds.get(f"{k}_s_per_GiB"), "{:.2f} s/GiB"))
     for profile in ("compatible", "fine"):
-        line(f"`otad mkswu --delta {profile}` build: CPU s, bundle MB",
+        line(f"`otad mkswu --delta {profile}` build: CPU s, bundle + .zck MB",
              lambda r, p=profile: next((f"{c:.1f} s, {b / 1e6:.1f} MB" for k, (c, b) in r.builds.items()
                                         if k.startswith(p)), "–"))
     L += ["", "### Delta goals (issue 12)", "", "| goal | measured | result |", "| --- | --- | --- |"]
     L += goals(by)
     L += ["", "The misbehaving-server row counts what the server sent, a cut or unwanted body as far as it went "
           "(on loopback the kernel's socket buffers take more of an unwanted 200 than a slow link would); the other "
-          "otad rows count what the client read, which there equals what the server sent. More fault cases: "
-          "tests/unit/delta/test_fetch.py. Not measured here: requests per second (the fetcher paces itself at "
-          "≥ 0.1 s between requests, `FetchPolicy.min_interval_s`), the Pi Zero. x86 figures are ratios: the Pi's "
+          "otad rows count the same (the server's journal). More fault cases: tests/unit/delta/test_fetch.py, "
+          "tests/integration/test_delta_install.py. Not measured here: the Pi Zero; x86 figures are ratios: the Pi's "
           "ARMv6 has no SHA-256 or NEON fast paths.", ""]
-    notes = [n for r in results for n in r.notes]
+    notes = [n for r in results for n in r.notes] + [n for n in meta.get("notes", "").split("\n") if n]
     L += [f"- {n}" for n in notes] + ([""] if notes else [])
     return L + [end, ""]
 
@@ -494,40 +574,70 @@ def goals(by: Dict[str, SpecResult]) -> List[str]:
                 extra = row.downloaded - row.head
                 L.append(f"| {r.spec}: {row.label} ≤ head + 1 KiB | head {row.head:,} + {extra:,} in "
                          f"{row.requests} requests | {_verdict(extra <= GOAL_IDENTICAL_SLACK and bool(row.ok))} |")
-        devices = [row for row in r.rows.values() if row.rss_kB is not None and not row.label.startswith("Debian")]
+        devices = [r.rows[k] for k in OTAD_ROWS if k in r.rows and r.rows[k].rss_kB is not None]
         if devices:
             worst = max(devices, key=lambda row: row.rss_kB or 0)
+            best = min(devices, key=lambda row: row.rss_kB or 0)
             mb = (worst.rss_kB or 0) * 1024 / 1e6
-            L.append(f"| {r.spec}: peak RSS ≤ {GOAL_RSS_MB:.0f} MB (device process, every otad row) | "
-                     f"{mb:.1f} MB ({worst.label}) | {_verdict(mb <= GOAL_RSS_MB)} |")
-        bad, bundle = r.rows.get("misbehaving"), r.builds.get("compatible", (0.0, 0))[1]
-        if bad and bundle:
-            L.append(f"| {r.spec}: a misbehaving server costs bytes, never the install, never more than the whole "
-                     f"bundle | {bad.downloaded:,} B in {bad.requests} requests (bundle {bundle:,}), image "
-                     f"{'ok' if bad.ok else 'NOT ok'} | {_verdict(bool(bad.ok) and bad.downloaded <= bundle)} |")
+            L.append(f"| {r.spec}: peak RSS ≤ {GOAL_RSS_MB:.0f} MB (`otad install`, every otad row) | "
+                     f"{mb:.1f} MB ({worst.label}); least {_mb(best.rss_kB)} MB | {_verdict(mb <= GOAL_RSS_MB)} |")
+        busy = [r.rows[k] for k in OTAD_ROWS if k in r.rows and r.rows[k].per_s is not None]
+        if busy:
+            worst = max(busy, key=lambda row: row.per_s or 0)
+            L.append(f"| {r.spec}: ≤ {GOAL_PER_S} requests per second (every otad row, the server's clock) | "
+                     f"{worst.per_s} ({worst.label}) | {_verdict((worst.per_s or 0) <= GOAL_PER_S)} |")
+        bad, whole = r.rows.get("misbehaving"), r.builds.get("compatible", (0.0, 0))[1]
+        if bad and whole:
+            L.append(f"| {r.spec}: a misbehaving server costs bytes, never the install, never more than the bundle "
+                     f"and its whole .zck | {bad.downloaded:,} B in {bad.requests} requests (bundle + .zck {whole:,}), "
+                     f"image {'ok' if bad.ok else 'NOT ok'} | {_verdict(bool(bad.ok) and bad.downloaded <= whole)} |")
+        L += write_goals(r)
         cached = r.speeds.get("compatible-cached_s_per_GiB")
         if cached is not None:
-            L.append(f"| {r.spec}: CPU with a cached index ≤ {GOAL_CACHED_S_PER_GIB:.0f} s/GiB | {cached:.2f} s/GiB "
-                     f"(the install after start-up: header, plan, fetch, check, decode, write) | "
-                     f"{_verdict(cached <= GOAL_CACHED_S_PER_GIB)} |")
+            note = "" if r.image_bytes >= 2**30 else " (a fixed ~0.5 s of Python start-up, imports and signature " \
+                "check is most of it on an image this small: see the 1 GiB row and the growth row)"
+            L.append(f"| {r.spec}: CPU with a cached index ≤ {GOAL_CACHED_S_PER_GIB:.0f} s/GiB (whole `otad install` "
+                     f"process){note} | {cached:.2f} s/GiB | {_verdict(cached <= GOAL_CACHED_S_PER_GIB)} |")
     if "f1" in by:
         for key in ("compatible-cached", "fine"):
             row = by["f1"].rows.get(key)
             if row and row.requests is not None:
                 L.append(f"| f1: ≤ {GOAL_MULTIPART_REQUESTS} requests in multipart mode ({row.label}) | {row.requests} "
-                         f"| {_verdict(row.requests <= GOAL_MULTIPART_REQUESTS)} |")
+                         f"| {_verdict(row.requests <= GOAL_MULTIPART_REQUESTS and 'fell back' not in row.detail)} |")
     if "f1" in by and "f1-1g" in by:
         small, big = by["f1"], by["f1-1g"]
-        for key in ("compatible-cached", "fine"):
+        a, b = small.rows.get("compatible-cached"), big.rows.get("compatible-cached")
+        if a and b and a.cpu_s is not None and b.cpu_s is not None:
+            growth = (b.cpu_s - a.cpu_s) / ((big.image_bytes - small.image_bytes) / 2**30)
+            L.append(f"| CPU with a cached index ≤ {GOAL_CACHED_S_PER_GIB:.0f} s/GiB, growth from f1 to f1-1g (start-up "
+                     f"cancels) | {a.cpu_s:.2f} → {b.cpu_s:.2f} s: {growth:.2f} s/GiB | "
+                     f"{_verdict(growth <= GOAL_CACHED_S_PER_GIB)} |")
+        for key in ("compatible-cached", "compatible-libzck", "fine"):
             a, b = small.rows.get(key), big.rows.get(key)
             if a and b and a.rss_kB and b.rss_kB:
                 spread = (b.rss_kB - a.rss_kB) * 1024 / 1e6
                 L.append(f"| f1-1g within {GOAL_RSS_SPREAD_MB:.0f} MB of f1, peak RSS ({a.label}) | "
                          f"{_mb(a.rss_kB)} → {_mb(b.rss_kB)} MB ({spread:+.1f}) | {_verdict(spread <= GOAL_RSS_SPREAD_MB)} |")
-        for mode in ("cached", "libzck", "fine"):
-            a, b = small.plan_rss_kB.get(mode), big.plan_rss_kB.get(mode)
-            if a and b:
-                spread = (b - a) * 1024 / 1e6
-                L.append(f"| f1-1g within {GOAL_RSS_SPREAD_MB:.0f} MB of f1, planning RSS ({mode}) | {_mb(a)} → "
-                         f"{_mb(b)} MB ({spread:+.1f}) | {_verdict(spread <= GOAL_RSS_SPREAD_MB)} |")
+    return L
+
+
+def write_goals(r: SpecResult) -> List[str]:
+    """Write avoidance: what slot b was spared, as strace counted it, against what otad says it skipped."""
+    fresh = r.rows.get("compatible-cached")
+    L = []
+    for key in ("inplace-v1", "inplace-v2"):
+        row = r.rows.get(key)
+        if not (row and fresh and row.written is not None and fresh.written is not None):
+            continue
+        spared = fresh.written - row.written
+        agrees = row.in_place is not None and abs(spared - row.in_place) <= max(0.01 * r.image_bytes, 100_000)
+        if key == "inplace-v2":
+            ok = row.written <= 0.01 * r.image_bytes and agrees
+            goal = "the image slot b already holds is not written again (≤ 1 % of it written)"
+        else:
+            ok = row.written < fresh.written and agrees
+            goal = "chunks slot b already holds at their offset are not written"
+        L.append(f"| {r.spec}: {goal}, measured | {row.written / 1e6:.1f} MB written vs {fresh.written / 1e6:.1f} MB "
+                 f"into a slot of 0x5a: {spared / 1e6:.1f} MB spared ({100 * spared / r.image_bytes:.0f} % of the "
+                 f"image; otad says {(row.in_place or 0) / 1e6:.1f} MB in place) | {_verdict(ok and bool(row.ok))} |")
     return L

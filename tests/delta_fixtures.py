@@ -279,17 +279,17 @@ class DeltaDevice:
         (self.root / "cmdline").write_text(f"console=ttyS0 root=/dev/mmcblk0p{rootpart} otad.rootpart={rootpart}\n")
 
 
-def delta_device(root: Path, fixture: DeltaFixture, pki: object, *, extra: str = "",
-                 slot_bytes: int = 0) -> DeltaDevice:
-    """A device whose slot a runs v1; slot b is filled with 0x5a; `extra` is more otad.conf."""
+def delta_device(root: Path, fixture: DeltaFixture, pki: object, *, extra: str = "", slot_bytes: int = 0,
+                 delta: str = "min_interval_s = 0;", slot_b: Optional[Path] = None) -> DeltaDevice:
+    """A device whose slot a runs v1; slot b holds `slot_b` (default: filled with 0x5a); `delta` is
+    otad.conf's delta section, `extra` more otad.conf. The slots are copied in 1 MiB pieces (1 GiB
+    fixtures) and synced, so no write of the setup is left for the install to flush."""
     from otad.boot.envimage import build_image
 
     size = slot_bytes or fixture.v2.stat().st_size
     (root / "dev").mkdir(parents=True)
-    with open(root / "dev" / "mmcblk0p2", "wb") as f:
-        f.write(fixture.v1.read_bytes())
-        f.truncate(size)
-    (root / "dev" / "mmcblk0p3").write_bytes(b"\x5a" * size)
+    _fill(root / "dev" / "mmcblk0p2", size, fixture.v1)
+    _fill(root / "dev" / "mmcblk0p3", size, slot_b)
     (root / "uboot.env").write_bytes(build_image(DEFAULT_ENV, ENV_SIZE))
     (root / "fw_env.config").write_text(f"{root / 'uboot.env'} 0x0 0x{ENV_SIZE:x}\n")
     (root / "cmdline").write_text("console=ttyS0 root=/dev/mmcblk0p2 otad.rootpart=2 rootwait\n")
@@ -302,10 +302,54 @@ bootloader = {{ fw_env_config = "{root / 'fw_env.config'}"; lock_file = "{root /
                cmdline = "{root / 'cmdline'}"; mountinfo = ""; }};
 slots = ( {{ name = "a"; device = "/dev/mmcblk0p2"; boot_value = "2"; selection = "stable,copy1"; }},
           {{ name = "b"; device = "/dev/mmcblk0p3"; boot_value = "3"; selection = "stable,copy2"; }} );
-delta = {{ min_interval_s = 0; }};
+delta = {{ {delta} }};
 {extra}
-""")
+""")  # noqa: E501
     return DeltaDevice(root, config)
+
+
+def _fill(slot: Path, size: int, image: Optional[Path]) -> None:
+    """`size` bytes: `image`, then zeros (None: 0x5a throughout)."""
+    piece = b"\x5a" * (1 << 20)
+    with open(slot, "wb") as out:
+        if image is None:
+            for at in range(0, size, len(piece)):
+                out.write(piece[:size - at])
+        else:
+            with open(image, "rb") as f:
+                shutil.copyfileobj(f, out, 1 << 20)
+            out.truncate(size)
+        out.flush()
+        os.fsync(out.fileno())
+
+
+def source_zck(fixture: DeltaFixture) -> Path:
+    """`zck -u -h sha256` of v1, built once beside the fixture: v1's header is what otad keeps for a
+    slot it installed v1 into."""
+    v1_zck = fixture.dir / "v1.ext4.zck"
+    if not v1_zck.exists():
+        zck(fixture.v1, v1_zck.with_name(v1_zck.name + ".tmp"))
+        os.replace(v1_zck.with_name(v1_zck.name + ".tmp"), v1_zck)
+    return v1_zck
+
+
+def cache_index(dev: DeltaDevice, slot: str, zck_file: Path, version: str = "1.0.0") -> None:
+    """Slot `slot` (mmcblk0p2 or p3) as otad leaves it after installing the image of `zck_file`
+    there: its install record and its cached index (the .zck's header)."""
+    from otad.delta import slotindex
+    from otad.delta import zck as zckfmt
+    from otad.install.delta import _stamp
+    from otad.install.status import INSTALLED, TargetStatusStore
+
+    with open(zck_file, "rb") as f:
+        length = zckfmt.parse_lead(f.read(100)).total_length
+        f.seek(0)
+        header = f.read(length)
+    path = str(dev.slot(slot))
+    records = TargetStatusStore(str(dev.state / "targets.json"))
+    records.mark(path, INSTALLED, version=version, sha256=hashlib.sha256(header).hexdigest())
+    slotindex.stage(str(dev.state), path, header)
+    slotindex.commit(str(dev.state), path, _stamp(records.get(path)), zckfmt.parse_header(header).index.image_length)
 
 
 def ab_delta_template(properties: str, *, version: str = "2.0.0", image: str = "rootfs.ext4",

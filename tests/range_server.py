@@ -51,6 +51,7 @@ class Served:
     body_bytes: int  # bytes actually sent
     ranges: int  # ranges asked for
     headers: Dict[str, str] = field(default_factory=dict)
+    at: float = field(default_factory=time.monotonic)  # when the answer began
 
 
 class RangeServer:

@@ -25,12 +25,10 @@ from typing import Dict, List, Optional
 
 import pytest
 
-from otad.delta import slotindex, zck
-from otad.install.delta import _stamp
-from otad.install.status import INSTALLED, TargetStatusStore
 from tests import delta_fixtures
 from tests.bundles import signed_members, write_bundle
-from tests.delta_fixtures import DeltaDevice, DeltaFixture, ab_delta_template, delta_device, small  # noqa: F401
+from tests.delta_fixtures import (DeltaDevice, DeltaFixture, ab_delta_template, cache_index, delta_device, small,  # noqa: F401
+                                  source_zck)
 from tests.pki import Pki, make_pki
 from tests.range_server import RangeServer
 
@@ -79,21 +77,6 @@ def bundle_for(fixture: DeltaFixture, pki: Pki, url: str, work: Path) -> Path:
                         [("rootfs.ext4", fixture.header_bytes)])
 
 
-def cache_source_index(dev: DeltaDevice, fixture: DeltaFixture) -> None:
-    """Slot a as otad leaves it after installing v1 there: its record and its cached index."""
-    v1_zck = fixture.dir / "v1.ext4.zck"
-    if not v1_zck.exists():
-        delta_fixtures.zck(fixture.v1, v1_zck)
-    lead = zck.parse_lead(v1_zck.read_bytes()[:100])
-    with open(v1_zck, "rb") as f:
-        header = f.read(lead.total_length)
-    path = str(dev.slot("mmcblk0p2"))
-    records = TargetStatusStore(str(dev.state / "targets.json"))
-    records.mark(path, INSTALLED, version="1.0.0", sha256=hashlib.sha256(header).hexdigest())
-    slotindex.stage(str(dev.state), path, header)
-    slotindex.commit(str(dev.state), path, _stamp(records.get(path)), zck.parse_header(header).index.image_length)
-
-
 def measure(dev: DeltaDevice, bundle: Path, server: RangeServer) -> Measured:
     server.journal.clear()
     done = subprocess.run([sys.executable, "-c", RUN, "--config", str(dev.config), "install", "--no-switch",
@@ -107,7 +90,7 @@ def run_case(fixture: DeltaFixture, pki: Pki, work: Path, cached: bool) -> Measu
     with RangeServer(fixture.v2_zck.read_bytes(), "starlette") as server:
         dev = delta_device(work / ("cached" if cached else "libzck"), fixture, pki)
         if cached:
-            cache_source_index(dev, fixture)
+            cache_index(dev, "mmcblk0p2", source_zck(fixture))
         result = measure(dev, bundle_for(fixture, pki, server.url, work / "bundle"), server)
         assert dev.slot("mmcblk0p3").read_bytes()[:MB] == fixture.v2.read_bytes()[:MB]
         return result
