@@ -46,6 +46,39 @@ MISBEHAVING = (Misbehave(ignore_range=True), Misbehave(dialect="hawkbit-old"), M
 MISBEHAVING_LABEL = ("otad, `compatible`, cached index, misbehaving server (200 to the first request, "
                      "old-hawkBit multipart, one dropped connection)")
 WRITES = ("write", "pwrite64", "writev", "pwritev", "pwritev2")
+# `otad install` with marks at its steps: VmRSS (anonymous, file-backed), VmHWM, CPU and modules
+# loaded, printed at exit: where the memory and the start-up CPU go.
+MARKS = r"""
+import resource, sys
+def mark(name):
+    status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+    kb = {k: int(status[k].split()[0]) for k in ("VmRSS", "RssAnon", "RssFile", "VmHWM")}
+    use = resource.getrusage(resource.RUSAGE_SELF)
+    marks.append((name, kb["VmRSS"], kb["RssAnon"], kb["RssFile"], kb["VmHWM"], use.ru_utime + use.ru_stime,
+                  len(sys.modules)))
+marks = []
+mark("Python started")
+import otad.cli
+from otad.install import delta
+mark("otad.cli and otad.install.delta imported")
+def wrap(name, before, after):
+    def measured(self, *args, **kw):
+        mark(before)
+        try:
+            return getattr(delta.DeltaInstall, "_" + name)(self, *args, **kw)
+        finally:
+            mark(after)
+    setattr(delta.DeltaInstall, "_" + name, getattr(delta.DeltaInstall, name))
+    setattr(delta.DeltaInstall, name, measured)
+wrap("begin", "bundle open, sw-description verified (the installer's imports, cryptography)",
+     "zck header checked, chunk source opened (requests for a static URL)")
+wrap("run", "planning begins", "chunks placed, image checked, index stored")
+rc = otad.cli.main(sys.argv[1:])
+mark("exit")
+for m in marks:
+    print("MARK", *m, sep="\t", file=sys.stderr)
+sys.exit(rc)
+"""
 WARM_IMPORTS = "import otad.cli, otad.update, otad.install.delta, otad.delta.libzck, otad.httpget, requests"
 
 Measure = Callable[..., Any]  # scripts/bench's measure(args, env=, timeout=, marker=, scratch=) -> Measured
@@ -79,6 +112,7 @@ class SpecResult:
     rows: Dict[str, Row] = field(default_factory=dict)
     sweep: List[Dict[str, Any]] = field(default_factory=list)
     speeds: Dict[str, float] = field(default_factory=dict)
+    marks: List[Tuple[str, int, int, int, int, float, int]] = field(default_factory=list)  # MARKS' lines
     builds: Dict[str, Tuple[float, float]] = field(default_factory=dict)  # profile -> (CPU s, bundle bytes)
     notes: List[str] = field(default_factory=list)
 
@@ -214,6 +248,21 @@ def install_delta(env: Env, label: str, bundle: Path, served: RangeServer, holds
     return row
 
 
+def marks(env: Env, bundle: Path, holds: Holds) -> List[Tuple[str, int, int, int, int, float, int]]:
+    """`otad install` run with MARKS: kB of VmRSS, RssAnon, RssFile, VmHWM, CPU s and modules at each step."""
+    dev = device(env, holds)
+    done = subprocess.run([str(env.otad.parent / "python"), "-c", MARKS, "--config", str(dev.config), "install",
+                           str(bundle)], capture_output=True, text=True)
+    if done.returncode != 0 or not same(dev.slot("mmcblk0p3"), env.fx.v2):
+        raise RuntimeError(f"the marked otad install failed: {done.stderr[-1000:]}")
+    found = []
+    for line in done.stderr.splitlines():
+        if line.startswith("MARK\t"):
+            name, rss, anon, file, hwm, cpu, modules = line.split("\t")[1:]
+            found.append((name, int(rss), int(anon), int(file), int(hwm), float(cpu), int(modules)))
+    return found
+
+
 def written(env: Env, bundle: Path, holds: Holds) -> int:
     """Bytes `otad install` writes into slot b (every write syscall to it, traced), on a fresh device
     holding `holds` (the chunks come from the same server)."""
@@ -346,6 +395,8 @@ def run(spec: str, work: Path, scratch: Path, measure: Measure, pki: Tuple[Path,
                     log(f"{spec}: otad install, {key}")
                     res.rows[key] = install_delta(env, labels[key], ours, srv, holds, count_writes=count_writes)
             if profile == "compatible":
+                log(f"{spec}: otad install, compatible-cached, with marks (where memory and CPU go)")
+                res.marks = marks(env, ours, Holds(fx.v1, v1_zck))
                 log(f"{spec}: otad install against a misbehaving server")
                 res.rows["misbehaving"] = install_delta(env, MISBEHAVING_LABEL, ours, srv, Holds(fx.v1, v1_zck),
                                                         MISBEHAVING)
@@ -539,6 +590,7 @@ def section(results: Sequence[SpecResult], meta: Dict[str, str], begin: str, end
         line(f"`otad mkswu --delta {profile}` build: CPU s, bundle + .zck MB",
              lambda r, p=profile: next((f"{c:.1f} s, {b / 1e6:.1f} MB" for k, (c, b) in r.builds.items()
                                         if k.startswith(p)), "–"))
+    L += memory_table(results)
     L += ["", "### Delta goals (issue 12)", "", "| goal | measured | result |", "| --- | --- | --- |"]
     L += goals(by)
     L += ["", "The misbehaving-server row counts what the server sent, a cut or unwanted body as far as it went "
@@ -549,6 +601,32 @@ def section(results: Sequence[SpecResult], meta: Dict[str, str], begin: str, end
     notes = [n for r in results for n in r.notes] + [n for n in meta.get("notes", "").split("\n") if n]
     L += [f"- {n}" for n in notes] + ([""] if notes else [])
     return L + [end, ""]
+
+
+def memory_table(results: Sequence[SpecResult]) -> List[str]:
+    """Where the peak RSS and the fixed CPU go: `otad install`, `compatible`, cached index, with marks."""
+    marked = [r for r in results if r.marks]
+    if not marked:
+        return []
+    L = ["", "### Where memory and CPU go (`otad install`, `compatible`, cached index)", "",
+         "The same install once more with marks at its steps (a wrapper around `otad.cli.main` reading "
+         "/proc/self/status and getrusage; the peak RSS of the rows above is from outside). RSS in MB at each step "
+         "(anonymous + file-backed: the shared libraries' pages count on a device as well), the process's peak so "
+         "far, CPU seconds so far and modules loaded.", "",
+         "| step | " + " | ".join(f"{r.spec}: RSS (anon + file) | {r.spec}: peak | {r.spec}: CPU s | {r.spec}: modules"
+                                  for r in marked) + " |",
+         "| --- |" + " --- | --- | --- | --- |" * len(marked)]
+    names = [m[0] for m in marked[0].marks]
+    for i, name in enumerate(names):
+        cells = []
+        for r in marked:
+            if i >= len(r.marks):
+                cells += ["–"] * 4
+                continue
+            _, rss, anon, file, hwm, cpu, modules = r.marks[i]
+            cells += [f"{_mb(rss)} ({_mb(anon)} + {_mb(file)})", _mb(hwm), f"{cpu:.2f}", str(modules)]
+        L.append(f"| {name} | " + " | ".join(cells) + " |")
+    return L
 
 
 def _per_gib(mbps: Optional[float]) -> str:

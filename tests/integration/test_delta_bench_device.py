@@ -102,6 +102,18 @@ def test_an_identical_source_fetches_nothing_and_a_slot_holding_v2_is_not_writte
     assert row.ok and row.written == 0 and row.in_place is not None and row.in_place > 0.99 * small.v2.stat().st_size
 
 
+def test_the_marked_install_says_where_memory_and_cpu_go_step_by_step(
+        env: Env, served: Dict[str, Tuple[Path, RangeServer]], small: DeltaFixture) -> None:  # noqa: F811
+    bundle, _ = served["compatible"]
+    found = delta_bench.marks(env, bundle, Holds(small.v1, source_zck(small)))
+    assert [m[0].split()[0] for m in found] == ["Python", "otad.cli", "bundle", "zck", "planning", "chunks", "exit"]
+    rss, hwm, cpu, modules = ([m[i] for m in found] for i in (1, 4, 5, 6))
+    assert all(r <= h for r, h in zip(rss, hwm)) and hwm == sorted(hwm) and cpu == sorted(cpu)
+    assert modules == sorted(modules) and modules[2] > modules[1]  # the installer's imports come before the header
+    lines = delta_bench.memory_table([SpecResult("small", marks=found)])
+    assert len(lines) == 7 + len(found) and "planning begins" in lines[-3]
+
+
 def test_writes_to_the_target_are_summed_from_strace_output_split_calls_included() -> None:
     trace = "\n".join([
         '101 write(7</dev/b>, ""..., 4096) = 4096',
