@@ -260,7 +260,7 @@ class DeploymentRun:
     def on_delta(self, event: Progress) -> None:
         """A delta image's progress, in planned bytes (reused and fetched), as the download's would be."""
         daemon, action, total = self.daemon, self.action, event.total_bytes
-        daemon.status.publish(phase="downloading", bytes_done=event.done_bytes, bytes_total=total)
+        daemon.status.publish(phase=DaemonPhase.DOWNLOADING, bytes_done=event.done_bytes, bytes_total=total)
         if self.delta_throttle.due(event.done_bytes, total) and daemon.progress_sent.get(action, 0) < PROGRESS_BUDGET:
             daemon.progress_sent[action] = daemon.progress_sent.get(action, 0) + 1
             percent = event.done_bytes * 100 // total if total else 0

@@ -16,7 +16,7 @@ import pytest
 
 from otad.delta import libzck, slotindex, srcindex, zck
 from otad.delta.plan import Plan
-from otad.install.status import TargetStatusStore
+from otad.install.status import TargetState, TargetStatusStore
 from tests.bundles import signed_members, write_bundle
 from tests.conftest import one_error, run_cli
 from tests.delta_fixtures import (DeltaDevice, DeltaFixture, ab_delta_template, delta_device, small,  # noqa: F401
@@ -84,7 +84,7 @@ def test_a_swugenerator_delta_installs_v2_fetching_exactly_the_planned_ranges(
     assert re.search(r" [5-6]\d% rootfs.ext4 \(", err) and "100% rootfs.ext4 (" in err  # progress in planned bytes
     record = TargetStatusStore(str(dev.state / "targets.json")).get(str(dev.slot("mmcblk0p3")))
     assert record is not None and (record.state, record.sha256) == \
-        ("installed", hashlib.sha256(small.header_bytes).hexdigest())
+        (TargetState.INSTALLED, hashlib.sha256(small.header_bytes).hexdigest())
 
 
 def test_the_same_image_again_is_neither_fetched_nor_written(dev: DeltaDevice, bundle: Path, server: RangeServer,
@@ -208,7 +208,7 @@ def test_tampered_chunk_data_fails_closed_and_the_slot_is_not_armed(dev: DeltaDe
     assert rc == 4 and f"chunk {chunk.number}: checksum of the stored bytes" in one_error(err), err
     assert dev.env()["rootpart"] == "2" and dev.env()["upgrade_available"] == "0"
     record = TargetStatusStore(str(dev.state / "targets.json")).get(str(dev.slot("mmcblk0p3")))
-    assert record is not None and record.state == "failed"
+    assert record is not None and record.state is TargetState.FAILED
     assert slotindex.load(str(dev.state), str(dev.slot("mmcblk0p3")), "x") is None
 
 
@@ -292,4 +292,4 @@ def test_image_sha256_checks_the_whole_assembled_image(tmp_path: Path, dev: Delt
     assert rc == 4 and "properties.image-sha256: the assembled image hashes to" in one_error(err)
     assert dev.env()["rootpart"] == "2"
     record = TargetStatusStore(str(dev.state / "targets.json")).get(str(dev.slot("mmcblk0p3")))
-    assert record is not None and record.state == "failed"
+    assert record is not None and record.state is TargetState.FAILED
