@@ -1,5 +1,5 @@
-"""Delta test fixtures built with Debian's tools: a rootfs-like tree, two ext4 images, zck, a delta bundle
-(the opener that sends chunk requests through otad's DDI client is tests/delta_http.py's).
+"""Delta test fixtures built with Debian's tools: a rootfs-like tree, two ext4 images, zck, a delta bundle;
+the opener that sends chunk requests through otad's DDI client; a file-backed A/B device.
 
 The tree is the files of a few installed Debian packages (the same on every Debian 12 machine
 that ran scripts/setup), mtimes pinned. v1 is that tree as ext4 (`mke2fs -d` with a fixed
@@ -26,6 +26,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
 
 import pytest
+
+from otad.delta.fetch import Opener
+from otad.hawkbit.ddi import DdiClient, HawkbitSettings
 
 if TYPE_CHECKING:
     from otad.boot.ubootenv import UBootEnv
@@ -234,9 +237,17 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> DeltaFixture:
     return build(tmp_path_factory.mktemp("delta") / "small", "small")
 
 
-# Chunk requests through otad's DDI client: tests/delta_http.py (no pytest there, so the
-# benchmark's device process imports it without pytest's memory).
-from tests.delta_http import client_for, ddi_opener  # noqa: E402,F401 - re-exported for the tests
+# --- chunk requests through otad's DDI client ---------------------------------------------------
+
+def ddi_opener(client: DdiClient) -> Opener:
+    """Chunk requests as the daemon sends them: DdiClient.open_url, its own session, auth header,
+    TLS settings and status-to-error mapping."""
+    return client.open_url
+
+
+def client_for(url: str, **settings: object) -> DdiClient:
+    return DdiClient(HawkbitSettings(url=url.split("/file")[0], controller_id="dev-01", read_timeout_s=10.0,
+                                     **settings))  # type: ignore[arg-type]
 
 
 # --- an A/B device whose running slot holds v1 ---------------------------------------------------

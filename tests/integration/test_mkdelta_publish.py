@@ -26,8 +26,7 @@ from otad.delta.plan import Plan
 from otad.hawkbit.ddi import Artifact, DdiClient, HawkbitSettings
 from otad.mkswu import cli as mkswu
 from otad.swu.cpio import CpioReader
-from tests.delta_fixtures import DeltaFixture, small  # noqa: F401 - fixture
-from tests.delta_http import ddi_opener
+from tests.delta_fixtures import DeltaFixture, ddi_opener, small  # noqa: F401 - fixture
 from tests.goosebit import Goosebit, goosebit  # noqa: F401 - fixture
 from tests.hawkbit_fakes import DdiFake
 from tests.integration.test_goosebit_ddi import new_device, register

@@ -1,7 +1,7 @@
 """The Range fetcher against a scripted server: every dialect, every fallback, every failure.
 
 Requests go through otad's DDI client (its session, auth header and error mapping: the
-`ddi_opener` of conftest.py); the chunks fetched are the fixture's real plan (v1 -> v2) and
+`ddi_opener` of tests/delta_fixtures.py); the chunks fetched are the fixture's real plan (v1 -> v2) and
 every one is decoded against the signed header. The real goosebit is in test_fetch_goosebit.py.
 """
 
