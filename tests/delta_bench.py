@@ -113,7 +113,7 @@ class SpecResult:
     sweep: List[Dict[str, Any]] = field(default_factory=list)
     speeds: Dict[str, float] = field(default_factory=dict)
     marks: List[Tuple[str, int, int, int, int, float, int]] = field(default_factory=list)  # MARKS' lines
-    builds: Dict[str, Tuple[float, float]] = field(default_factory=dict)  # profile -> (CPU s, bundle bytes)
+    builds: Dict[str, Tuple[float, float]] = field(default_factory=dict)  # profile -> (CPU s, bundle + .zck bytes)
     notes: List[str] = field(default_factory=list)
 
     def to_json(self) -> Dict[str, Any]:
@@ -125,7 +125,7 @@ def log(msg: str) -> None:
 
 
 def template(target: Path, source: Path, url: Optional[str] = None, *, pad: bool = False) -> str:
-    """One delta image in `stable,copy2` (target slot from the source slot), as a user writes it."""
+    """swupdate's sw-description: one delta image in `stable,copy2`, `target` from `source` (files)."""
     url_line = f'url = "{url}"; ' if url else ""
     pad_mode = '        pad = { images = ( { filename = "pad.bin"; type = "raw"; device = "/dev/null"; } ); };\n' \
         if pad else ""
