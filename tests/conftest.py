@@ -21,6 +21,25 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 SLOT_BYTES = 4 << 20
 SLOT_FILL = b"\xaa"
 
+# A Pi-like A/B device as files: U-Boot's env before any update, and otad.conf for it.
+AB_DEFAULT_ENV = {"bootcmd": "run mmcboot", "bootlimit": "3", "bootcount": "0", "upgrade_available": "0",
+                  "rootpart": "2", "altbootcmd": "run swap_and_boot"}
+AB_ENV_SIZE = 0x4000
+
+
+def ab_config_text(root: Path, pki: Pki, extra: str = "") -> str:
+    """otad.conf for the files under `root` (dev/, state/, fw_env.config, cmdline): slots a
+    (mmcblk0p2, boot_value 2, stable,copy1) and b (mmcblk0p3, 3, stable,copy2); `extra` appended."""
+    return f"""
+system = {{ state_dir = "{root / 'state'}"; device_dir = "{root / 'dev'}"; hardware = "rpi0w:1.0";
+           reboot_command = "true"; }};
+install = {{ trust_file = "{pki.ca_pem}"; }};
+bootloader = {{ fw_env_config = "{root / 'fw_env.config'}"; lock_file = "{root / 'fw.lock'}";
+               cmdline = "{root / 'cmdline'}"; mountinfo = ""; }};
+slots = ( {{ name = "a"; device = "/dev/mmcblk0p2"; boot_value = "2"; selection = "stable,copy1"; }},
+          {{ name = "b"; device = "/dev/mmcblk0p3"; boot_value = "3"; selection = "stable,copy2"; }} );
+{extra}"""
+
 
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:

@@ -29,6 +29,7 @@ import pytest
 
 from otad.delta.fetch import Opener
 from otad.hawkbit.ddi import DdiClient, HawkbitSettings
+from tests.conftest import AB_DEFAULT_ENV, AB_ENV_SIZE, ab_config_text
 
 if TYPE_CHECKING:
     from otad.boot.ubootenv import UBootEnv
@@ -252,9 +253,7 @@ def client_for(url: str, **settings: object) -> DdiClient:
 
 # --- an A/B device whose running slot holds v1 ---------------------------------------------------
 
-DEFAULT_ENV = {"bootcmd": "run mmcboot", "bootlimit": "3", "bootcount": "0", "upgrade_available": "0",
-               "rootpart": "2", "altbootcmd": "run swap_and_boot"}
-ENV_SIZE = 0x4000
+DEFAULT_ENV, ENV_SIZE = AB_DEFAULT_ENV, AB_ENV_SIZE
 
 
 @dataclass
@@ -305,17 +304,7 @@ def delta_device(root: Path, fixture: DeltaFixture, pki: object, *, extra: str =
     (root / "fw_env.config").write_text(f"{root / 'uboot.env'} 0x0 0x{ENV_SIZE:x}\n")
     (root / "cmdline").write_text("console=ttyS0 root=/dev/mmcblk0p2 otad.rootpart=2 rootwait\n")
     config = root / "otad.conf"
-    config.write_text(f"""
-system = {{ state_dir = "{root / 'state'}"; device_dir = "{root / 'dev'}"; hardware = "rpi0w:1.0";
-           reboot_command = "true"; }};
-install = {{ trust_file = "{pki.ca_pem}"; }};
-bootloader = {{ fw_env_config = "{root / 'fw_env.config'}"; lock_file = "{root / 'fw.lock'}";
-               cmdline = "{root / 'cmdline'}"; mountinfo = ""; }};
-slots = ( {{ name = "a"; device = "/dev/mmcblk0p2"; boot_value = "2"; selection = "stable,copy1"; }},
-          {{ name = "b"; device = "/dev/mmcblk0p3"; boot_value = "3"; selection = "stable,copy2"; }} );
-delta = {{ {delta} }};
-{extra}
-""")  # noqa: E501
+    config.write_text(ab_config_text(root, pki, f"delta = {{ {delta} }};\n{extra}\n"))  # type: ignore[arg-type]
     return DeltaDevice(root, config)
 
 

@@ -18,11 +18,9 @@ from otad.boot.ubootenv import UBootEnv
 from otad.sim.uboot import UBootEmulator
 from otad.errors import REFUSED, VERIFICATION
 from tests.bundles import ImageSpec, sha256, signed_members, write_bundle
-from tests.conftest import SLOT_BYTES, run_cli
+from tests.conftest import AB_DEFAULT_ENV, AB_ENV_SIZE, SLOT_BYTES, ab_config_text, run_cli
 
-ENV_SIZE = 0x4000
-DEFAULT_ENV = {"bootcmd": "run mmcboot", "bootlimit": "3", "bootcount": "0", "upgrade_available": "0",
-               "rootpart": "2", "altbootcmd": "run swap_and_boot"}
+ENV_SIZE, DEFAULT_ENV = AB_ENV_SIZE, AB_DEFAULT_ENV
 GOOD = b"OTAD-SIM-IMAGE ok\n" + os.urandom(5000)
 
 
@@ -37,15 +35,7 @@ class AbDevice:
         (root / "fw_env.config").write_text(f"{root / 'boot' / 'uboot.env'} 0x0 0x{ENV_SIZE:x}\n")
         self.boot_slot("2")
         self.config = root / "otad.conf"
-        self.config.write_text(f"""
-system = {{ state_dir = "{root / 'state'}"; device_dir = "{root / 'dev'}"; hardware = "rpi0w:1.0";
-           reboot_command = "true"; }};
-install = {{ trust_file = "{pki.ca_pem}"; }};
-bootloader = {{ fw_env_config = "{root / 'fw_env.config'}"; lock_file = "{root / 'fw.lock'}";
-               cmdline = "{root / 'cmdline'}"; mountinfo = ""; }};
-slots = ( {{ name = "a"; device = "/dev/mmcblk0p2"; boot_value = "2"; selection = "stable,copy1"; }},
-          {{ name = "b"; device = "/dev/mmcblk0p3"; boot_value = "3"; selection = "stable,copy2"; }} );
-""")
+        self.config.write_text(ab_config_text(root, pki))
 
     def env(self) -> Dict[str, str]:
         return dict(self.uboot_env().read().variables)
