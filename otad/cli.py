@@ -12,9 +12,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any, Callable, Dict, Optional, Sequence
 
 from otad import __version__
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: importing `typing` is a large share of `otad --help` on a Pi Zero
+    from typing import Any, Callable, Dict, Optional, Sequence
 
 DEFAULT_CONFIG = "/etc/otad/otad.conf"
 

@@ -11,13 +11,14 @@ callers fall back to hashlib (and to restarting downloads from the first byte).
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import hashlib
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import TYPE_CHECKING, Dict, Optional
 
 from otad.errors import HashStateError
+
+if TYPE_CHECKING:
+    import ctypes  # imported when a hash state is first made: `otad install` from a file needs none
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,9 @@ ALGORITHMS: Dict[str, _Algorithm] = {
 
 class _Libcrypto:
     def __init__(self) -> None:
+        import ctypes
+        import ctypes.util
+
         self.lib: Optional[ctypes.CDLL] = None
         path = ctypes.util.find_library("crypto")
         for candidate in filter(None, (path, "libcrypto.so.3", "libcrypto.so.1.1")):
@@ -68,6 +72,8 @@ class ResumableHash:
     """A running sha256/sha1 with hashlib's update/copy/hexdigest and a savable `state()`."""
 
     def __init__(self, name: str, state: Optional[bytes] = None, count: int = 0) -> None:
+        import ctypes
+
         algorithm = ALGORITHMS.get(name)
         lib = _lib()
         if algorithm is None:
@@ -79,16 +85,17 @@ class ResumableHash:
         self._algorithm = algorithm
         self._update = getattr(lib, algorithm.prefix + "_Update")
         self._final = getattr(lib, algorithm.prefix + "_Final")
+        self._buffer, self._size_t = ctypes.create_string_buffer, ctypes.c_size_t
         if state is None:
-            self._ctx = ctypes.create_string_buffer(algorithm.ctx_size)
+            self._ctx = self._buffer(algorithm.ctx_size)
             getattr(lib, algorithm.prefix + "_Init")(self._ctx)
         elif len(state) != algorithm.ctx_size:
             raise HashStateError(f"saved {name} state is {len(state)} bytes, expected {algorithm.ctx_size}")
         else:
-            self._ctx = ctypes.create_string_buffer(bytes(state), algorithm.ctx_size)
+            self._ctx = self._buffer(bytes(state), algorithm.ctx_size)
 
     def update(self, data: bytes) -> None:
-        self._update(self._ctx, bytes(data), ctypes.c_size_t(len(data)))
+        self._update(self._ctx, bytes(data), self._size_t(len(data)))
         self.count += len(data)
 
     def copy(self) -> "ResumableHash":
@@ -98,8 +105,8 @@ class ResumableHash:
         return self._ctx.raw
 
     def digest(self) -> bytes:
-        ctx = ctypes.create_string_buffer(self._ctx.raw, self._algorithm.ctx_size)  # Final spoils its ctx
-        out = ctypes.create_string_buffer(self._algorithm.digest_size)
+        ctx = self._buffer(self._ctx.raw, self._algorithm.ctx_size)  # Final spoils its ctx
+        out = self._buffer(self._algorithm.digest_size)
         self._final(out, ctx)
         return out.raw
 

@@ -14,13 +14,12 @@ import os
 import subprocess
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import Callable, Dict, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Callable, Dict, Optional, Tuple, Union
 
 from otad.boot.bootchooser import Bootchooser
 from otad.boot.fwenvconfig import load_fw_env_config
 from otad.boot.health import HealthResult, run_checks
 from otad.boot.slots import BootedSlot, Slot, SlotInstall, SlotTable, booted_slot
-from otad.boot.slotstatus import SlotStatusReport, status
 from otad.boot.trial import ConfirmOutcome, MarkOutcome, arm_after_install, check_can_install, confirm, mark_bad
 from otad.boot.ubootenv import UBootEnv
 from otad.boot.watchdog import DeviceWatchdog, NullWatchdog, ProgressPetter, Watchdog, held_elsewhere
@@ -43,6 +42,9 @@ from otad.signals import shielded
 from otad.smallfile import read_text
 from otad.state import Phase, State, StateStore
 from otad.swu.manifest import HardwareRevision, SwDescription
+
+if TYPE_CHECKING:  # imported where used: `otad install` does not need the status report
+    from otad.boot.slotstatus import SlotStatusReport
 
 log = logging.getLogger(__name__)
 
@@ -482,6 +484,8 @@ def mark_bad_now(cfg: Config, slot_name: Optional[str] = None, *, writer: HeldLo
 def slot_status(cfg: Config) -> SlotStatusReport:
     """Never fails on a broken env or state: it reports them, so a technician can see why.
     Never takes the writer lock: an install in progress is read from its holder record."""
+    from otad.boot.slotstatus import status
+
     booted: Optional[BootedSlot] = None
     problem: Optional[str] = None
     try:
