@@ -128,17 +128,17 @@ tm() { # tm TAG cmd...: wall/cpu/rss of a short command
   echo "$tag rc=$(field $R/$tag.time 'Exit status') wall=$(secs $R/$tag.time) user=$(field $R/$tag.time 'User time') sys=$(field $R/$tag.time 'System time') rss_kb=$(field $R/$tag.time 'Maximum resident')" | tee -a $SUM
 }
 cold() { sync; echo 3 > /proc/sys/vm/drop_caches; }
-echo "guest: $(uname -m) $(nproc) cpu; $(python3 -V); $(dpkg-query -W -f='swupdate ${Version}; otad ${Version}' swupdate otad); $(date -u +%FT%TZ)" | tee -a $SUM
+echo "guest: $(uname -m) $(nproc) cpu; $(python3 -V); $(dpkg-query -W -f='${Package} ${Version}; ' swupdate otad)$(date -u +%FT%TZ)" | tee -a $SUM
 grep MemTotal /proc/meminfo | tee -a $SUM
 cold; tm help-cold $OTAD --help
 cold; tm swhelp-cold swupdate -h
-cold; tm info-cold $OTAD info /root/B-tiny.swu -k /root/ca.pem
+cold; tm info-cold $OTAD info /root/B-tiny.swu -k /root/ca.pem -H pi0w:1.0 -e stable,copy1
 run tiny-otad-cold otad /root/B-tiny.swu /root/tiny-slot.img 65536 $TINY_SHA cold
 cat B-zstd.swu B-zlib.swu B-tiny.swu > /dev/null
 for i in 1 2 3; do tm pyempty-$i python3 -c pass; done
 for i in 1 2 3; do tm help-$i $OTAD --help; done
 for i in 1 2 3; do tm swhelp-$i swupdate -h; done
-for i in 1 2 3; do tm info-$i $OTAD info /root/B-tiny.swu -k /root/ca.pem; done
+for i in 1 2 3; do tm info-$i $OTAD info /root/B-tiny.swu -k /root/ca.pem -H pi0w:1.0 -e stable,copy1; done
 for i in 1 2 3; do
   run tiny-otad-$i otad /root/B-tiny.swu /root/tiny-slot.img 65536 $TINY_SHA
   run tiny-swupdate-$i swupdate /root/B-tiny.swu /root/tiny-slot.img 65536 $TINY_SHA
@@ -410,7 +410,8 @@ def host_startup(work: Path, files: Dict[str, Path], n: int = 5) -> str:
     conf = work / "host.conf"
     conf.write_text("# no slots\n")
     commands = {"--help": ["--help"],
-                "info": ["--config", conf, "info", files["B-tiny.swu"], "-k", files["ca.pem"], "-H", "pi0w:1.0"]}
+                "info": ["--config", conf, "info", files["B-tiny.swu"], "-k", files["ca.pem"], "-H", "pi0w:1.0", "-e",
+                         "stable,copy1"]}
     out = []
     for label, args in commands.items():
         walls, imports = [], []
@@ -426,7 +427,7 @@ def host_startup(work: Path, files: Dict[str, Path], n: int = 5) -> str:
 
 
 def report(rows: Dict[str, Dict[str, str]], texts: Dict[str, str], versions: str, runs: int,
-           started: str, minutes: float, load: Tuple[str, str]) -> List[str]:
+           started: str, minutes: float, load: Tuple[str, str], others: str = "?") -> List[str]:
     def group(prefix: str) -> List[Dict[str, str]]:
         return [r for k, r in rows.items() if re.fullmatch(prefix, k)]
 
@@ -444,7 +445,8 @@ def report(rows: Dict[str, Dict[str, str]], texts: Dict[str, str], versions: str
              "builds (otad's Debian package on Debian 12's python3 packages) with Debian's armel swupdate and GNU "
              "time added, both daemons off at boot. Wall times are dominated by the emulated SD card's write-back "
              "and TCG; a real Pi Zero W will differ in absolute terms: compare ratios within this run. Host load "
-             f"(1/5/15 min) at start {load[0]}, at end {load[1]}.", "",
+             f"(1/5/15 min) at start {load[0]}, at end {load[1]}; other emulated boards (qemu-system-arm) running "
+             f"beside this one: {others}.", "",
              "Versions on the card: " + "; ".join(v.strip() for v in versions.splitlines() if v.strip()) + ".", "",
              "Bundles: a 64 MiB ext4 image (`mkfs.ext4 -d` over /usr/lib/python3.11 without dist-/site-packages, "
              "test and __pycache__, plus 4 MiB random), `zstd -10` / `gzip -6 -n`, one raw image with "
@@ -484,7 +486,8 @@ def report(rows: Dict[str, Dict[str, str]], texts: Dict[str, str], versions: str
               "| CPU | " + " | ".join(fmt(ratios[c]["cpu"]) for c in ("zstd", "zlib", "tiny")) + " |", ""]
 
     def short(prefix: str) -> Tuple[str, Optional[float], Optional[float]]:
-        rs = [r for r in group(prefix) if r.get("rc") == "0"]
+        # `otad info` exits 3 when the bundle would be refused here: the work until then is the same
+        rs = [r for r in group(prefix) if r.get("rc") in ("0", "3" if prefix.startswith("info") else "0")]
         return (span([_num(r, "wall") for r in rs]), med([_num(r, "wall") for r in rs]), med([cpu(r) for r in rs]))
 
     lines += ["Start-up (warm unless cold: after `sync; echo 3 > /proc/sys/vm/drop_caches`):", "",
@@ -523,6 +526,8 @@ def report(rows: Dict[str, Dict[str, str]], texts: Dict[str, str], versions: str
     lines += [f"- `--help`: {s}" for s in import_summary(texts.get("importtime-help.log", ""))]
     if texts.get("host-startup.txt", "").strip():
         lines += [f"- the same on the x86 host (medians of 5, `.venv` Python): {texts['host-startup.txt'].strip()}"]
+    if texts.get("notes.md", "").strip():  # the reading of this run, written by whoever ran it
+        lines += ["", texts["notes.md"].strip()]
     lines += ["", PI_END]
     return lines
 
@@ -554,18 +559,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--runs", type=int, default=3, help="64 MiB runs per tool and codec (default 3)")
     ap.add_argument("--outdir", type=Path, help="where results go (default: a new directory under /tmp)")
     ap.add_argument("--keep", action="store_true", help="keep the bench card and bundles")
+    ap.add_argument("--bench-card", type=Path, metavar="IMG",
+                    help="boot this bench card of an earlier --keep run again (its work directory's bench-sd.img; "
+                         "the guest script on it is replaced by this one's)")
     ap.add_argument("--no-report", action="store_true", help="do not write docs/performance.md")
     ap.add_argument("--report-only", type=Path, metavar="OUTDIR",
-                    help="write the Pi section from an earlier run's OUTDIR (summary.txt etc.), no board")
+                    help="write the Pi section from an earlier run's OUTDIR (summary.txt etc., and notes.md, a "
+                         "hand-written reading of the run, if present), no board")
     ap.add_argument("--wait", type=float, default=3600, help="seconds to wait for other boards to end (default 3600)")
     args = ap.parse_args(argv)
     if args.report_only:
         out = args.report_only
-        texts = {p.name: p.read_text() for p in out.iterdir() if p.suffix in (".txt", ".log")}
+        texts = {p.name: p.read_text() for p in out.iterdir() if p.suffix in (".txt", ".log", ".md")}
         meta = dict(line.split("=", 1) for line in texts.get("meta.txt", "").splitlines() if "=" in line)
         lines = report(parse_summary(texts["summary.txt"]), texts, texts.get("versions.txt", ""),
                        int(meta.get("runs", args.runs)), meta.get("started", "?"), float(meta.get("minutes", 0)),
-                       (meta.get("load_start", "?"), meta.get("load_end", "?")))
+                       (meta.get("load_start", "?"), meta.get("load_end", "?")), meta.get("others", "?"))
         if not args.no_report:
             splice(REPORT, lines)
         print("\n".join(lines))
@@ -578,23 +587,32 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     outdir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="otad-bench-pi-"))
     try:
-        card = args.card or Path(subprocess.run([str(REPO / "scripts" / "pi-image")], check=True,
-                                                stdout=subprocess.PIPE, text=True).stdout.strip().splitlines()[-1])
-        files = build_bundles(work)
-        bench = bench_card(card, work, files)
-        shutil.copyfile(work / "versions.txt", outdir / "versions.txt")
+        if args.bench_card:
+            from tests.pi.card import Card
+
+            bench, kept = args.bench_card, args.bench_card.parent
+            Card(bench).ext4_write(2, "/root/bench.sh", GUEST_SCRIPT.encode(), mode=0o755)
+            files = {name: kept / name for name in ("B-tiny.swu", "ca.pem")}
+            shutil.copyfile(kept / "versions.txt", outdir / "versions.txt")
+        else:
+            card = args.card or Path(subprocess.run([str(REPO / "scripts" / "pi-image")], check=True,
+                                                    stdout=subprocess.PIPE, text=True).stdout.strip().splitlines()[-1])
+            files = build_bundles(work)
+            bench = bench_card(card, work, files)
+            shutil.copyfile(work / "versions.txt", outdir / "versions.txt")
         (outdir / "host-startup.txt").write_text(host_startup(work, files) + "\n")
         wait_for_free_host(args.wait)
         load_start = " / ".join(f"{x:.2f}" for x in os.getloadavg())
         texts = run_on_board(bench, outdir, args.runs)
         load_end = " / ".join(f"{x:.2f}" for x in os.getloadavg())
+        others = f"{len(other_boards())} at the end (none at the start: it waited for that)"
         minutes = (time.monotonic() - t0) / 60
         (outdir / "meta.txt").write_text(f"runs={args.runs}\nstarted={started}\nminutes={minutes:.1f}\n"
-                                         f"load_start={load_start}\nload_end={load_end}\n")
+                                         f"load_start={load_start}\nload_end={load_end}\nothers={others}\n")
         if "BENCH-DONE" not in texts["summary.txt"]:
             raise SystemExit(f"bench --pi: the guest script did not finish; see {outdir}")
         lines = report(parse_summary(texts["summary.txt"]), texts, (outdir / "versions.txt").read_text(),
-                       args.runs, started, minutes, (load_start, load_end))
+                       args.runs, started, minutes, (load_start, load_end), others)
         if not args.no_report:
             splice(REPORT, lines)
             log(f"wrote the Pi section of {REPORT}")
