@@ -26,11 +26,9 @@ from otad.boot.watchdog import DeviceWatchdog, NullWatchdog, ProgressPetter, Wat
 from otad.config import Config
 from otad.errors import REFUSED, WRITE_FAILED, CompatibilityError, ConfigError, EnvError, InstallError, Interrupted, \
     OtadError, SlotError, StateError, WatchdogError
-from otad.delta.fetch import Opener
 from otad.install.chunks import ChunkSources, NoChunkSources
 from otad.install.handlers.raw import resolve_device
 from otad.install.installer import InstallResult, Resuming, install_bundle
-from otad.install.delta import DeltaInstall
 from otad.install.plan import InstallPlan, InstallRequest, delta_source, handler_options, plan_install
 from otad.install.options import hardware_identity, make_request, status_file
 from otad.install.pipeline import Reader
@@ -43,8 +41,9 @@ from otad.smallfile import read_text
 from otad.state import Phase, State, StateStore
 from otad.swu.manifest import HardwareRevision, SwDescription
 
-if TYPE_CHECKING:  # imported where used: `otad install` does not need the status report
+if TYPE_CHECKING:  # imported where used: `otad install` needs neither the status report nor otad.delta
     from otad.boot.slotstatus import SlotStatusReport
+    from otad.delta.fetch import Opener
 
 log = logging.getLogger(__name__)
 
@@ -291,6 +290,8 @@ class DeltaPreviews:
         member_plan = planned.members.get(member)
         if member_plan is None or member_plan.delta is None:
             return None
+        from otad.install.delta import DeltaInstall
+
         step = DeltaInstall(member_plan, request, _targets(self.cfg), handler_options(request), ignore,
                             planned.manifest.version)
         return step.preview

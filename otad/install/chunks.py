@@ -11,10 +11,12 @@ delta settings of an install request (`DeltaOptions`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Protocol
+from typing import TYPE_CHECKING, Optional, Protocol
 
-from otad.delta.fetch import Opener
 from otad.retry import ResumePolicy
+
+if TYPE_CHECKING:  # otad.delta loads when a bundle has a delta image, not for every install
+    from otad.delta.fetch import Opener
 
 
 @dataclass(frozen=True)

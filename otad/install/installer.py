@@ -20,7 +20,6 @@ from otad import crashpoint, hashstate
 from otad.errors import REFUSED, WRITE_FAILED, BundleFormatError, ImageError, Interrupted, OtadError, ResumeError
 from otad.hashstate import ResumableHash
 from otad.install.handlers import FILE_HANDLERS, HANDLERS, HandlerOptions
-from otad.install.delta import DeltaInstall, DeltaReport
 from otad.install.handlers.raw import read_back
 from otad.install.pipeline import (ArtifactResult, Checkpoints, Reader, Sink, StreamPosition, resumable,
                                    stream_artifact)
@@ -36,6 +35,7 @@ from otad.swu.manifest import BootenvVar, Manifest
 __all__ = ["InstallRequest", "InstallResult", "Resuming", "install_bundle"]
 
 if TYPE_CHECKING:  # cryptography loads on first use: the idle daemon stays small
+    from otad.install.delta import DeltaInstall, DeltaReport  # and otad.delta when a bundle has a delta image
     from otad.swu.signature import SignerInfo
 
 log = logging.getLogger(__name__)
@@ -243,6 +243,8 @@ class _Run:
                touched: List[str]) -> DeltaInstall:
         """A delta image's header member: checked now; the image is assembled now, or when the
         member holding its chunk data comes (then the stream ends there)."""
+        from otad.install.delta import DeltaInstall
+
         step = DeltaInstall(plan, self.request, self.status, self.options, progress, self.manifest.version)
         step.begin(member)
         if step.waits_for is None:
