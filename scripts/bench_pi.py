@@ -25,7 +25,7 @@ seconds with a real Pi.
 
 Waits until no other emulated board (qemu-system-arm) runs: QEMU is CPU-bound and another
 board would distort every number. Needs root (loop mount + chroot to install swupdate; armel
-under qemu-user), network access to the Debian archive, and scripts/pi-setup's packages.
+under qemu-user) and network access to the Debian archive; runs scripts/setup and scripts/pi-setup first.
 """
 
 from __future__ import annotations
@@ -581,6 +581,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     if os.geteuid() != 0:
         raise SystemExit("bench --pi: needs root (loop mount and chroot of the card's root filesystem)")
+    for setup in ("setup", "pi-setup"):  # the packages it uses (QEMU, qemu-user, debugfs, mtools, pexpect...)
+        subprocess.run([str(REPO / "scripts" / setup)], check=True, stdout=sys.stderr)
     t0 = time.monotonic()
     started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     outdir = args.outdir or Path(tempfile.mkdtemp(prefix="otad-bench-pi-out-"))
