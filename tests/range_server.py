@@ -220,6 +220,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, status: int, headers: Dict[str, str], body: bytes, range_header: Optional[str],
               nranges: int, fault: Misbehave) -> None:
+        # Journalled before the status line goes out: a client that fails on the headers may
+        # look at the journal before this thread runs again.
+        served = Served(range_header, status, 0, nranges, dict(self.headers.items()))
+        self.owner.journal.append(served)
         self.send_response(status)
         for name, value in headers.items():
             self.send_header(name, value)
@@ -228,8 +232,6 @@ class _Handler(BaseHTTPRequestHandler):
         view = memoryview(body)
         if fault.drop_after is not None:
             view = view[:fault.drop_after]
-        served = Served(range_header, status, 0, nranges, dict(self.headers.items()))
-        self.owner.journal.append(served)
         rate = self.owner.rate_bps
         piece = max(1, rate // 50) if rate else 65536
         try:
