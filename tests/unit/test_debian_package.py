@@ -5,12 +5,16 @@ are the repository's own files. The package itself is built and installed by tes
 from __future__ import annotations
 
 import ast
+import configparser
 import re
 import sys
 from pathlib import Path
 from typing import Set
 
+import pytest
+
 import otad
+from tests.conftest import one_error, run_cli
 
 REPO = Path(__file__).resolve().parents[2]
 DEBIAN = REPO / "debian"
@@ -89,3 +93,20 @@ def test_init_script_and_unit_are_the_repositorys() -> None:
     assert fields["Provides"] == "otad"
     assert fields["Default-Start"] == "2 3 4 5" and fields["Default-Stop"] == "0 1 6"
     assert "$remote_fs" in fields["Required-Start"]
+
+
+def test_unit_does_not_restart_a_configuration_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`otad run` without a hawkBit server exits 2 (configuration error), and otad.service does
+    not restart on 2: restarting every RestartSec cannot fix a configuration."""
+    config = tmp_path / "otad.conf"  # the package's configuration, as installed: no hawkbit.url
+    config.write_text((REPO / "etc" / "otad.conf").read_text().replace('"/var/lib/otad"', f'"{tmp_path}"')
+                      .replace('"/run/otad"', f'"{tmp_path}"'))
+    code, _, err = run_cli(["--config", config, "run", "--once", "--no-reboot"], capsys)
+    assert code == 2 and "no hawkBit server configured (hawkbit.url)" in one_error(err)
+
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str  # type: ignore[assignment,method-assign]
+    unit.read(REPO / "init.d" / "otad.service")
+    service = unit["Service"]
+    assert service["Restart"] == "on-failure"
+    assert "2" in service["RestartPreventExitStatus"].split()
