@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import re
 import stat
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -23,6 +24,16 @@ from otad.boot.fwenvconfig import EnvCopyLocation, EnvLayout
 from otad.errors import EnvCorrupt, EnvError
 
 log = logging.getLogger(__name__)
+
+# Filesystems on which renaming a file over another is not atomic across a power cut. On FAT the
+# rename frees the old file's clusters, marks the temp file's entry deleted and points the old
+# entry at the new clusters: writes that reach the card in any order. A power cut between them
+# on the emulated Pi (tests/pi, scenario 6) left uboot.env pointing at freed clusters, which
+# U-Boot cannot read and fsck.fat truncates to 0 bytes. There an existing env file is written in
+# place, as libubootenv 0.3.2's fw_setenv and U-Boot's saveenv write it (a torn write is a bad
+# CRC, and U-Boot boots on its default env, not a corrupt boot partition).
+NO_ATOMIC_RENAME = frozenset({"vfat", "msdos", "fat", "exfat", "fuseblk"})
+MOUNTINFO = "/proc/self/mountinfo"
 
 # libubootenv 0.3.2 flock()s this file (O_WRONLY|O_CREAT|O_TRUNC, LOCK_EX) around every read and
 # write, as U-Boot's tools/env did before v2023.07 (/run/fw_printenv.lock since).
@@ -188,7 +199,7 @@ class UBootEnv:
         does) and only None deletes.
 
         Single copy: replace a file that holds only the env (temp + fsync + rename), else write
-        in place. Redundant: write the inactive copy with flags + 1; the active one is never
+        in place (also an existing file on FAT: NO_ATOMIC_RENAME). Redundant: write the inactive copy with flags + 1; the active one is never
         touched. With no valid copy, raise EnvCorrupt unless `allow_default` is given, which then
         is the base (like ``fw_setenv -f``). Nothing is written if nothing changes.
         """
@@ -273,7 +284,7 @@ class UBootEnv:
 
     def _write_copy(self, target: int, image: bytes) -> None:
         loc = self.layout.copies[target]
-        if not self.layout.redundant and self._holds_only_env(loc):
+        if not self.layout.redundant and self._holds_only_env(loc) and _rename_is_atomic(loc.device):
             # realpath: replace the file a symlink points to, not the symlink.
             try:
                 durable.atomic_write(os.path.realpath(loc.device), image)
@@ -345,3 +356,37 @@ def _apply(base: Dict[str, str], changes: Mapping[str, Optional[str]]) -> Dict[s
         else:
             new[name] = value
     return new
+
+
+def _rename_is_atomic(path: str) -> bool:
+    """False for an existing file on a filesystem of NO_ATOMIC_RENAME (by /proc/self/mountinfo:
+    the longest mount point that holds the file's real path)."""
+    real = os.path.realpath(path)
+    if not os.path.exists(real):
+        return True  # a new file: nothing to lose if the rename does not land
+    return filesystem_type(real) not in NO_ATOMIC_RENAME
+
+
+def filesystem_type(path: str) -> Optional[str]:
+    """The type of the filesystem mounted where `path` lies (mountinfo's fstype), or None."""
+    try:
+        with open(MOUNTINFO, encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    best: Tuple[int, Optional[str]] = (-1, None)
+    for line in lines:
+        fields, sep, rest = line.partition(" - ")
+        parts = fields.split()
+        if not sep or len(parts) < 5 or not rest.split():
+            continue
+        point = _unescape(parts[4])
+        inside = path == point or path.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= best[0]:  # later lines mount over earlier ones
+            best = (len(point), rest.split()[0])
+    return best[1]
+
+
+def _unescape(field: str) -> str:
+    """mountinfo writes space, tab, newline and backslash as \\ooo octal escapes."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)

@@ -307,6 +307,41 @@ def test_single_copy_file_is_replaced_atomically_in_one_write(
     assert (snapshot.active_copy, snapshot.flags, snapshot.valid_copies) == (0, None, (0,))
 
 
+def fake_mounts(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fstype: str, point: Optional[Path] = None) -> None:
+    """/proc/self/mountinfo as otad reads it, with `point` (tmp_path) mounted as `fstype`."""
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text("22 1 179:2 / / rw,noatime shared:1 - ext4 /dev/mmcblk0p2 rw\n"
+                         f"30 22 179:1 / {point or tmp_path} rw,noatime shared:2 - {fstype} /dev/mmcblk0p1 rw\n")
+    monkeypatch.setattr("otad.boot.ubootenv.MOUNTINFO", str(mountinfo))
+
+
+@pytest.mark.parametrize("fstype", ["vfat", "msdos", "exfat"])
+def test_single_copy_on_fat_is_written_in_place_as_fw_setenv_does(
+    tmp_path: Path, lock_path: str, monkeypatch: pytest.MonkeyPatch, fstype: str
+) -> None:
+    """FAT renames are not atomic across a power cut (the emulated Pi's scenario 6 lost
+    uboot.env that way): the file is rewritten in place, as libubootenv's fw_setenv does
+    (open O_RDWR, write, fsync), and no temp file appears."""
+    env, path = make_single(tmp_path, lock_path)
+    fake_mounts(monkeypatch, tmp_path, fstype)
+    inode = path.stat().st_ino
+    replaces = count_calls(monkeypatch, "replace")
+    env.update(NEW_CHANGES)
+    assert replaces == [] and path.stat().st_ino == inode
+    assert path.read_bytes() == build_image(NEW, SIZE)
+    assert sorted(os.listdir(tmp_path)) == ["lockdir", "mountinfo", "uboot.env"]
+
+
+def test_single_copy_on_ext4_is_still_replaced_by_rename(
+    tmp_path: Path, lock_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env, path = make_single(tmp_path, lock_path)
+    fake_mounts(monkeypatch, tmp_path, "vfat", tmp_path / "boot")  # the mount that holds uboot.env is /
+    inode = path.stat().st_ino
+    env.update(NEW_CHANGES)
+    assert path.stat().st_ino != inode and path.read_bytes() == build_image(NEW, SIZE)
+
+
 def test_single_copy_behind_a_symlink_keeps_the_symlink(tmp_path: Path, lock_path: str) -> None:
     _, real = make_single(tmp_path, lock_path)
     link = tmp_path / "link.env"
