@@ -9,8 +9,8 @@
 # there. Variables: rootpart (2 or 3), upgrade_available, bootcount, bootlimit. otad arms a trial
 # with "rootpart=Y upgrade_available=1 bootcount=0" and confirms with "upgrade_available=0
 # bootcount=0"; this script clears both when it rolls back. Optional: otad_extra_bootargs, added
-# to the kernel command line (the QEMU harness puts its emulator workarounds there; a real card
-# has none).
+# to the kernel command line, and otad_fdt_fixup, run on the device tree (the QEMU harness puts
+# its emulator workarounds there; a real card has neither).
 #
 # Each slot is self-contained: /boot/vmlinuz, /boot/initrd.img (optional) and
 # /boot/dtbs/${fdtfile} (optional; else the firmware's device tree at ${fdt_addr}) are loaded
@@ -52,6 +52,12 @@ setenv bootargs "console=tty1 console=ttyS1,115200 root=/dev/mmcblk0p${rootpart}
 setenv otad_fdt ${fdt_addr}
 if load mmc 0:${rootpart} ${fdt_addr_r} /boot/dtbs/${fdtfile}; then
 	setenv otad_fdt ${fdt_addr_r}
+fi
+# Optional: otad_fdt_fixup, commands run on the device tree at ${otad_fdt} before the kernel gets
+# it (the QEMU harness removes the Bluetooth node there, so that the PL011 is a plain ttyAMA0 for
+# its serial network; a real card has none).
+if test -n "${otad_fdt_fixup}"; then
+	run otad_fdt_fixup
 fi
 if load mmc 0:${rootpart} ${kernel_addr_r} /boot/vmlinuz; then
 	if load mmc 0:${rootpart} ${ramdisk_addr_r} /boot/initrd.img; then

@@ -7,7 +7,7 @@ U-Boot; `power_cut()` kills QEMU at once (the card keeps what reached it), `powe
 it again on the same card, which can be changed in between (`board.card`). Every wait has a
 timeout; QEMU is killed by process group in `power_cut()` and `close()`, also when a test fails.
 
-What QEMU 7.2 needs (docs/deploying.md, section 8):
+What QEMU 7.2 needs (docs/deploying.md, section 9):
   * the console is the second -serial, the mini UART (U-Boot's and Linux's ttyS1); the first,
     the PL011, belongs to Bluetooth in the Zero W device tree;
   * `-device loader,addr=0x8000,cpu-num=0`: every reset starts at U-Boot's address, not at 0

@@ -10,7 +10,7 @@ Environment (set by scripts/pi-test):
   OTAD_PI_LOGS      where console logs are kept (default: the test's tmp_path)
   OTAD_PI_BOOTARGS  extra kernel arguments for the emulator's boards (default: none; e.g.
                     modprobe.blacklist=hci_uart,btbcm,vc4,brcmfmac, which was measured and gave
-                    no consistent gain, docs/deploying.md section 8)
+                    no consistent gain, docs/deploying.md section 9)
 """
 
 from __future__ import annotations
