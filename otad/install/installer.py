@@ -216,6 +216,7 @@ class _Run:
                 raise ImageError(what, missing[0])
             self._run_phase(PREINST)  # a bundle of scripts only
             self._run_phase(POSTINST)
+            self._mark_file_devices(INSTALLED)
         except OtadError as exc:
             # A later failure (bad member, missing image, failed script) voids what was already
             # written: the bundle as a whole did not install, so no target of it counts as installed.
@@ -294,13 +295,28 @@ class _Run:
             self.pre_done = True
         self.scripts.run_phase(phase, self.manifest.scripts)
 
+    def _mark_file_devices(self, state: str, plan: Optional[MemberPlan] = None) -> None:
+        """Records for the devices that files entries write into (of `plan`, or of the whole
+        bundle) and no image of the bundle targets: INSTALLING before their first file, INSTALLED
+        once the whole bundle went through. So a slot that a files-only bundle updated holds that
+        version as far as the daemon's deferred arm (update.arm) and `otad status` can tell."""
+        if self.request.dry_run:
+            return
+        imaged = {target.path for other in self.plans.values() for _, target in other.targets}
+        plans = [plan] if plan is not None else list(self.plans.values())
+        devices = {t.path: None for p in plans for _, t in p.files if t.device is not None and t.path not in imaged}
+        for path in devices:
+            self.status.mark(path, state, version=self.manifest.version)
+
     def _install_artifact(self, member: CpioMember, plan: MemberPlan, on_bytes: OnBytes,
                           point: Optional[ResumePoint]) -> ArtifactResult:
-        # Install records are about targets: files only void (on failure) the device they write into.
+        # Install records are about targets; a device that files write into gets one as well
+        # (_mark_file_devices), and a failure voids it like an image target.
         paths = [target.path for _, target in plan.targets]
         if not self.request.dry_run:
             for path in paths:
                 self.status.mark(path, INSTALLING, version=self.manifest.version)
+        self._mark_file_devices(INSTALLING, plan)
         resume = None
         if point is not None:
             a = point.artifact

@@ -278,7 +278,7 @@ def cut_after_env_write_then_failed_health_check(board: Board, unhealthy: Path) 
     # The init script's confirm completes the arming, fails the check, switches back and reboots
     # before a login prompt (its verdict's console line is lost with runlevel 2's processes; the
     # state keeps it, below).
-    board.expect("otad: confirm: otad: INFO: state: arming → trial_armed (slot b)", LOGIN_TIMEOUT_S,
+    board.expect(re.escape("otad: confirm: otad: INFO: state: arming → trial_armed (slot b)"), LOGIN_TIMEOUT_S,
                  "confirm completing the arming")
     board.expect("INIT: Switching to runlevel: 6", LOGIN_TIMEOUT_S, "the reboot confirm asks for")
     assert "login:" not in board.before

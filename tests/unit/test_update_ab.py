@@ -281,3 +281,30 @@ def test_every_writing_command_is_busy_at_once_while_another_otad_holds_the_lock
     assert ab.slot("mmcblk0p3") == b"\xaa" * SLOT_BYTES
     assert (ab.root / "boot" / "uboot.env").read_bytes() == env_before
 
+
+
+def test_a_files_only_bundle_into_the_inactive_slot_is_armed_by_the_daemons_deferred_arm(tmp_path, pki, ab,
+                                                                                          capsys) -> None:
+    """A bundle of `files` entries into slot b's filesystem leaves an install record for the
+    slot's device, which the daemon's deferred arm (update.arm) requires. Before, only images
+    left one: the emulated Pi's `otad run` installed such a release and then refused it ("slot
+    b no longer holds the verified install of version 1.2.0") while `otad install` armed it."""
+    from otad import config, update
+    from otad.lock import WriterLock
+    from tests.unit.install.entries import bundle, debugfs, file, mkfs_ext4
+
+    (ab.root / "dev" / "mmcblk0p3").write_bytes(mkfs_ext4(tmp_path / "b.ext4", 4, {"etc/sw-versions": b"rootfs 1\n"}))
+    arts = [file("sw-versions", b"rootfs 1.2.0\n", "/etc/sw-versions", device="/dev/mmcblk0p3", filesystem="ext4")]
+    swu = bundle(tmp_path / "files.swu", pki, arts, selection=("stable", "copy2"))
+    cfg = config.load(str(ab.config))
+    cfg = cfg.replace("install", files_via="debugfs")
+    lock = WriterLock(cfg.system.state_dir)
+    with open(swu, "rb") as f, lock.acquire("installing into slot b", slot="b") as writer:
+        update.install(cfg, f, name="files.swu", no_switch=True, writer=writer)
+    assert debugfs(ab.root / "dev" / "mmcblk0p3", "cat /etc/sw-versions") == "rootfs 1.2.0\n"
+    with lock.acquire("arming slot b", slot="b") as writer:
+        update.arm(cfg, "b", "1.0.0", {}, writer=writer)
+    env = ab.env()
+    assert (env["rootpart"], env["upgrade_available"], env["bootcount"]) == ("3", "1", "0")
+    rc, out, _ = ab.otad(capsys, "status")
+    assert rc == 0 and "slot b /dev/mmcblk0p3: trial (trial_armed, version 1.0.0) version 1.0.0 [next]" in out, out
