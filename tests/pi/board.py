@@ -202,9 +202,10 @@ class Board:
         self.expect(BOOT_LINE, timeout, "boot.scr line (otad-boot:)")
         return BootLine(*self.match.groups())
 
-    def wait_boot(self, login_timeout: float = LOGIN_TIMEOUT_S) -> Boot:
-        """One whole boot: U-Boot's banner, boot.scr's line, the kernel, init, then log in as
-        root on the serial console and quiet the kernel there. Returns the boot's record."""
+    def wait_boot(self, login_timeout: float = LOGIN_TIMEOUT_S, banner_seen: bool = False) -> Boot:
+        """One whole boot: U-Boot's banner (unless the caller's wait_uboot() already saw it),
+        boot.scr's line, the kernel, init, then log in as root on the serial console and quiet
+        the kernel there. Returns the boot's record."""
         start = self._now()
         marks: List[Tuple[str, float]] = []
         console: List[str] = []
@@ -213,7 +214,8 @@ class Board:
             marks.append((name, round(self._now() - start, 1)))
             console.append(self.before + (self.match.group(0) if isinstance(self.match, re.Match) else ""))
 
-        self.wait_uboot()
+        if not banner_seen:
+            self.wait_uboot()
         mark("u-boot")
         line = self.wait_boot_line()
         mark("boot.scr")

@@ -1,14 +1,16 @@
-"""Scenarios 2-6 of issue 11 on two emulated boards at once, bundles delivered on the card.
+"""Scenarios 2-7 of issue 11 on three emulated boards, two at a time; bundles delivered on the
+card (2-6) or by goosebit over the network (7).
 
 Board "update": (2) the good bundle into slot b, the trial boot, `otad confirm` commits; (5)
-`otad run` owns the softdog watchdog, is stopped with SIGSTOP and the board resets (the first
-of two more boots on slot b); (3) the broken bundle into slot a, three kernel panics, U-Boot
-falls back, confirm records it; the next power-on stays on slot b.
+`otad run` owns the softdog watchdog, is stopped with SIGSTOP and the board resets (slot b
+stays). Then board "server" (tests/pi/server.py): (7) `otad run` against goosebit.
 
-Board "faults": (6) a power cut as the install starts the env write, then one right after it
-(otad stops itself at a crash point, the power goes at once); the second leaves the new slot
-armed: (4) its health check fails after the trial boot, otad switches back and reboots; then
-(6) power cuts at two points of the good bundle's slot write, and a new install that succeeds.
+Board "faults", at the same time: (6) a power cut as the install starts the env write, then one
+right after it (otad stops itself at a crash point, the power goes at once); the second leaves
+the new slot armed: (4) its health check fails after the trial boot, otad switches back and
+reboots; then (6) a power cut in the middle of the good bundle's slot write, and a new install
+that succeeds: (3) the broken bundle, whose three trial boots end in a kernel panic until
+U-Boot falls back; confirm records it; the next power-on stays on slot a.
 
 Each step asserts what U-Boot's boot.scr printed, `otad status --json`, fw_printenv in the
 guest (or on the card while the board is off), and the slots' bytes against the bundle's image
@@ -29,6 +31,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 import pytest
 
 from tests.pi.board import LOGIN_TIMEOUT_S, Board, BootLine, in_parallel
+from tests.pi.server import server_scenario
 from tests.pi.guest import (INSTALL_TIMEOUT_S, SlotImage, compare_slot, deliver, files_bundle, guest_bundle, install,
                             printenv, set_health_checks, slot_states, start_install, status, wait_log)
 
@@ -44,12 +47,21 @@ pytestmark = pytest.mark.skipif(not BUNDLES, reason="scripts/pi-test builds the 
 
 
 @contextmanager
-def scenario(board: Board, name: str) -> Iterator[None]:
+def scenario_named(board_name: str, name: str) -> Iterator[None]:
+    """Prints the scenario's duration, and whether it passed (the failure's traceback at once:
+    the other board goes on)."""
     started = time.monotonic()
     try:
         yield
-    finally:
-        print(f"\n{board.name}: scenario {name}: {time.monotonic() - started:.0f} s", flush=True)
+    except BaseException:
+        print(f"\n{board_name}: scenario {name}: FAILED after {time.monotonic() - started:.0f} s (console: "
+              f"{board_name}-console.log)\n{traceback.format_exc()}", flush=True)
+        raise
+    print(f"\n{board_name}: scenario {name}: passed in {time.monotonic() - started:.0f} s", flush=True)
+
+
+def scenario(board: Board, name: str) -> Iterator[None]:
+    return scenario_named(board.name, name)  # type: ignore[return-value]
 
 
 def env_is(board: Board, rootpart: str, upgrade_available: str, bootcount: str, otad_prev: Optional[str]) -> None:
@@ -87,13 +99,12 @@ def slot_holds(board: Board, number: int, image: SlotImage) -> None:
 
 # ----------------------------------------------------------------------------- board "update"
 
-def update_board(board: Board, good: Path, broken: Path, images: Images) -> None:
+def update_board(board: Board, good: Path, images: Images) -> None:
     with scenario(board, "2 (good update)"):
         good_update(board, good, images)
     with scenario(board, "5 (hung daemon)"):
         hung_daemon(board)
-    with scenario(board, "3 (broken update)"):
-        broken_update(board, broken, images)
+    board.close()
 
 
 def good_update(board: Board, good: Path, images: Images) -> None:
@@ -169,14 +180,15 @@ def watchdog_owner(board: Board, timeout: float = 300.0) -> int:
 
 
 def broken_update(board: Board, broken: Path, images: Images) -> None:
+    """From slot a (committed, idle) into slot b: the trial boots panic, U-Boot falls back to a."""
     out, code, seconds = install(board, guest_bundle(broken.name))
     print(f"{board.name}: otad install {broken.name}: {seconds} s", flush=True)
     assert code == 0, out
-    assert f"version {VERSION} installed into slot a" in out
+    assert f"version {VERSION} installed into slot b" in out
     report = status(board)
-    assert (report["booted"], report["env_slot"], report["phase"]) == ("b", "a", "trial_armed")
-    env_is(board, "2", "1", "0", "3")
-    slot_holds(board, 2, images["broken"])
+    assert (report["booted"], report["env_slot"], report["phase"]) == ("a", "b", "trial_armed")
+    env_is(board, "3", "1", "0", "2")
+    slot_holds(board, 3, images["broken"])
 
     # Each trial boot is counted, the kernel cannot start init and resets (panic=10).
     board.run_detached("reboot")
@@ -186,43 +198,45 @@ def broken_update(board: Board, broken: Path, images: Images) -> None:
         lines.append(board.wait_boot_line())
         board.expect("Kernel panic - not syncing", PANIC_TIMEOUT_S, "the broken slot's kernel panic")
         assert "this root filesystem is broken on purpose" in board.before
-    assert lines == [BootLine("2", "1", "1", "3"), BootLine("2", "2", "1", "3"), BootLine("2", "3", "1", "3")]
+    assert lines == [BootLine("3", "1", "1", "3"), BootLine("3", "2", "1", "3"), BootLine("3", "3", "1", "3")]
     boot = board.wait_boot()
-    assert boot.line == B_IDLE
-    assert "otad: boot 4 of slot 2 exceeds bootlimit 3: rolling back" in boot.console
-    assert re.search(rf"otad: confirm: fell_back: the trial of slot a \(version {re.escape(VERSION)}\) failed: "
-                     r"U-Boot fell back to slot b", boot.console)
+    assert boot.line == A_IDLE
+    assert "otad: boot 4 of slot 3 exceeds bootlimit 3: rolling back" in boot.console
+    assert re.search(rf"otad: confirm: fell_back: the trial of slot b \(version {re.escape(VERSION)}\) failed: "
+                     r"U-Boot fell back to slot a", boot.console)
     report = status(board)
-    assert (report["booted"], report["env_slot"], report["phase"]) == ("b", "b", "idle")
+    assert (report["booted"], report["env_slot"], report["phase"]) == ("a", "a", "idle")
     last = report["last_result"]
-    assert (last["outcome"], last["slot"], last["version"]) == ("fell_back", "a", VERSION)
-    assert "U-Boot fell back to slot b" in last["reason"]
-    env_is(board, "3", "0", "0", None)
+    assert (last["outcome"], last["slot"], last["version"]) == ("fell_back", "b", VERSION)
+    assert "U-Boot fell back to slot a" in last["reason"]
+    env_is(board, "2", "0", "0", None)
 
-    # The next power-on stays on slot b: U-Boot counts nothing and writes nothing.
+    # The next power-on stays on slot a: U-Boot counts nothing and writes nothing.
     board.run_detached("poweroff")
     board.expect_exit(timeout=180)
     env = board.card.env()
     board.power_on()
     board.wait_uboot()
-    assert board.wait_boot_line() == B_IDLE
-    board.expect("Starting kernel", 60, "slot b's kernel")
+    assert board.wait_boot_line() == A_IDLE
+    board.expect("Starting kernel", 60, "slot a's kernel")
     assert "Saving Environment" not in board.before
     board.power_cut()
     assert board.card.env() == env
-    assert trial_vars(env) == {"rootpart": "3", "upgrade_available": "0", "bootcount": "0", "bootlimit": "3",
+    assert trial_vars(env) == {"rootpart": "2", "upgrade_available": "0", "bootcount": "0", "bootlimit": "3",
                                "otad_prev": None}
 
 
 # ----------------------------------------------------------------------------- board "faults"
 
-def faults_board(board: Board, good: Path, unhealthy: Path, images: Images) -> None:
+def faults_board(board: Board, good: Path, broken: Path, unhealthy: Path, images: Images) -> None:
     with scenario(board, "6 (power cut as the install starts the env write)"):
         cut_before_env_write(board, unhealthy)
     with scenario(board, "6 + 4 (power cut after the env write; the trial fails its health check)"):
         cut_after_env_write_then_failed_health_check(board, unhealthy)
-    with scenario(board, "6 (power cuts during the slot write, then a new install)"):
-        cuts_during_slot_write(board, good, images)
+    with scenario(board, "6 (power cut during the slot write)"):
+        cut_during_slot_write(board, good)
+    with scenario(board, "6 + 3 (a new install after the cut: the broken update)"):
+        broken_update(board, broken, images)
 
 
 def install_until(board: Board, bundle: str, point: str) -> List[str]:
@@ -292,41 +306,33 @@ def cut_after_env_write_then_failed_health_check(board: Board, unhealthy: Path) 
     env_is(board, "2", "0", "0", None)
 
 
-def cuts_during_slot_write(board: Board, good: Path, images: Images) -> None:
-    for cut, after_s in enumerate((10, 60), start=1):
-        start_install(board, guest_bundle(good.name))
-        wait_log(board, r"installing rootfs\.ext4\.zstd")
-        time.sleep(after_s)
-        assert board.sh_status("kill -0 $(cat /run/otad-install.pid)")[1] == 0, "the install ended before the cut"
-        board.power_cut()
-        env = board.card.env()
-        assert trial_vars(env) == {"rootpart": "2", "upgrade_available": "0", "bootcount": "0", "bootlimit": "3",
-                                   "otad_prev": None}, f"cut {cut}"
-        board.power_on()
-        assert board.wait_boot().line == A_IDLE
-        report = status(board)
-        print(f"{board.name}: after cut {cut} ({after_s} s into the slot write): slots {slot_states(report)}",
-              flush=True)
-        assert (report["booted"], report["env_slot"], report["phase"]) == ("a", "a", "idle")
-        state, version, install_state, _, _ = slot_states(report)["b"]
-        assert "interrupted" in (state, install_state), slot_states(report)
-        assert slot_states(report)["a"][0] == "good"
-        env_is(board, "2", "0", "0", None)
-
-    out, code, seconds = install(board, guest_bundle(good.name))
-    print(f"{board.name}: otad install {good.name} after the cuts: {seconds} s", flush=True)
-    assert code == 0, out
+def cut_during_slot_write(board: Board, good: Path, after_s: float = 30.0) -> None:
+    """The power goes `after_s` into the good bundle's slot write (it takes minutes): the old slot
+    boots, slot b is interrupted. The new install that follows is scenario 3's."""
+    start_install(board, guest_bundle(good.name))
+    wait_log(board, r"installing rootfs\.ext4\.zstd")
+    time.sleep(after_s)
+    assert board.sh_status("kill -0 $(cat /run/otad-install.pid)")[1] == 0, "the install ended before the cut"
+    board.power_cut()
+    env = board.card.env()
+    assert trial_vars(env) == {"rootpart": "2", "upgrade_available": "0", "bootcount": "0", "bootlimit": "3",
+                               "otad_prev": None}
+    board.power_on()
+    assert board.wait_boot().line == A_IDLE
     report = status(board)
-    assert (report["booted"], report["env_slot"], report["phase"]) == ("a", "b", "trial_armed")
-    assert slot_states(report)["b"][:3] == ("trial", VERSION, "installed")
-    env_is(board, "3", "1", "0", "2")
-    slot_holds(board, 3, images["good"])
+    print(f"{board.name}: after the cut ({after_s:.0f} s into the slot write): slots {slot_states(report)}",
+          flush=True)
+    assert (report["booted"], report["env_slot"], report["phase"]) == ("a", "a", "idle")
+    state, _, install_state, _, _ = slot_states(report)["b"]
+    assert "interrupted" in (state, install_state), slot_states(report)
+    assert slot_states(report)["a"][0] == "good"
+    env_is(board, "2", "0", "0", None)
 
 
 # ----------------------------------------------------------------------------- the test
 
-def test_update_scenarios_on_two_boards(make_board: Callable[..., Board], card_info: Dict[str, Any],
-                                        golden_card: Path, tmp_path: Path) -> None:
+def test_update_scenarios_on_three_boards(make_board: Callable[..., Board], card_info: Dict[str, Any],
+                                          golden_card: Path, tmp_path: Path) -> None:
     good, broken = [Path(p) for p in BUNDLES.split(os.pathsep)]
     from tests.pi.card import Card
 
@@ -341,19 +347,12 @@ def test_update_scenarios_on_two_boards(make_board: Callable[..., Board], card_i
     images = Images({"good": good, "broken": broken}, slot_size, tmp_path / "images")
 
     update, faults = make_board("update"), make_board("faults")
-    deliver(update.card, good, broken)
-    deliver(faults.card, good, unhealthy)
-    in_parallel([reported(update, lambda: update_board(update, good, broken, images)),
-                 reported(faults, lambda: faults_board(faults, good, unhealthy, images))])
+    deliver(update.card, good)
+    deliver(faults.card, good, broken, unhealthy)
 
+    def update_then_server() -> None:
+        update_board(update, good, images)
+        with scenario_named("server", "7 (otad run against goosebit over SLIP)"):
+            server_scenario(make_board, card_info, tmp_path / "server")
 
-def reported(board: Board, job: Callable[[], None]) -> Callable[[], None]:
-    """The job, printing its failure at once with the board's name (in_parallel re-raises only
-    the first of two)."""
-    def run() -> None:
-        try:
-            job()
-        except BaseException:
-            print(f"\n{board.name}: FAILED (console: {board.log_path})\n{traceback.format_exc()}", flush=True)
-            raise
-    return run
+    in_parallel([update_then_server, lambda: faults_board(faults, good, broken, unhealthy, images)])

@@ -1,4 +1,6 @@
-"""Scenario 7 of issue 11: the emulated Pi's `otad run` against a real goosebit on the host.
+"""Scenario 7 of issue 11: the emulated Pi's `otad run` against a real goosebit on the host
+(run by tests/pi/test_updates.py, on a third board after the "update" board's scenarios, so
+that two boards run at a time).
 
 The board's network is SLIP on its PL011 into QEMU's user network with restrict=on
 (tests/pi/slipnet.py): the guest reaches 10.0.2.100:80, which QEMU forwards to goosebit on the
@@ -17,13 +19,10 @@ reports the action failed: goosebit shows Error, with the reason in the device's
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List
-
-import pytest
 
 from tests.goosebit import Goosebit, start_goosebit
 from tests.pi.board import Board, BootLine
@@ -31,7 +30,6 @@ from tests.pi.card import Card
 from tests.pi.guest import files_bundle, printenv, status
 from tests.pi.slipnet import GUEST_INTERFACE, GUEST_IP, SERVER_IP, SlipNet
 
-BUNDLES = os.environ.get("OTAD_PI_BUNDLES", "")
 CONTROLLER = "otad-pi"  # the card's hostname (controller_id_from = "/etc/hostname")
 GOOD, BROKEN = "1.2.0", "1.3.0"
 # boot.scr runs it on the device tree it hands the kernel (etc/boot.cmd); only on this copy.
@@ -39,7 +37,6 @@ FREE_THE_PL011 = "fdt addr ${otad_fdt}; fdt rm /soc/serial@7e201000/bluetooth"  
 SERVER_TIMEOUT_S = 600.0
 BROKEN_INIT = b"#!/bin/sh\necho 'otad-pi: release 1.3.0 cannot start init'\nexit 1\n"
 
-pytestmark = pytest.mark.skipif(not BUNDLES, reason="scripts/pi-test builds the card and its keys")
 
 
 def network_card(card: Card) -> None:
@@ -81,18 +78,19 @@ def wait_server(gb: Goosebit, what: str, check: Callable[[Dict[str, Any]], bool]
     raise AssertionError(f"goosebit: {what} not seen within {timeout:.0f} s; device: {device}")
 
 
-def test_daemon_against_goosebit_over_slip(make_board: Callable[..., Board], card_info: Dict[str, Any],
-                                           tmp_path: Path) -> None:
+def server_scenario(make_board: Callable[..., Board], card_info: Dict[str, Any], work: Path) -> None:
+    """Scenario 7 on a board of its own (`make_board("server", ...)`), goosebit in `work`."""
     keys = card_info["keys"]
-    good = files_bundle(tmp_path / f"otad-pi-{GOOD}.swu", GOOD, f"otad Pi Zero W {GOOD}",
-                        {"sw-versions": ("/etc/sw-versions", f"rootfs {GOOD}\n".encode())}, keys, tmp_path)
-    broken = files_bundle(tmp_path / f"otad-pi-{BROKEN}.swu", BROKEN, f"otad Pi Zero W {BROKEN}: init exits",
+    work.mkdir(parents=True, exist_ok=True)
+    good = files_bundle(work / f"otad-pi-{GOOD}.swu", GOOD, f"otad Pi Zero W {GOOD}",
+                        {"sw-versions": ("/etc/sw-versions", f"rootfs {GOOD}\n".encode())}, keys, work)
+    broken = files_bundle(work / f"otad-pi-{BROKEN}.swu", BROKEN, f"otad Pi Zero W {BROKEN}: init exits",
                           {"sw-versions": ("/etc/sw-versions", f"rootfs {BROKEN}\n".encode()),
-                           "init": ("/usr/sbin/init", BROKEN_INIT)}, keys, tmp_path)
-    (tmp_path / "goosebit").mkdir()
-    with start_goosebit(tmp_path / "goosebit") as gb:
+                           "init": ("/usr/sbin/init", BROKEN_INIT)}, keys, work)
+    (work / "goosebit").mkdir()
+    with start_goosebit(work / "goosebit") as gb:
         port = int(gb.base.rsplit(":", 1)[1])
-        net = SlipNet(tmp_path, host_port=port)
+        net = SlipNet(work, host_port=port)
         board = make_board("server", serial0=net.serial0, extra_args=net.qemu_args)
         network_card(board.card)
         try:
@@ -132,7 +130,7 @@ def run_scenario(board: Board, net: SlipNet, gb: Goosebit, good: Path, broken: P
     gb.rollout(gb.upload(good), name=f"pi-{GOOD}")
     board.wait_uboot(timeout=SERVER_TIMEOUT_S)
     assert gb.device(CONTROLLER)["last_state"] == "Running"
-    boot = board.wait_boot()
+    boot = board.wait_boot(banner_seen=True)
     assert boot.line == BootLine("3", "1", "1", "3")
     assert f"otad: confirm: confirmed: the trial of slot b (version {GOOD}) succeeded" in boot.console
     device = wait_server(gb, f"{GOOD} Finished", lambda d: d["last_state"] != "Running")
