@@ -26,7 +26,7 @@ from otad.install.pipeline import (ArtifactResult, Checkpoints, Reader, Sink, St
 from otad.install.plan import InstallRequest, MemberPlan, handler_options, plan_install
 from otad.install.resume import MAX_HEAD_BYTES, ArtifactPosition, MemberPosition, ResumePoint
 from otad.install.scripts import POSTINST, PREINST, ScriptRunner, script_phases
-from otad.install.status import FAILED, INSTALLED, INSTALLING, INTERRUPTED, TargetStatusStore
+from otad.install.status import FAILED, INSTALLED, INSTALLING, INTERRUPTED, TargetState, TargetStatusStore
 from otad.progress import Progress, ProgressListener, ignore
 from otad.swu.bundle import SW_DESCRIPTION, Bundle, BundleHead
 from otad.swu.cpio import CpioHeader, CpioMember
@@ -295,7 +295,7 @@ class _Run:
             self.pre_done = True
         self.scripts.run_phase(phase, self.manifest.scripts)
 
-    def _mark_file_devices(self, state: str, plan: Optional[MemberPlan] = None) -> None:
+    def _mark_file_devices(self, state: TargetState, plan: Optional[MemberPlan] = None) -> None:
         """Records for the devices that files entries write into (of `plan`, or of the whole
         bundle) and no image of the bundle targets: INSTALLING before their first file, INSTALLED
         once the whole bundle went through. So a slot that a files-only bundle updated holds that
