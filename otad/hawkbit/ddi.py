@@ -376,7 +376,8 @@ def parse_deployment(body: object, url: str) -> Deployment:
 def _parse_chunk(f: _Fields, value: object, path: str) -> Chunk:
     chunk = f.obj(value, path)
     metadata = []
-    for i, item in enumerate(chunk.get("metadata") or ()):
+    listed = () if chunk.get("metadata") is None else f.array(chunk, "metadata", f"{path}.metadata")
+    for i, item in enumerate(listed):
         entry = f.obj(item, f"{path}.metadata[{i}]")
         metadata.append((f.text(entry, "key", f"{path}.metadata[{i}].key"),
                          f.text(entry, "value", f"{path}.metadata[{i}].value")))

@@ -219,6 +219,7 @@ A0 = "deployment.chunks[0].artifacts[0]"
     (f"{A0}.filename", None, f"{A0}.filename: expected a string, got null"),
     ("deployment.chunks[0].artifacts", {}, "deployment.chunks[0].artifacts: expected an array, got an object"),
     ("deployment.chunks[0].version", 1.2, "deployment.chunks[0].version: expected a string, got a number"),
+    ("deployment.chunks[0].metadata", True, "deployment.chunks[0].metadata: expected an array, got a boolean"),
     ("deployment.chunks", KeyError, "deployment.chunks: expected an array, got null"),
     ("deployment.download", "maybe", "deployment.download: expected one of skip, attempt, forced, got 'maybe'"),
     ("deployment.update", None, "deployment.update: expected a string, got null"),
