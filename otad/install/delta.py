@@ -86,7 +86,8 @@ class DeltaReport:
         if again:
             line += f"; {again} chunk{'' if again == 1 else 's'} changed in the source, fetched instead"
         if self.fallbacks:
-            line += f"; fell back to {self.mode} requests"
+            by = {"multipart": "fewer ranges a request", "single": "single ranges"}.get(self.mode, "one sequential read")
+            line += f"; {self.fallbacks[-1]}: fetched by {by}"
         return line
 
 

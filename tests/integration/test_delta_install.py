@@ -233,6 +233,9 @@ def test_misbehaving_servers_cost_bytes_never_the_install(dev: DeltaDevice, bund
     assert dev.slot("mmcblk0p3").read_bytes() == small.v2.read_bytes()
     if fallback:
         assert fallback in err
+        summary = next(line for line in out.splitlines() if "reused " in line)
+        assert fallback in summary and re.search(
+            r": fetched by (fewer ranges a request|single ranges|one sequential read)$", summary), summary
     fetched = re.search(r"fetched ([0-9.]+) MB in (\d+) request", out)
     assert fetched and int(fetched.group(2)) == server.requests
     # what otad read: what the server sent, less what was still on the way when otad hung up
