@@ -54,8 +54,9 @@ def _add_global_options(p: argparse.ArgumentParser, *, after_command: bool = Fal
 
 class _SubParser(argparse.ArgumentParser):
     """A sub-command's parser: takes the global options too (`config_option=False` where the
-    command has its own --config), and may add its arguments when it is first used
-    (`add_later`), so that building the whole command line does not import its module.
+    command has its own --config). Those and its own arguments (`add_later`) are added when it
+    is first used: building the whole command line costs a Pi Zero little more than the command
+    names (argparse makes a help formatter for every argument), and imports no command's module.
 
     `dash_words` names a positional list whose words may start with '-' only after '--', as with
     fw_setenv, whose getopt would take `-1` for an option, drop it and delete the variable."""
@@ -64,10 +65,18 @@ class _SubParser(argparse.ArgumentParser):
                  config_option: bool = True, dash_words: Optional[str] = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._add_later = add_later
+        self._config_option: Optional[bool] = config_option
         self._dash_words = dash_words
-        _add_global_options(self, after_command=True, config=config_option)
+        if add_later is None:  # its arguments come next: the global options first, as in every usage line
+            self._take_global_options()
+
+    def _take_global_options(self) -> None:
+        if self._config_option is not None:
+            _add_global_options(self, after_command=True, config=self._config_option)
+            self._config_option = None
 
     def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        self._take_global_options()
         if self._add_later is not None:
             add, self._add_later = self._add_later, None
             add(self)
@@ -101,7 +110,11 @@ def _add_bundle_trust_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_install(commands: Any) -> None:
-    p = commands.add_parser("install", help="install a .swu bundle from a file ('-' for stdin)")
+    commands.add_parser("install", help="install a .swu bundle from a file ('-' for stdin)",
+                        add_later=_install_arguments)
+
+
+def _install_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", metavar="BUNDLE")
     _add_bundle_trust_options(p)
     _add_planning_options(p)
@@ -125,7 +138,11 @@ def _add_planning_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_info(commands: Any) -> None:
-    p = commands.add_parser("info", help="show what a bundle contains and whether `install` would take it here")
+    commands.add_parser("info", help="show what a bundle contains and whether `install` would take it here",
+                        add_later=_info_arguments)
+
+
+def _info_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", metavar="BUNDLE")
     _add_bundle_trust_options(p)
     _add_planning_options(p)
@@ -134,28 +151,44 @@ def _add_info(commands: Any) -> None:
 
 
 def _add_status(commands: Any) -> None:
-    p = commands.add_parser("status", help="booted slot, each slot's state, pending trial, env values")
+    commands.add_parser("status", help="booted slot, each slot's state, pending trial, env values",
+                        add_later=_status_arguments)
+
+
+def _status_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(run=_cmd_status)
 
 
 def _add_confirm(commands: Any) -> None:
     for name in ("confirm", "mark-good"):
-        p = commands.add_parser(name, help="after a boot: commit a healthy trial slot or record the fallback")
-        p.add_argument("--no-reboot", action="store_true", help="never run the reboot command, only say so")
-        p.add_argument("--json", action="store_true", help="machine-readable output")
-        p.set_defaults(run=_cmd_confirm)
+        commands.add_parser(name, help="after a boot: commit a healthy trial slot or record the fallback",
+                            add_later=_confirm_arguments)
+
+
+def _confirm_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-reboot", action="store_true", help="never run the reboot command, only say so")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(run=_cmd_confirm)
 
 
 def _add_mark_bad(commands: Any) -> None:
-    p = commands.add_parser("mark-bad", help="give up on a slot now (default: the running one) and switch back")
+    commands.add_parser("mark-bad", help="give up on a slot now (default: the running one) and switch back",
+                        add_later=_mark_bad_arguments)
+
+
+def _mark_bad_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("slot", nargs="?", metavar="SLOT", help="slot name (default: the booted slot)")
     p.add_argument("--no-reboot", action="store_true", help="never run the reboot command, only say so")
     p.set_defaults(run=_cmd_mark_bad)
 
 
 def _add_run(commands: Any) -> None:
-    p = commands.add_parser("run", help="the daemon: poll hawkBit, install, report (see hawkbit in otad.conf)")
+    commands.add_parser("run", help="the daemon: poll hawkBit, install, report (see hawkbit in otad.conf)",
+                        add_later=_run_arguments)
+
+
+def _run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--once", action="store_true", help="one poll cycle, then exit")
     p.add_argument("--no-reboot", action="store_true", help="never run the reboot command (tests)")
     p.add_argument("--syslog", action="store_true", help="log to syslog as well as stderr")
@@ -176,7 +209,11 @@ def _add_mkswu_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _add_env(commands: Any) -> None:
-    p = commands.add_parser("env", help="print or set U-Boot variables (like fw_printenv / fw_setenv)")
+    commands.add_parser("env", help="print or set U-Boot variables (like fw_printenv / fw_setenv)",
+                        add_later=_env_arguments)
+
+
+def _env_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="env_command", metavar="print|set", parser_class=_SubParser)
     sub.required = True
     pr = sub.add_parser("print", help="print variables (all, or the NAMEs given)")
@@ -200,7 +237,11 @@ def _add_env(commands: Any) -> None:
 
 
 def _add_state(commands: Any) -> None:
-    p = commands.add_parser("state", help="otad's own state files (reset: set unreadable ones aside)")
+    commands.add_parser("state", help="otad's own state files (reset: set unreadable ones aside)",
+                        add_later=_state_arguments)
+
+
+def _state_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="state_command", metavar="reset", parser_class=_SubParser)
     sub.required = True
     reset = sub.add_parser("reset", help="set aside the state files otad cannot read (as FILE.corrupt)",
