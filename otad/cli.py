@@ -17,7 +17,7 @@ from otad import __version__
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: importing `typing` is a large share of `otad --help` on a Pi Zero
-    from typing import Any, Callable, Dict, Optional, Sequence
+    from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 DEFAULT_CONFIG = "/etc/otad/otad.conf"
 
@@ -28,15 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_global_options(parser)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_SubParser)
     commands.required = True
-    _add_install(commands)
-    _add_info(commands)
-    _add_env(commands)
-    _add_status(commands)
-    _add_state(commands)
-    _add_confirm(commands)
-    _add_mark_bad(commands)
-    _add_run(commands)
-    _add_mkswu(commands)
+    for name, text, arguments in _COMMANDS:
+        # no --config after `mkswu`: there -c/--config is swugenerator's variables file
+        commands.add_parser(name, help=text, add_later=arguments, config_option=name != "mkswu")
     return parser
 
 
@@ -109,11 +103,6 @@ def _add_bundle_trust_options(p: argparse.ArgumentParser) -> None:
                    help="accept bundles without a valid signature (development only)")
 
 
-def _add_install(commands: Any) -> None:
-    commands.add_parser("install", help="install a .swu bundle from a file ('-' for stdin)",
-                        add_later=_install_arguments)
-
-
 def _install_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", metavar="BUNDLE")
     _add_bundle_trust_options(p)
@@ -137,11 +126,6 @@ def _add_planning_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-R", "--no-reinstall", metavar="V", help="refuse a bundle whose version string is exactly V")
 
 
-def _add_info(commands: Any) -> None:
-    commands.add_parser("info", help="show what a bundle contains and whether `install` would take it here",
-                        add_later=_info_arguments)
-
-
 def _info_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", metavar="BUNDLE")
     _add_bundle_trust_options(p)
@@ -150,20 +134,9 @@ def _info_arguments(p: argparse.ArgumentParser) -> None:
     p.set_defaults(run=_cmd_info)
 
 
-def _add_status(commands: Any) -> None:
-    commands.add_parser("status", help="booted slot, each slot's state, pending trial, env values",
-                        add_later=_status_arguments)
-
-
 def _status_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(run=_cmd_status)
-
-
-def _add_confirm(commands: Any) -> None:
-    for name in ("confirm", "mark-good"):
-        commands.add_parser(name, help="after a boot: commit a healthy trial slot or record the fallback",
-                            add_later=_confirm_arguments)
 
 
 def _confirm_arguments(p: argparse.ArgumentParser) -> None:
@@ -172,20 +145,10 @@ def _confirm_arguments(p: argparse.ArgumentParser) -> None:
     p.set_defaults(run=_cmd_confirm)
 
 
-def _add_mark_bad(commands: Any) -> None:
-    commands.add_parser("mark-bad", help="give up on a slot now (default: the running one) and switch back",
-                        add_later=_mark_bad_arguments)
-
-
 def _mark_bad_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("slot", nargs="?", metavar="SLOT", help="slot name (default: the booted slot)")
     p.add_argument("--no-reboot", action="store_true", help="never run the reboot command, only say so")
     p.set_defaults(run=_cmd_mark_bad)
-
-
-def _add_run(commands: Any) -> None:
-    commands.add_parser("run", help="the daemon: poll hawkBit, install, report (see hawkbit in otad.conf)",
-                        add_later=_run_arguments)
 
 
 def _run_arguments(p: argparse.ArgumentParser) -> None:
@@ -195,22 +158,11 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
     p.set_defaults(run=_cmd_run)
 
 
-def _add_mkswu(commands: Any) -> None:
-    # no --config after `mkswu`: there -c/--config is swugenerator's variables file
-    commands.add_parser("mkswu", help="build a signed .swu bundle from a sw-description template (build host)",
-                        add_later=_add_mkswu_arguments, config_option=False)
-
-
-def _add_mkswu_arguments(p: argparse.ArgumentParser) -> None:
+def _mkswu_arguments(p: argparse.ArgumentParser) -> None:
     from otad.mkswu import cli as mkswu  # lazy: only `otad mkswu` needs it (~0.3 MB RSS in install, ~6 MB in --help)
 
     mkswu.add_arguments(p)
     p.set_defaults(run=mkswu.run)
-
-
-def _add_env(commands: Any) -> None:
-    commands.add_parser("env", help="print or set U-Boot variables (like fw_printenv / fw_setenv)",
-                        add_later=_env_arguments)
 
 
 def _env_arguments(p: argparse.ArgumentParser) -> None:
@@ -236,11 +188,6 @@ def _env_arguments(p: argparse.ArgumentParser) -> None:
     st.set_defaults(run=_cmd_env_set)
 
 
-def _add_state(commands: Any) -> None:
-    commands.add_parser("state", help="otad's own state files (reset: set unreadable ones aside)",
-                        add_later=_state_arguments)
-
-
 def _state_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="state_command", metavar="reset", parser_class=_SubParser)
     sub.required = True
@@ -249,6 +196,21 @@ def _state_arguments(p: argparse.ArgumentParser) -> None:
                                        "cannot read is renamed to FILE.corrupt and starts empty; readable files "
                                        "are left as they are. Holds the writer lock.")
     reset.set_defaults(run=_cmd_state_reset)
+
+
+# Each command: its name, its line in `otad --help`, and what adds its arguments when it is parsed.
+_COMMANDS: Tuple[Tuple[str, str, Callable[[argparse.ArgumentParser], None]], ...] = (
+    ("install", "install a .swu bundle from a file ('-' for stdin)", _install_arguments),
+    ("info", "show what a bundle contains and whether `install` would take it here", _info_arguments),
+    ("env", "print or set U-Boot variables (like fw_printenv / fw_setenv)", _env_arguments),
+    ("status", "booted slot, each slot's state, pending trial, env values", _status_arguments),
+    ("state", "otad's own state files (reset: set unreadable ones aside)", _state_arguments),
+    ("confirm", "after a boot: commit a healthy trial slot or record the fallback", _confirm_arguments),
+    ("mark-good", "after a boot: commit a healthy trial slot or record the fallback", _confirm_arguments),
+    ("mark-bad", "give up on a slot now (default: the running one) and switch back", _mark_bad_arguments),
+    ("run", "the daemon: poll hawkBit, install, report (see hawkbit in otad.conf)", _run_arguments),
+    ("mkswu", "build a signed .swu bundle from a sw-description template (build host)", _mkswu_arguments),
+)
 
 
 def _load_config(args: argparse.Namespace) -> Any:
