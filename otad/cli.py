@@ -23,7 +23,8 @@ DEFAULT_CONFIG = "/etc/otad/otad.conf"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="otad", description="Over-the-air updates for A/B Linux devices.")
+    parser = argparse.ArgumentParser(prog="otad", description="Over-the-air updates for A/B Linux devices.",
+                                     formatter_class=_HelpFormatter)
     parser.add_argument("--version", action="version", version=f"otad {__version__}")
     _add_global_options(parser)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_SubParser)
@@ -46,6 +47,23 @@ def _add_global_options(p: argparse.ArgumentParser, *, after_command: bool = Fal
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors", **unset)
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, without textwrap for a text that fits on its line: wrapping the
+    help lines was half of `otad --help` on a Pi Zero. The output is the same as textwrap's."""
+
+    def _split_lines(self, text: str, width: int) -> Any:
+        one = self._whitespace_matcher.sub(" ", text).strip()  # type: ignore[attr-defined]
+        if len(one) <= width:
+            return [one] if one else []
+        return super()._split_lines(text, width)
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        one = indent + self._whitespace_matcher.sub(" ", text).strip()  # type: ignore[attr-defined]
+        if len(one) <= width and one.strip():
+            return one
+        return super()._fill_text(text, width, indent)
+
+
 class _SubParser(argparse.ArgumentParser):
     """A sub-command's parser: takes the global options too (`config_option=False` where the
     command has its own --config). Those and its own arguments (`add_later`) are added when it
@@ -57,6 +75,7 @@ class _SubParser(argparse.ArgumentParser):
 
     def __init__(self, *args: Any, add_later: Optional[Callable[[argparse.ArgumentParser], None]] = None,
                  config_option: bool = True, dash_words: Optional[str] = None, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
         super().__init__(*args, **kwargs)
         self._add_later = add_later
         self._config_option: Optional[bool] = config_option
@@ -69,11 +88,15 @@ class _SubParser(argparse.ArgumentParser):
             _add_global_options(self, after_command=True, config=self._config_option)
             self._config_option = None
 
-    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+    def complete(self) -> None:
+        """Add the arguments not added yet (parsing does it first)."""
         self._take_global_options()
         if self._add_later is not None:
             add, self._add_later = self._add_later, None
             add(self)
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        self.complete()
         if self._dash_words is None or args is None:
             return super().parse_known_args(args, namespace)
         args = list(args)

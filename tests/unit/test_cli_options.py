@@ -90,3 +90,26 @@ def test_parsing_global_options_after_a_command_imports_nothing_heavy() -> None:
             "'requests') or m in ('otad.update', 'otad.mkswu', 'otad.config', 'otad.swu.bundle')))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+
+
+def _every_parser(parser):
+    """The top-level parser and each sub-command's, their arguments added (as when parsed)."""
+    yield parser
+    for action in parser._actions:
+        for sub in getattr(action, "_name_parser_map", {}).values():
+            sub.complete()
+            yield from _every_parser(sub)
+
+
+@pytest.mark.parametrize("width", [30, 52, 80, 200])
+def test_help_is_argparses_own_text_at_any_width(width: int, monkeypatch) -> None:
+    """cli's formatter skips textwrap for lines that fit; the text must not change by a byte."""
+    import argparse
+
+    monkeypatch.setenv("COLUMNS", str(width))
+    parsers = list(_every_parser(build_parser()))
+    assert len(parsers) > 12
+    for p in parsers:
+        ours = p.format_help()
+        p.formatter_class = argparse.HelpFormatter
+        assert ours == p.format_help(), p.prog
