@@ -11,7 +11,11 @@ short with every link explicit: issuers come only from the device's trust file (
 certificates are ignored, like SWUpdate's CMS_IGNORE_ADDITIONAL_CERTS), and each link must match
 by name *and* verify the child's signature with the issuer's key. The rules copy OpenSSL's
 `smime_sign` chain checks (docs/architecture.md, "Signatures"). Only APIs present in cryptography 38 are
-used; the one newer-library path (timezone-aware validity, >= 42) sits behind `_validity`.
+used.
+
+Certificates are read with asn1crypto, every field and extension of them, and cryptography only
+verifies signatures: `cryptography.x509` compiles an RFC 4514 parser's regexes and loads the email
+package at import, 0.9 s of `otad install`'s start on a Pi Zero, for names otad never parses.
 """
 
 from __future__ import annotations
@@ -28,11 +32,10 @@ from datetime import date, datetime, timezone
 from typing import Any, Callable, Dict, FrozenSet, List, Optional, Protocol, Sequence, Tuple
 
 from asn1crypto import cms as asn1_cms, core as asn1_core, x509 as asn1_x509  # type: ignore[import-untyped]
-from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat._oid import ObjectIdentifier
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.x509.oid import NameOID
 
 from otad import RELEASE_DATE
 from otad.errors import ConfigError, SignatureError
@@ -189,16 +192,6 @@ def _when(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def _validity(cert: x509.Certificate) -> Tuple[datetime, datetime]:
-    """notBefore/notAfter as aware UTC datetimes: the `_utc` properties exist from cryptography 42."""
-    before = getattr(cert, "not_valid_before_utc", None)
-    after = getattr(cert, "not_valid_after_utc", None)
-    if before is None or after is None:  # cryptography < 42: naive datetimes in UTC
-        before = cert.not_valid_before.replace(tzinfo=timezone.utc)
-        after = cert.not_valid_after.replace(tzinfo=timezone.utc)
-    return before, after
-
-
 def _sig_alg(alg: Any) -> Tuple[Optional[_SigAlg], str]:
     """Read an asn1crypto SignedDigestAlgorithm; None for what otad does not verify."""
     name = str(alg["algorithm"].native)
@@ -227,34 +220,102 @@ def _sig_alg(alg: Any) -> Tuple[Optional[_SigAlg], str]:
     return _SigAlg("pkcs1" if kind == "rsassa_pkcs1v15" else "ecdsa", hash_name), name
 
 
-def _ext(cert: x509.Certificate, cls: Any) -> Any:
+_SHORT_NAMES = {  # RFC 4514's attribute names, as cryptography's Name.rfc4514_string writes them
+    "2.5.4.3": "CN", "2.5.4.7": "L", "2.5.4.8": "ST", "2.5.4.10": "O", "2.5.4.11": "OU", "2.5.4.6": "C",
+    "2.5.4.9": "STREET", "0.9.2342.19200300.100.1.25": "DC", "0.9.2342.19200300.100.1.1": "UID"}
+_COMMON_NAME = "2.5.4.3"
+_KEY_USAGES = {"digital_signature": "digital_signature", "non_repudiation": "content_commitment",
+               "key_cert_sign": "key_cert_sign"}  # asn1crypto's name -> the one the checks use
+
+
+def _dn_value(value: Any) -> str:
+    """One attribute value escaped as RFC 4514 section 2.4 asks; bytes as #hex."""
+    if isinstance(value, bytes):
+        return "#" + value.hex() if value else ""
+    text = str(value)
+    for char in '\\"+,;<>':
+        text = text.replace(char, "\\" + char)
+    text = text.replace("\0", "\\00")
+    if text[:1] in ("#", " "):
+        text = "\\" + text
+    if text.endswith(" "):
+        text = text[:-1] + "\\ "
+    return text
+
+
+def _rfc4514(name: Any) -> str:
+    """An asn1crypto Name as RFC 4514 text, last RDN first (for messages)."""
+    return ",".join("+".join(f"{_SHORT_NAMES.get(ava['type'].dotted, ava['type'].dotted)}="
+                             f"{_dn_value(ava['value'].native)}" for ava in rdn) for rdn in reversed(list(name.chosen)))
+
+
+def _name_values(name: Any, oid: str) -> Tuple[str, ...]:
+    return tuple(str(ava["value"].native) for rdn in name.chosen for ava in rdn if ava["type"].dotted == oid)
+
+
+_BASIC_CONSTRAINTS, _KEY_USAGE, _EXTENDED_KEY_USAGE = "2.5.29.19", "2.5.29.15", "2.5.29.37"
+_STRICT_DER = (_BASIC_CONSTRAINTS, _EXTENDED_KEY_USAGE)
+
+
+def _extensions(tbs: Any) -> Dict[str, Any]:
+    """Each extension's parsed value by dotted OID, every one read to its end: a certificate with
+    a malformed or repeated extension is refused, as OpenSSL marks it invalid. basicConstraints and
+    extendedKeyUsage, which the path checks read, must be exactly DER (asn1crypto would skip an
+    element too many, cryptography refuses it); keyUsage only has to parse: real CAs pad its bits
+    (two Trustwave roots in Debian's bundle), and OpenSSL and cryptography take them."""
+    found: Dict[str, Any] = {}
+    if isinstance(tbs["extensions"], asn1_core.Void):
+        return found
+    for ext in tbs["extensions"]:
+        oid = ext["extn_id"].dotted
+        if oid in found:
+            raise ValueError(f"extension {ext['extn_id'].native} appears twice")
+        ext["critical"].native
+        value = ext["extn_value"].parsed
+        if value is not None:
+            value.native  # parses the whole value
+            raw = ext["extn_value"].contents
+            if oid in _STRICT_DER and type(value).load(raw).dump(force=True) != raw:
+                raise ValueError(f"extension {ext['extn_id'].native} is not DER")
+        found[oid] = value
+    return found
+
+
+def _public_key(spki: Any) -> object:
+    """The subject's key for cryptography to verify with; None for a type otad cannot use."""
     try:
-        return cert.extensions.get_extension_for_class(cls).value
-    except x509.ExtensionNotFound:
+        if spki.algorithm == "rsa":
+            numbers = spki["public_key"].parsed
+            return rsa.RSAPublicNumbers(numbers["public_exponent"].native, numbers["modulus"].native).public_key()
+        if spki.algorithm == "ec":
+            kind, curve = spki["algorithm"]["parameters"].name, spki["algorithm"]["parameters"].chosen
+            if kind != "named":
+                return None
+            curve_type = ec.get_curve_for_oid(ObjectIdentifier(curve.dotted))
+            return ec.EllipticCurvePublicKey.from_encoded_point(curve_type(), spki["public_key"].native)
+    except (UnsupportedAlgorithm, ValueError, LookupError):
         return None
+    return None
 
 
 def _read_cert(der: bytes) -> _Cert:
-    parsed = asn1_x509.Certificate.load(der, strict=True)
-    cert = x509.load_der_x509_certificate(der)
-    bc, ku, eku = _ext(cert, x509.BasicConstraints), _ext(cert, x509.KeyUsage), _ext(cert, x509.ExtendedKeyUsage)
-    before, after = _validity(cert)
+    parsed = _checked(asn1_x509.Certificate.load(der, strict=True))
+    tbs = _checked(parsed["tbs_certificate"])
+    extensions = _extensions(tbs)
+    bc, ku, eku = (extensions.get(oid) for oid in (_BASIC_CONSTRAINTS, _KEY_USAGE, _EXTENDED_KEY_USAGE))
+    validity = _checked(tbs["validity"])
     sig_alg, sig_alg_name = _sig_alg(parsed["signature_algorithm"])
-    try:
-        public_key: object = cert.public_key()
-    except (UnsupportedAlgorithm, ValueError):
-        public_key = None
     return _Cert(
-        der=der, subject=cert.subject.rfc4514_string(), subject_key=parsed.subject.hashable,
-        issuer=cert.issuer.rfc4514_string(), issuer_key=parsed.issuer.hashable, serial=cert.serial_number,
-        common_names=tuple(str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)),
-        not_before=before, not_after=after, v1=cert.version == x509.Version.v1,
-        ca=bc.ca if bc else None, pathlen=bc.path_length if bc else None,
-        key_usage=None if ku is None else frozenset(
-            n for n in ("digital_signature", "content_commitment", "key_cert_sign") if getattr(ku, n)),
-        eku=None if eku is None else frozenset(oid.dotted_string for oid in eku),
-        public_key=public_key, tbs=cert.tbs_certificate_bytes, signature=cert.signature,
-        sig_alg=sig_alg, sig_alg_name=sig_alg_name)
+        der=der, subject=_rfc4514(tbs["subject"]), subject_key=tbs["subject"].hashable,
+        issuer=_rfc4514(tbs["issuer"]), issuer_key=tbs["issuer"].hashable, serial=tbs["serial_number"].native,
+        common_names=_name_values(tbs["subject"], _COMMON_NAME),
+        not_before=validity["not_before"].native, not_after=validity["not_after"].native,
+        v1=tbs["version"].native == "v1",
+        ca=bc["ca"].native if bc else None, pathlen=bc["path_len_constraint"].native if bc else None,
+        key_usage=None if ku is None else frozenset(_KEY_USAGES[n] for n in ku.native if n in _KEY_USAGES),
+        eku=None if eku is None else frozenset(purpose.dotted for purpose in eku),
+        public_key=_public_key(tbs["subject_public_key_info"]), tbs=tbs.dump(),
+        signature=parsed["signature_value"].native, sig_alg=sig_alg, sig_alg_name=sig_alg_name)
 
 
 def _parse_cert(der: bytes, what: str, where: str) -> _Cert:

@@ -25,9 +25,11 @@ REPO = Path(__file__).resolve().parents[2]
 NOT_FOR_PARSING = {"typing", "dataclasses", "logging", "json", "subprocess", "inspect", "email", "ctypes",
                    "cryptography", "asn1crypto", "zstandard", "libconf", "requests"}
 # Never needed by `otad install FILE`: the daemon, its downloads and their resumable hash states,
-# the status report, the bundle builder, delta chunk stores, the simulator.
+# the status report, the bundle builder, delta chunk stores, the simulator; cryptography's X.509
+# layer (asn1crypto reads the certificates; its RFC 4514 parser's regexes and the email package
+# cost most of `otad install`'s start-up on the board).
 NOT_FOR_INSTALL = {"otad.hawkbit", "otad.mkswu", "otad.delta", "otad.sim", "otad.report", "otad.boot.slotstatus",
-                   "otad.boot.envcmd", "ctypes", "requests", "urllib3", "http"}
+                   "otad.boot.envcmd", "ctypes", "requests", "urllib3", "http", "cryptography.x509", "email"}
 
 
 def _new_modules(code: str, *, site: bool = True) -> Set[str]:
