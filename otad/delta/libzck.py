@@ -20,6 +20,7 @@ from otad.delta import zck
 from otad.delta.blocks import read_blocks
 from otad.errors import SourceIndexError
 
+SEGMENT_BYTES = 64 << 20  # of source per libzck context (about 2,000 chunks)
 TRUNCATE_EVERY = 4 << 20  # libzck 1.2.3 copies every source byte to a temp file: keep it sparse
 
 # zck.h enums
@@ -153,19 +154,49 @@ def index_source(f: BinaryIO, length: int, *, name: str = "source",
                  on_progress: Optional[Callable[[int], None]] = None) -> zck.ChunkIndex:
     """The chunks of the first `length` bytes of `f` (a slot, an image), as libzck cuts them
     and with their uncompressed SHA-256: the index SWUpdate builds of its `source`."""
-    with open(os.devnull, "wb") as sink, _Context(sink.fileno(), name) as c:
-        c.set(_UNCOMP_HEADER, 1, "ZCK_UNCOMP_HEADER")
-        c.set(_COMP_TYPE, _COMP_NONE, "ZCK_COMP_TYPE")
-        c.set(_HASH_CHUNK_TYPE, zck.HASH_SHA256, "ZCK_HASH_CHUNK_TYPE")
-        c.no_write = c.try_set(_NO_WRITE, 1)
-        _feed(c, f, length, name, on_progress)
-        c.end_chunk()
-        lengths = array("Q")  # 8 bytes a chunk, not a Python int's 36
-        digests = bytearray()
-        for size, digest in c.chunks():
-            lengths.append(size)
-            digests += digest
-    return zck.ChunkIndex.of_source(lengths, digests)
+    lengths = array("I")
+    digests = bytearray()
+    for size, digest in source_chunks(f, length, name=name, on_progress=on_progress):
+        lengths.append(size)
+        digests += digest
+    return zck.ChunkIndex.of_source(lengths, bytes(digests))
+
+
+def source_chunks(f: BinaryIO, length: int, *, name: str = "source",
+                  on_progress: Optional[Callable[[int], None]] = None,
+                  segment_bytes: int = SEGMENT_BYTES) -> Iterator[Tuple[int, bytes]]:
+    """(length, uncompressed SHA-256) of each chunk libzck cuts of `f`'s first `length` bytes, in order.
+
+    libzck keeps every chunk of a context in its index (some 200 bytes each, in C). So a context
+    lives for about `segment_bytes` only: its finished chunks are handed on and it is freed, and
+    a fresh one is fed from the end of its last finished chunk (the unfinished bytes, at most
+    128 KiB, are read again). libzck starts every chunk with an
+    empty buzhash window and a zero length, so a context that starts where a chunk ended cuts
+    exactly what the old one would have (test_libzck checks it against one context)."""
+    start = 0  # where the current context's first chunk begins
+    with open(os.devnull, "wb") as sink:
+        while True:
+            with _Context(sink.fileno(), name) as c:
+                c.set(_UNCOMP_HEADER, 1, "ZCK_UNCOMP_HEADER")
+                c.set(_COMP_TYPE, _COMP_NONE, "ZCK_COMP_TYPE")
+                c.set(_HASH_CHUNK_TYPE, zck.HASH_SHA256, "ZCK_HASH_CHUNK_TYPE")
+                c.no_write = c.try_set(_NO_WRITE, 1)
+                f.seek(start)
+                step = min(segment_bytes, length - start)
+                _feed(c, f, step, name, None)
+                if on_progress is not None:
+                    on_progress(start + step)
+                if start + step >= length:
+                    c.end_chunk()
+                    yield from c.chunks()
+                    return
+                cut = 0
+                for size, digest in c.chunks():
+                    cut += size
+                    yield size, digest
+                if cut == 0:
+                    raise SourceIndexError(f"libzck ended no chunk in {step} bytes from byte {start}", name)
+                start += cut
 
 
 def write_zck(f: BinaryIO, length: int, out: BinaryIO, chunk_bytes: Optional[int] = None, *, name: str = "image",

@@ -23,6 +23,7 @@ from otad.errors import OtadError
 
 DIRECTORY = "slotindex"
 MAX_META_BYTES = 4096
+READ_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -48,14 +49,21 @@ def stage(state_dir: str, path: str, header: bytes) -> None:
     atomic_write(new, header)
 
 
+def staged(state_dir: str, path: str) -> str:
+    """Where `stage` keeps the header for the target at `path`."""
+    return _paths(state_dir, path)[2]
+
+
 def commit(state_dir: str, path: str, stamp: str, image_length: int) -> None:
     """The staged header is now the index of what the target at `path` holds (record `stamp`)."""
     header_path, meta_path, new = _paths(state_dir, path)
+    digest = hashlib.sha256()
     with open(new, "rb") as f:
-        digest = hashlib.sha256(f.read()).hexdigest()
+        for block in iter(lambda: f.read(READ_BYTES), b""):
+            digest.update(block)
     forget(state_dir, path, keep_staged=True)
     os.replace(new, header_path)
-    meta = {"stamp": stamp, "image_length": image_length, "header_sha256": digest, "written_at": time.time()}
+    meta = {"stamp": stamp, "image_length": image_length, "header_sha256": digest.hexdigest(), "written_at": time.time()}
     atomic_write(meta_path, json.dumps(meta).encode("utf-8") + b"\n")
 
 
@@ -71,7 +79,7 @@ def forget(state_dir: str, path: str, *, keep_staged: bool = False) -> None:
 
 def load(state_dir: str, path: str, stamp: str, limits: zck.Limits = zck.Limits()) -> Optional[Cached]:
     """The target's index if it belongs to record `stamp` and reads back intact, else None; kept
-    for matching only (zck.ChunkIndex.matching_only)."""
+    for matching only (zck.ChunkIndex.matching_only), its digests read from the file."""
     header_path, meta_path, _ = _paths(state_dir, path)
     try:
         with open(meta_path, "rb") as f:
@@ -82,7 +90,7 @@ def load(state_dir: str, path: str, stamp: str, limits: zck.Limits = zck.Limits(
             data = f.read(limits.max_header_bytes + 1)
         if hashlib.sha256(data).hexdigest() != meta.get("header_sha256"):
             return None
-        header = zck.parse_header(data, name=header_path, limits=limits, matching=True)
+        header = zck.parse_header(data, name=header_path, limits=limits, matching=True).on_file(header_path)
     except (OSError, ValueError, OtadError):
         return None  # a cache: unreadable means absent
     length = meta.get("image_length")

@@ -74,8 +74,8 @@ def find(target: zck.ChunkIndex, f: BinaryIO, length: int, cached: Optional[zck.
         return SourceFound(srcindex.match_index(target, cached), CACHED, length)
     use_libzck = policy.libzck and libzck.available()
     if use_libzck or policy.python:
-        index = srcindex.chunk_source(f, length, name=name, use_libzck=use_libzck, on_progress=on_progress)
-        return SourceFound(srcindex.match_index(target, index), LIBZCK if use_libzck else PYTHON, length)
+        chunks = srcindex.source_chunks(f, length, name=name, use_libzck=use_libzck, on_progress=on_progress)
+        return SourceFound(srcindex.match_chunks(target, chunks), LIBZCK if use_libzck else PYTHON, length)
     log.warning("%s: no cached index and no way to chunk it (libzck not loadable, delta.python_index off): "
                 "every chunk is fetched", name)
     return SourceFound(srcindex.SourceMatch(array("q", [srcindex.NOT_FOUND]) * len(target)), NONE, length)

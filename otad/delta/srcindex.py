@@ -10,11 +10,10 @@ copied, and deciding what to fetch, belong to the assembler and the planner.
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 from array import array
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable, Dict, List, Optional
+from typing import BinaryIO, Callable, Iterable, Iterator, Optional, Tuple
 
 from otad.delta import chunker, libzck, zck
 from otad.delta.blocks import read_blocks, read_chunks
@@ -44,110 +43,166 @@ def chunk_source(f: BinaryIO, length: int, *, name: str = "source", use_libzck: 
     """The `compatible` index of `f`'s first `length` bytes: libzck's chunks with their SHA-256.
     libzck through ctypes when it loads (or `use_libzck`), else the pure-Python chunker.
     Offsets count from byte 0 of `f`, wherever it is positioned now."""
+    lengths = array("I")
+    digests = bytearray()
+    for n, digest in source_chunks(f, length, name=name, use_libzck=use_libzck, on_progress=on_progress):
+        lengths.append(n)
+        digests += digest
+    return zck.ChunkIndex.of_source(lengths, bytes(digests))
+
+
+def source_chunks(f: BinaryIO, length: int, *, name: str = "source", use_libzck: Optional[bool] = None,
+                  on_progress: Progress = None) -> Iterator[Tuple[int, bytes]]:
+    """(length, SHA-256) of each `compatible` chunk of `f`'s first `length` bytes, in order, as
+    `chunk_source` cuts them: nothing of them is kept here."""
     f.seek(0)
     if use_libzck is None:
         use_libzck = libzck.available()
     if use_libzck:
-        return libzck.index_source(f, length, name=name, on_progress=on_progress)
-    return _python_index(f, length, name, on_progress)
+        return libzck.source_chunks(f, length, name=name, on_progress=on_progress)
+    return _python_chunks(f, length, name, on_progress)
 
 
-def _python_index(f: BinaryIO, length: int, name: str, on_progress: Progress) -> zck.ChunkIndex:
-    lengths: List[int] = []
-    digests = bytearray()
+def _python_chunks(f: BinaryIO, length: int, name: str, on_progress: Progress) -> Iterator[Tuple[int, bytes]]:
     done = 0
     for data in read_chunks(f, length, chunker.BuzhashChunker(), name):
-        lengths.append(len(data))
-        digests += hashlib.sha256(data).digest()
         done += len(data)
+        yield len(data), hashlib.sha256(data).digest()
         if on_progress is not None:
             on_progress(done)
-    return zck.ChunkIndex.of_source(lengths, bytes(digests))
 
 
 def _key(digest: bytes) -> int:
-    """A digest's first 8 bytes as an int: half the memory of the bytes as a dict key. A
-    match on it is confirmed on the whole digest."""
+    """A digest's first 8 bytes as an int. A match on it is confirmed on the whole digest."""
     return int.from_bytes(digest[:8], "little")
 
 
+class TargetTable:
+    """The target's distinct uncompressed digests, for finding a source's bytes among them.
+
+    An open-addressing hash table of 8-byte slots, at most half full: the top 43 bits of a
+    digest's first 8 bytes, then 1 + the number of the first target chunk with that digest (0:
+    an empty slot); in front of it a bitmap of 2**20 bits that most digests the target does
+    not have stop at. 8 to 16 bytes a chunk plus 128 KiB, where a dict of the same took about
+    100 bytes a chunk. A truncated key only finds candidates: `find` answers a chunk only when
+    its whole digest is the one looked for. Chunks with a digest seen before are not entered:
+    `first` maps them to the one that was.
+    """
+
+    INDEX_BITS = 21  # 1 + chunk number; zck.Limits.max_chunks is 2**20
+    FILTER_BITS = 20
+
+    def __init__(self, target: zck.ChunkIndex, only_length: Optional[int] = None) -> None:
+        if len(target) >= (1 << self.INDEX_BITS) - 1:
+            raise SourceIndexError(f"{len(target)} target chunks, more than {(1 << self.INDEX_BITS) - 2}")
+        if not target.uncompressed:
+            raise SourceIndexError("the target's index needs uncompressed digests (zck -u)")
+        self.target = target
+        size = 1 << max(4, (2 * len(target)).bit_length())
+        self.mask = size - 1
+        self.slots = array("Q", bytes(8 * size))
+        self.filter = bytearray(1 << (self.FILTER_BITS - 3))
+        for i in range(len(target)):
+            if only_length is None or target.lengths[i] == only_length:
+                self._add(i, target.digest_uncompressed(i))
+
+    def _add(self, i: int, digest: bytes) -> None:
+        key = _key(digest)
+        if self.find(digest, key) is not None:
+            return
+        slot = key & self.mask
+        while self.slots[slot]:
+            slot = (slot + 1) & self.mask
+        self.slots[slot] = (key >> self.INDEX_BITS << self.INDEX_BITS) | (i + 1)
+        bit = key >> (64 - self.FILTER_BITS)
+        self.filter[bit >> 3] |= 1 << (bit & 7)
+
+    def maybe(self, key: int) -> bool:
+        """False: the target has no chunk with a digest of this key (the filter says so)."""
+        bit = key >> (64 - self.FILTER_BITS)
+        return bool(self.filter[bit >> 3] >> (bit & 7) & 1)
+
+    def find(self, digest: bytes, key: Optional[int] = None) -> Optional[int]:
+        """The first target chunk whose uncompressed digest is `digest` (whole), else None."""
+        key = _key(digest) if key is None else key
+        if not self.maybe(key):
+            return None
+        top, low = key >> self.INDEX_BITS, (1 << self.INDEX_BITS) - 1
+        slot, slots = key & self.mask, self.slots
+        entry = slots[slot]
+        while entry:
+            if entry >> self.INDEX_BITS == top:
+                i = (entry & low) - 1
+                if self.target.digest_uncompressed(i) == digest:
+                    return i
+            slot = (slot + 1) & self.mask
+            entry = slots[slot]
+        return None
+
+    def spread(self, offsets: "array[int]") -> None:
+        """Give every chunk that was not entered (a digest seen before) the offset of the one that was."""
+        for i in range(len(self.target)):
+            if offsets[i] == NOT_FOUND:
+                first = self.find(self.target.digest_uncompressed(i))
+                if first is not None and first != i and self.target.lengths[first] == self.target.lengths[i]:
+                    offsets[i] = offsets[first]
+
+
 def match_index(target: zck.ChunkIndex, source: zck.ChunkIndex) -> SourceMatch:
-    """SWUpdate's rule (libzck's zck_find_matching_chunks): a target chunk is in the source
-    when a source chunk has the same uncompressed SHA-256 and the same length (first one wins)."""
-    if not target.digests_uncompressed or not source.digests_uncompressed:
+    """SWUpdate's rule (libzck's zck_find_matching_chunks) against a source's index: a target
+    chunk is in the source when a source chunk has the same uncompressed SHA-256 and the same
+    length (first one wins)."""
+    if not source.uncompressed:
         raise SourceIndexError("both indexes need uncompressed digests (zck -u)")
     if target.digest_size != source.digest_size:
         raise SourceIndexError(f"digest sizes differ: target {target.digest_size}, source {source.digest_size}")
-    where = _DigestTable(source)
+    return match_chunks(target, ((source.lengths[j], source.digest_uncompressed(j)) for j in range(len(source))))
+
+
+def match_chunks(target: zck.ChunkIndex, chunks: Iterable[Tuple[int, bytes]]) -> SourceMatch:
+    """SWUpdate's rule against a source's chunks as they come, (length, digest) in source order:
+    only the target's table is held, never the source's index."""
+    if not target.uncompressed:
+        raise SourceIndexError("both indexes need uncompressed digests (zck -u)")
+    table = TargetTable(target)
     offsets = array("q", [NOT_FOUND]) * len(target)
-    for i in range(len(target)):
-        j = where.find(target.digest_uncompressed(i), target.lengths[i])
-        if j is not None:
-            offsets[i] = source.offsets[j]
+    at = 0
+    for n, digest in chunks:
+        key = _key(digest)
+        if table.maybe(key):
+            i = table.find(digest, key)
+            if i is not None and offsets[i] == NOT_FOUND and target.lengths[i] == n:
+                offsets[i] = at
+        at += n
+    table.spread(offsets)
     return SourceMatch(offsets)
-
-
-class _DigestTable:
-    """The source's chunks sorted by digest, 8 bytes each: the top bits of the digest, then the
-    chunk number (a dict of the same would take about 100 bytes a chunk)."""
-
-    INDEX_BITS = 20  # zck.Limits.max_chunks is 2**20
-
-    def __init__(self, source: zck.ChunkIndex) -> None:
-        if len(source) > 1 << self.INDEX_BITS:
-            raise SourceIndexError(f"{len(source)} source chunks, more than {1 << self.INDEX_BITS}")
-        self.source = source
-        self.table = array("Q", sorted(self._prefix(source.digest_uncompressed(j)) | j for j in range(len(source))))
-
-    def _prefix(self, digest: bytes) -> int:
-        return _key(digest) >> self.INDEX_BITS << self.INDEX_BITS
-
-    def find(self, digest: bytes, length: int) -> Optional[int]:
-        """The first source chunk with this digest and length, else None."""
-        prefix = self._prefix(digest)
-        mask = (1 << self.INDEX_BITS) - 1
-        k = bisect.bisect_left(self.table, prefix)
-        while k < len(self.table) and self.table[k] & ~mask == prefix:
-            j = self.table[k] & mask
-            if self.source.lengths[j] == length and self.source.digest_uncompressed(j) == digest:
-                return j
-            k += 1
-        return None
 
 
 def match_fine(target: zck.ChunkIndex, f: BinaryIO, length: int, *, name: str = "source",
                step: int = FINE_STEP, on_progress: Progress = None) -> SourceMatch:
     """The `fine` profile: hash a chunk-sized window of the source at every `step` offset and
-    keep the offsets whose SHA-256 a target chunk has. Memory: one read block plus one entry
-    per distinct target digest, whatever the source size. The short last chunk is looked for
-    only at its own offset."""
+    keep the offsets whose SHA-256 a target chunk has. Memory: one read block plus the target's
+    table (TargetTable), whatever the source size. The short last chunk is looked for only at
+    its own offset."""
     size = target.uniform_length()
     if size is None or size % step:
         raise SourceIndexError(f"the target's chunks are not all one multiple of {step} bytes: not a fine profile")
-    wanted: Dict[int, int] = {}  # digest key -> the first target chunk with it
-    for i in range(len(target)):
-        if target.lengths[i] == size:
-            wanted.setdefault(_key(target.digest_uncompressed(i)), i)
-    found = _scan_windows(target, f, length, size, step, wanted, name, on_progress)
+    table = TargetTable(target, size)
     offsets = array("q", [NOT_FOUND]) * len(target)
-    for i in range(len(target)):
-        if target.lengths[i] == size:
-            key = _key(target.digest_uncompressed(i))
-            if key in found and target.digest_uncompressed(wanted[key]) == target.digest_uncompressed(i):
-                offsets[i] = found[key]
+    _scan_windows(table, f, length, size, step, offsets, name, on_progress)
     last = len(target) - 1
+    table.spread(offsets)
     if last >= 0 and target.lengths[last] != size:
         offsets[last] = _same_offset(target, last, f, length)
     return SourceMatch(offsets)
 
 
-def _scan_windows(target: zck.ChunkIndex, f: BinaryIO, length: int, size: int, step: int, wanted: Dict[int, int],
-                  name: str, on_progress: Progress) -> Dict[int, int]:
-    """digest key -> the first source offset whose window has that target chunk's digest."""
-    found: Dict[int, int] = {}
+def _scan_windows(table: TargetTable, f: BinaryIO, length: int, size: int, step: int, offsets: "array[int]",
+                  name: str, on_progress: Progress) -> None:
+    """offsets[i] = the first source offset whose window has chunk i's digest (i: the first chunk with it)."""
     zero = bytes(size)
-    zero_digest = hashlib.sha256(zero).digest()
-    sha256 = hashlib.sha256
+    zero_chunk = table.find(hashlib.sha256(zero).digest())  # free space: many windows, one chunk
+    sha256, from_bytes, maybe, find = hashlib.sha256, int.from_bytes, table.maybe, table.find
     buf = b""
     base = 0  # source offset of buf[0]
     f.seek(0)
@@ -158,17 +213,23 @@ def _scan_windows(target: zck.ChunkIndex, f: BinaryIO, length: int, size: int, s
         pos = 0
         while pos <= end:
             window = view[pos:pos + size]
-            digest = zero_digest if window == zero else sha256(window).digest()
-            key = _key(digest)
-            if key in wanted and key not in found and target.digest_uncompressed(wanted[key]) == digest:
-                found[key] = base + pos
+            if window == zero:
+                if zero_chunk is not None and offsets[zero_chunk] == NOT_FOUND:
+                    offsets[zero_chunk] = base + pos
+                pos += step
+                continue
+            digest = sha256(window).digest()
+            key = from_bytes(digest[:8], "little")
+            if maybe(key):
+                i = find(digest, key)
+                if i is not None and offsets[i] == NOT_FOUND:
+                    offsets[i] = base + pos
             pos += step
         view.release()
         buf = buf[pos:]
         base += pos
         if on_progress is not None:
             on_progress(base)
-    return found
 
 
 def _same_offset(target: zck.ChunkIndex, i: int, f: BinaryIO, length: int) -> int:

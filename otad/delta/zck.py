@@ -1,7 +1,8 @@
 """The zchunk header (zchunk_format.txt, as libzck 1.2.3 reads and writes it): parse and build.
 
 Owns the bytes of a header — lead, preface, index, signatures — and the chunk index they
-describe, kept as compact arrays (about 80 bytes a chunk). Bytes in, frozen dataclasses out;
+describe, kept as compact arrays (28 bytes a chunk) beside the header's own bytes, which hold the
+digests (in memory, or left in a file: FileDigests). Bytes in, frozen dataclasses out;
 no I/O. Every malformed input is one ZckFormatError naming the field and its byte offset.
 Matching chunks, decoding their data and fetching them belong to the other delta modules.
 """
@@ -10,8 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
+import weakref
 from array import array
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 from otad.errors import ZckFormatError, ZckHeaderMismatch
@@ -46,6 +49,8 @@ class Limits:
         for name in ("max_header_bytes", "max_chunks", "max_chunk_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"Limits.{name}: expected >= 1, got {getattr(self, name)!r}")
+        if self.max_chunk_bytes > 1 << 31:  # lengths are kept as 32-bit unsigned ints
+            raise ValueError(f"Limits.max_chunk_bytes: expected <= 2**31, got {self.max_chunk_bytes}")
 
 
 @dataclass(frozen=True)
@@ -67,23 +72,65 @@ class Chunk:
         return self.start + self.comp_length
 
 
+class DigestBlob:
+    """Where an index's digests are: bytes in memory, read by `read(position, n)`."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def read(self, pos: int, n: int) -> bytes:
+        return self.data[pos:pos + n]
+
+
+class FileDigests(DigestBlob):
+    """The digests of a header kept in a file (its staged copy) and read through a small window:
+    a 1 GiB image in 16 KiB chunks has 4 MB of digests that need not be in memory. The file is
+    opened once; what was verified is what is read, whatever happens to its name later."""
+
+    WINDOW = 8192
+
+    def __init__(self, path: str, base: int = 0) -> None:
+        super().__init__(b"")
+        self.path = path
+        self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self._close = weakref.finalize(self, os.close, self._fd)
+        self._base = base
+        self._lo = 0
+
+    def read(self, pos: int, n: int) -> bytes:
+        at = pos - self._lo
+        if at < 0 or at + n > len(self.data):
+            self.data, self._lo, at = os.pread(self._fd, max(self.WINDOW, n), self._base + pos), pos, 0
+            if len(self.data) < n:
+                raise ZckHeaderMismatch(f"the staged header ends at byte {pos + len(self.data)}", self.path)
+        return self.data[at:at + n]
+
+    def close(self) -> None:
+        self._close()
+
+
 @dataclass(frozen=True, eq=False)
 class ChunkIndex:
     """The chunk table of a header: the dict entry apart, then the data chunks as arrays.
 
     `starts` are absolute offsets in the .zck file (header length included), `offsets` are
-    offsets in the image; digests are concatenated, `digest_size` bytes each.
+    offsets in the image. The digests are not copied: chunk i's stored digest (when `stored`)
+    and then its uncompressed one (when `uncompressed`) are `digest_size` bytes each at
+    `entries[i]` of `blob` (the header's own bytes), or at i * their size when `entries` is
+    empty. About 28 bytes a chunk beside the blob, which may stay on disk (FileDigests).
     """
 
     hash_type: int
     digest_size: int
     dict_chunk: Optional[Chunk]  # None: no dictionary (length 0)
-    comp_lengths: "array[int]" = field(repr=False)
+    comp_lengths: "array[int]" = field(repr=False)  # "I": a chunk is at most 10 MiB
     lengths: "array[int]" = field(repr=False)
     starts: "array[int]" = field(repr=False)
     offsets: "array[int]" = field(repr=False)
-    digests: bytes = field(repr=False)
-    digests_uncompressed: bytes = field(repr=False)  # b"" without flag 2
+    entries: "array[int]" = field(repr=False)
+    blob: DigestBlob = field(repr=False)
+    stored: bool = True
+    uncompressed: bool = True
 
     @classmethod
     def of_source(cls, lengths: Sequence[int], digests: "bytes | bytearray", hash_type: int = HASH_SHA256) -> "ChunkIndex":
@@ -92,11 +139,12 @@ class ChunkIndex:
         size = _HASHES[hash_type][1]
         if len(digests) != size * len(lengths):
             raise ValueError(f"{len(lengths)} chunks need {size * len(lengths)} digest bytes, got {len(digests)}")
-        table = _Table(size, matching=True)
+        offsets, at = array("Q", bytes(8 * len(lengths))), 0
         for i, n in enumerate(lengths):
-            d = bytes(digests[i * size:(i + 1) * size])
-            table.add(d, d, n, n)
-        return table.freeze(hash_type)
+            offsets[i] = at
+            at += n
+        return cls(hash_type, size, None, array("I"), array("I", lengths), array("Q"), offsets, array("I"),
+                   DigestBlob(bytes(digests)), stored=False)
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -115,13 +163,33 @@ class ChunkIndex:
         return Chunk(i, self.starts[i], self.comp_lengths[i], self.offsets[i], self.lengths[i],
                      self.digest(i), self.digest_uncompressed(i))
 
+    def _at(self, i: int) -> int:
+        if self.entries:
+            return self.entries[i]
+        return i * self.digest_size * (self.stored + self.uncompressed)
+
     def digest(self, i: int) -> bytes:
-        return self.digests[i * self.digest_size:(i + 1) * self.digest_size]
+        return self.blob.read(self._at(i), self.digest_size) if self.stored else b""
 
     def digest_uncompressed(self, i: int) -> bytes:
-        if not self.digests_uncompressed:
+        if not self.uncompressed:
             return b""
-        return self.digests_uncompressed[i * self.digest_size:(i + 1) * self.digest_size]
+        return self.blob.read(self._at(i) + self.digest_size * self.stored, self.digest_size)
+
+    @property
+    def digests(self) -> bytes:
+        """Every stored digest, concatenated (b"" for a source's index): for tests and tools."""
+        return b"".join(self.digest(i) for i in range(len(self)))
+
+    @property
+    def digests_uncompressed(self) -> bytes:
+        """Every uncompressed digest, concatenated (b"" without flag 2)."""
+        return b"".join(self.digest_uncompressed(i) for i in range(len(self)))
+
+    def on_file(self, path: str, base: int = 0) -> "ChunkIndex":
+        """The same index reading its digests from `path` (the header's bytes from `base` on,
+        as they were parsed) instead of from memory."""
+        return replace(self, blob=FileDigests(path, base))
 
     @property
     def image_length(self) -> int:
@@ -138,10 +206,10 @@ class ChunkIndex:
         """The one length of every chunk but the last (a fixed-size profile), else None."""
         if not self.lengths:
             return None
-        first = self.lengths[0]
-        if any(n != first for n in self.lengths[:-1]) or self.lengths[-1] > first:
-            return None
-        return first
+        first, same = self.lengths[0], self.lengths.count(self.lengths[0])
+        if same == len(self.lengths) or (same == len(self.lengths) - 1 and self.lengths[-1] < first):
+            return first
+        return None
 
 
 @dataclass(frozen=True, eq=False)
@@ -159,6 +227,10 @@ class ZckHeader:
     optional_elements: Tuple[Tuple[int, bytes], ...]
     index: ChunkIndex
     sha256: str  # of the header bytes exactly as given: what sw-description's sha256 names
+
+    def on_file(self, path: str) -> "ZckHeader":
+        """The same header, its digests read from `path`: a file holding exactly its bytes."""
+        return replace(self, index=self.index.on_file(path))
 
     @property
     def length(self) -> int:
@@ -240,6 +312,11 @@ class _Reader:
                 return value
         raise self.fail(f"integer longer than {MAX_COMPINT_BYTES} bytes", field_name, start)
 
+    def skip(self, n: int, field_name: str) -> None:
+        if self.pos + n > self.end:
+            raise self.fail(f"truncated: {n} bytes needed, {max(0, self.end - self.pos)} left", field_name)
+        self.pos += n
+
     def bytes(self, n: int, field_name: str) -> bytes:
         if self.pos + n > self.end:
             raise self.fail(f"truncated: {n} bytes needed, {max(0, self.end - self.pos)} left", field_name)
@@ -282,6 +359,8 @@ def parse_header(data: bytes, *, name: str = "zchunk header", exact: bool = True
                              "lead.header_size", 5)
     if exact and len(data) > total:
         raise ZckFormatError(f"{len(data) - total} bytes after the {total}-byte header", name, "header", total)
+    if len(data) > total:
+        data = data[:total]  # the index keeps these bytes (its digests): not a whole file's body
     _check_checksum(data, lead, name)
     r = _Reader(data, name, lead.length, total)
     data_digest, flags, comp, optional, index_size = _parse_preface(r, lead.hash_type)
@@ -291,7 +370,7 @@ def parse_header(data: bytes, *, name: str = "zchunk header", exact: bool = True
         raise r.fail(f"{total - r.pos} unused bytes after the signatures", "header")
     return ZckHeader(lead.ident, lead.hash_type, lead.length, lead.header_length, lead.header_digest,
                      data_digest, flags, comp, optional, index,
-                     hashlib.sha256(data if exact else data[:total]).hexdigest())
+                     hashlib.sha256(data).hexdigest())
 
 
 def _check_checksum(data: bytes, lead: Lead, name: str) -> None:
@@ -352,15 +431,18 @@ def _parse_index(r: _Reader, index_size: int, flags: int, comp: int, total: int,
         raise ix.fail(f"{count} chunks, more than the limit of {limits.max_chunks}", "index.chunk_count", at)
     size = _HASHES[hash_type][1]
     uncompressed = bool(flags & FLAG_UNCOMPRESSED)
-    table = _Table(size, matching)
+    table = _Table(size, count - 1, matching)
     data_start = total
     for i in range(count):
         label = "index.dict" if i == 0 else f"index.chunk[{i - 1}]"
         if ix.pos >= end:
             raise ix.fail(f"the index ends after {i} of {count} entries", label)
         entry_at = ix.pos
-        digest = ix.bytes(size, f"{label}.checksum")
-        udigest = ix.bytes(size, f"{label}.uncompressed_checksum") if uncompressed else b""
+        if i == 0:
+            digest = ix.bytes(size, f"{label}.checksum")
+            udigest = ix.bytes(size, f"{label}.uncompressed_checksum") if uncompressed else b""
+        else:
+            ix.skip(size * (1 + uncompressed), f"{label}.checksum")
         comp_length = ix.compint(f"{label}.length")
         length_at = ix.pos
         length = ix.compint(f"{label}.uncompressed_length")
@@ -371,11 +453,11 @@ def _parse_index(r: _Reader, index_size: int, flags: int, comp: int, total: int,
             table.dict_chunk = Chunk(-1, data_start, comp_length, 0, length, digest, udigest) if length else None
             table.next_start = data_start + comp_length
         else:
-            table.add(digest, udigest, comp_length, length)
+            table.add(entry_at, comp_length, length)
     if ix.pos != end:
         raise ix.fail(f"{end - ix.pos} bytes left in the index after {count} entries", "index", ix.pos)
     r.pos = end
-    return table.freeze(hash_type)
+    return table.freeze(hash_type, DigestBlob(r.data), uncompressed)
 
 
 def _check_lengths(ix: _Reader, label: str, comp: int, comp_length: int, length: int, at: int,
@@ -404,36 +486,38 @@ def _parse_signatures(r: _Reader) -> None:
 
 
 class _Table:
-    """Builds the arrays of a ChunkIndex entry by entry; `matching` keeps only what matching a
-    source needs (lengths, offsets, uncompressed digests): a third of the memory."""
+    """Fills the arrays of a ChunkIndex entry by entry (sized once: `count` entries); `matching`
+    keeps only what matching a source needs (lengths, offsets, digests): no starts or
+    compressed lengths."""
 
-    def __init__(self, digest_size: int, matching: bool = False) -> None:
+    def __init__(self, digest_size: int, count: int, matching: bool = False) -> None:
         self.digest_size = digest_size
         self.matching = matching
         self.dict_chunk: Optional[Chunk] = None
         self.next_start = 0
         self.next_offset = 0
-        self.comp_lengths = array("Q")
-        self.lengths = array("Q")
-        self.starts = array("Q")
-        self.offsets = array("Q")
-        self.digests = bytearray()
-        self.udigests = bytearray()
+        self.n = 0
+        self.comp_lengths = array("I") if matching else array("I", bytes(4 * count))
+        self.starts = array("Q") if matching else array("Q", bytes(8 * count))
+        self.lengths = array("I", bytes(4 * count))
+        self.offsets = array("Q", bytes(8 * count))
+        self.entries = array("I", bytes(4 * count))
 
-    def add(self, digest: bytes, udigest: bytes, comp_length: int, length: int) -> None:
+    def add(self, entry_at: int, comp_length: int, length: int) -> None:
+        i = self.n
         if not self.matching:
-            self.starts.append(self.next_start)
-            self.comp_lengths.append(comp_length)
-            self.digests += digest
-        self.offsets.append(self.next_offset)
-        self.lengths.append(length)
-        self.udigests += udigest
+            self.starts[i] = self.next_start
+            self.comp_lengths[i] = comp_length
+        self.offsets[i] = self.next_offset
+        self.lengths[i] = length
+        self.entries[i] = entry_at
         self.next_start += comp_length
         self.next_offset += length
+        self.n = i + 1
 
-    def freeze(self, hash_type: int) -> ChunkIndex:
+    def freeze(self, hash_type: int, blob: DigestBlob, uncompressed: bool) -> ChunkIndex:
         return ChunkIndex(hash_type, self.digest_size, self.dict_chunk, self.comp_lengths, self.lengths,
-                          self.starts, self.offsets, bytes(self.digests), bytes(self.udigests))
+                          self.starts, self.offsets, self.entries, blob, stored=True, uncompressed=uncompressed)
 
 
 def zstd_bound(n: int) -> int:
