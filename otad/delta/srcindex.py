@@ -98,7 +98,7 @@ class TargetTable:
         if not target.uncompressed:
             raise SourceIndexError("the target's index needs uncompressed digests (zck -u)")
         self.target = target
-        size = 1 << max(4, (2 * len(target)).bit_length())
+        size = 1 << max(4, (2 * len(target) - 1).bit_length())  # at most half full
         self.mask = size - 1
         self.slots = array("Q", bytes(8 * size))
         self.filter = bytearray(1 << (self.FILTER_BITS - 3))
