@@ -202,7 +202,7 @@ def _scan_windows(table: TargetTable, f: BinaryIO, length: int, size: int, step:
     """offsets[i] = the first source offset whose window has chunk i's digest (i: the first chunk with it)."""
     zero = bytes(size)
     zero_chunk = table.find(hashlib.sha256(zero).digest())  # free space: many windows, one chunk
-    sha256, from_bytes, maybe, find = hashlib.sha256, int.from_bytes, table.maybe, table.find
+    sha256, key_of, maybe, find = hashlib.sha256, _key, table.maybe, table.find
     buf = b""
     base = 0  # source offset of buf[0]
     f.seek(0)
@@ -219,7 +219,7 @@ def _scan_windows(table: TargetTable, f: BinaryIO, length: int, size: int, step:
                 pos += step
                 continue
             digest = sha256(window).digest()
-            key = from_bytes(digest[:8], "little")
+            key = key_of(digest)
             if maybe(key):
                 i = find(digest, key)
                 if i is not None and offsets[i] == NOT_FOUND:

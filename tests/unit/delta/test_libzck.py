@@ -55,3 +55,13 @@ def test_without_libzck_the_pure_python_chunker_is_used(small: DeltaFixture, mon
     with open(small.v1, "rb") as f:
         index = srcindex.chunk_source(f, 1 << 20, on_progress=calls.append)
     assert calls[-1] == 1 << 20 and calls == sorted(calls) and sum(index.lengths) == 1 << 20
+
+
+def test_short_lived_contexts_cut_what_one_context_cuts(small: DeltaFixture) -> None:
+    """A libzck context lives for SEGMENT_BYTES of source (its index is all in C memory); the next
+    starts where the last finished chunk ended, and the chunks are the same."""
+    size = small.v1.stat().st_size
+    with open(small.v1, "rb") as f:
+        one = list(libzck.source_chunks(f, size, segment_bytes=1 << 40))
+        many = list(libzck.source_chunks(f, size, segment_bytes=1 << 20))
+    assert len(one) > 3 * (size >> 20) // 2 and many == one and sum(n for n, _ in one) == size

@@ -6,7 +6,7 @@ import hashlib
 import re
 import subprocess
 from pathlib import Path
-from typing import Set
+from typing import Dict, List, Sequence, Set, Tuple
 
 import pytest
 
@@ -111,3 +111,61 @@ def test_the_fine_scan_refuses_a_content_defined_target(small: DeltaFixture) -> 
 def test_a_short_source_is_one_error(small: DeltaFixture, fine_v2: zck.ZckHeader) -> None:
     with open(small.v1, "rb") as f, pytest.raises(SourceIndexError, match=r"ends at byte \d+, expected"):
         srcindex.chunk_source(f, small.v1.stat().st_size + 1, use_libzck=False, name="slot a")
+
+
+# --- the target's table: what a dict of whole digests found, in 8 to 16 bytes a chunk -------------
+
+def reference_match(target: zck.ChunkIndex, chunks: Sequence[Tuple[int, bytes]]) -> List[int]:
+    """SWUpdate's rule with a plain dict of whole digests (what srcindex did before TargetTable)."""
+    first: Dict[Tuple[bytes, int], int] = {}
+    at = 0
+    for n, digest in chunks:
+        first.setdefault((digest, n), at)
+        at += n
+    return [first.get((target.digest_uncompressed(i), target.lengths[i]), NOT_FOUND) for i in range(len(target))]
+
+
+def crafted(keys: Sequence[Tuple[int, int]]) -> List[bytes]:
+    """Digests whose first 8 bytes are `key` and the rest `tail`: collisions in the truncated key on purpose."""
+    return [key.to_bytes(8, "little") + tail.to_bytes(24, "little") for key, tail in keys]
+
+
+def test_duplicates_and_truncated_key_collisions_match_as_a_dict_of_whole_digests() -> None:
+    same_key = 0xDEADBEEF_12345678
+    t = crafted([(same_key, 1), (same_key, 2), (7, 0), (same_key, 1), (7, 0), (same_key, 3), (9, 9)])
+    target = zck.ChunkIndex.of_source([100, 100, 50, 100, 50, 100, 10], b"".join(t))
+    s = crafted([(same_key, 3), (same_key, 4), (7, 0), (same_key, 1), (same_key, 1), (9, 8), (7, 0)])
+    chunks = list(zip([100, 100, 50, 100, 100, 10, 50], s))
+    got = list(srcindex.match_chunks(target, chunks).offsets)
+    assert got == reference_match(target, chunks) == [250, NOT_FOUND, 200, 250, 200, 0, NOT_FOUND]
+    table = srcindex.TargetTable(target)
+    assert [table.find(d) for d in t] == [0, 1, 2, 0, 2, 5, 6]  # a duplicate finds the first chunk with it
+    assert table.find(crafted([(same_key, 4)])[0]) is None  # its key is there, its digest is not
+    assert table.find(crafted([(same_key + 1, 1)])[0]) is None
+
+
+def test_the_table_finds_what_the_dict_found_on_the_fixture(small: DeltaFixture,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    target = zck.parse_header(small.header_bytes).index
+    with open(small.v1, "rb") as f:
+        chunks = list(srcindex.source_chunks(f, small.v1.stat().st_size))
+    want = reference_match(target, chunks)
+    assert list(srcindex.match_chunks(target, chunks).offsets) == want and want.count(NOT_FOUND) < len(want)
+    # The same with a key of one byte: nearly every lookup collides and is settled on the whole digest.
+    monkeypatch.setattr(srcindex, "_key", lambda digest: digest[0])
+    assert list(srcindex.match_chunks(target, chunks).offsets) == want
+
+
+def test_the_fine_scan_is_the_same_when_truncated_keys_collide(small: DeltaFixture, fine_v2: zck.ZckHeader,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    with open(small.v1, "rb") as f:
+        want = list(match_fine(fine_v2.index, f, small.v1.stat().st_size).offsets)
+        monkeypatch.setattr(srcindex, "_key", lambda digest: digest[0] << 56)
+        assert list(match_fine(fine_v2.index, f, small.v1.stat().st_size).offsets) == want
+    assert 0 < want.count(NOT_FOUND) < len(want)
+
+
+def test_the_table_takes_a_few_bytes_a_chunk(fine_v2: zck.ZckHeader) -> None:
+    table = srcindex.TargetTable(fine_v2.index)
+    assert len(table.slots) < 4 * len(fine_v2.index) and table.slots.itemsize == 8
+    assert len(table.filter) == 1 << 17

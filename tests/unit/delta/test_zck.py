@@ -322,3 +322,25 @@ def test_mutated_headers_are_parsed_or_refused_with_one_format_error(flips: List
         return
     assert header.length == len(mutated)
     assert sum(header.index.lengths) == header.index.image_length
+
+
+def test_digests_read_from_the_staged_file_are_the_parsed_ones(small: DeltaFixture, tmp_path: Path) -> None:
+    header = parse_header(small.header_bytes)
+    staged = tmp_path / "staged.zckhdr"
+    staged.write_bytes(small.header_bytes)
+    on_file = header.on_file(str(staged))
+    assert isinstance(on_file.index.blob, zck.FileDigests) and len(on_file.index) == len(header.index)
+    assert on_file.index.digests == header.index.digests and len(header.index.digests) == 32 * len(header.index)
+    assert on_file.index.digests_uncompressed == header.index.digests_uncompressed
+    assert [c for c in on_file.index] == [c for c in header.index]
+    staged.write_bytes(small.header_bytes[:100])  # the same inode, cut short behind its back
+    with pytest.raises(ZckHeaderMismatch, match="the staged header ends at byte"):
+        on_file.index.digest_uncompressed(0)  # outside the window last read
+
+
+def test_uniform_length_without_a_copy_of_the_lengths() -> None:
+    def index(lengths: Sequence[int]) -> zck.ChunkIndex:
+        return zck.ChunkIndex.of_source(lengths, bytes(32 * len(lengths)))
+    assert index([16, 16, 16]).uniform_length() == 16 and index([16, 16, 5]).uniform_length() == 16
+    assert index([16, 5, 16]).uniform_length() is None and index([16, 16, 17]).uniform_length() is None
+    assert index([7]).uniform_length() == 7 and index([]).uniform_length() is None
