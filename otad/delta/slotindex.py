@@ -16,7 +16,7 @@ import mmap
 import os
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, cast
 
 from otad.delta import zck
 from otad.durable import atomic_write
@@ -43,11 +43,11 @@ def _paths(state_dir: str, path: str) -> "tuple[str, str, str]":
     return base + ".zckhdr", base + ".json", base + ".zckhdr.new"
 
 
-def stage(state_dir: str, path: str, header: bytes) -> None:
+def stage(state_dir: str, path: str, header: "bytes | mmap.mmap") -> None:
     """Keep `header` for the target at `path` until `commit` (the install is not done yet)."""
     _, _, new = _paths(state_dir, path)
     os.makedirs(os.path.dirname(new), exist_ok=True)
-    atomic_write(new, header)
+    atomic_write(new, cast(bytes, header))  # a mapping is written as it is, not copied to the heap
 
 
 def staged(state_dir: str, path: str) -> str:

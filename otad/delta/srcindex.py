@@ -15,7 +15,7 @@ from array import array
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Iterable, Iterator, Optional, Tuple
 
-from otad.delta import chunker, libzck, zck
+from otad.delta import libzck, zck
 from otad.delta.blocks import read_blocks, read_chunks
 from otad.errors import SourceIndexError
 
@@ -64,8 +64,10 @@ def source_chunks(f: BinaryIO, length: int, *, name: str = "source", use_libzck:
 
 
 def _python_chunks(f: BinaryIO, length: int, name: str, on_progress: Progress) -> Iterator[Tuple[int, bytes]]:
+    from otad.delta.chunker import BuzhashChunker  # its tables take 1.5 MB: only where it runs
+
     done = 0
-    for data in read_chunks(f, length, chunker.BuzhashChunker(), name):
+    for data in read_chunks(f, length, BuzhashChunker(), name):
         done += len(data)
         yield len(data), hashlib.sha256(data).digest()
         if on_progress is not None:

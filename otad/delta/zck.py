@@ -16,12 +16,14 @@ import os
 import weakref
 from array import array
 from dataclasses import dataclass, field, replace
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 from otad.errors import ZckFormatError, ZckHeaderMismatch
 
 ZCK_ID = b"\0ZCK1"
 DETACHED_ID = b"\0ZHR1"  # a header stored without its body; hashed as if it were ZCK_ID
+
+Buffer = Union[bytes, mmap.mmap]  # a header's bytes: in memory, or mapped (read in place)
 
 HASH_SHA1, HASH_SHA256, HASH_SHA512, HASH_SHA512_128 = 0, 1, 2, 3
 _HASHES = {HASH_SHA1: ("sha1", 20), HASH_SHA256: ("sha256", 32), HASH_SHA512: ("sha512", 64),
@@ -76,7 +78,7 @@ class Chunk:
 class DigestBlob:
     """Where an index's digests are: bytes in memory, read by `read(position, n)`."""
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: Buffer) -> None:
         self.data = data
 
     def read(self, pos: int, n: int) -> bytes:
@@ -287,7 +289,7 @@ def encode_int(value: int) -> bytes:
 class _Reader:
     """Reads fields of one header strictly; errors name the field and its offset."""
 
-    def __init__(self, data: bytes, name: str, pos: int = 0, end: Optional[int] = None) -> None:
+    def __init__(self, data: Buffer, name: str, pos: int = 0, end: Optional[int] = None) -> None:
         self.data = data
         self.name = name
         self.pos = pos
@@ -328,7 +330,7 @@ class _Reader:
 
 # --- parsing ------------------------------------------------------------------------------
 
-def parse_lead(data: bytes, name: str = "zchunk header") -> Lead:
+def parse_lead(data: Buffer, name: str = "zchunk header") -> Lead:
     """The lead from the first bytes of a header or .zck file (at most 5 + 20 + 32 are needed)."""
     r = _Reader(bytes(data[:5 + 2 * MAX_COMPINT_BYTES + 32]), name)
     ident = r.bytes(5, "lead.id")
@@ -344,7 +346,7 @@ def parse_lead(data: bytes, name: str = "zchunk header") -> Lead:
     return Lead(ident, hash_type, header_length, digest_offset, digest)
 
 
-def parse_header(data: bytes, *, name: str = "zchunk header", exact: bool = True,
+def parse_header(data: Buffer, *, name: str = "zchunk header", exact: bool = True,
                  limits: Limits = Limits(), matching: bool = False) -> ZckHeader:
     """Parse and verify a header. `exact`: `data` is the header and nothing else (a bundle
     member); otherwise the header is the start of `data` (a .zck file's first bytes).
@@ -375,7 +377,7 @@ def parse_header(data: bytes, *, name: str = "zchunk header", exact: bool = True
                      hashlib.sha256(data).hexdigest())
 
 
-def _check_checksum(data: bytes, lead: Lead, name: str) -> None:
+def _check_checksum(data: Buffer, lead: Lead, name: str) -> None:
     algorithm = _HASHES[lead.hash_type][0]
     h = hashlib.new(algorithm)
     view = memoryview(data)
@@ -531,7 +533,7 @@ def zstd_bound(n: int) -> int:
 
 # --- checks a delta install needs ------------------------------------------------------------
 
-def verify_signed(data: bytes, sha256_hex: str, *, name: str = "zchunk header",
+def verify_signed(data: Buffer, sha256_hex: str, *, name: str = "zchunk header",
                   limits: Limits = Limits()) -> ZckHeader:
     """The header of a bundle member, checked against the sha256 its signed sw-description
     carries (SWUpdate hashes the member when it copies it out) and then parsed strictly."""
