@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Iterable, Iterator, Optional, Tuple
 
 from otad.delta import libzck, zck
-from otad.delta.blocks import read_blocks, read_chunks
+from otad.delta.blocks import READ_BYTES, read_chunks
 from otad.errors import SourceIndexError
 
 FINE_STEP = 4096  # filesystem block: where a moved block can start
@@ -205,13 +205,17 @@ def _scan_windows(table: TargetTable, f: BinaryIO, length: int, size: int, step:
     zero = bytes(size)
     zero_chunk = table.find(hashlib.sha256(zero).digest())  # free space: many windows, one chunk
     sha256, key_of, maybe, find = hashlib.sha256, _key, table.maybe, table.find
-    buf = b""
-    base = 0  # source offset of buf[0]
+    # One buffer for the whole scan: the windows not yet hashed are moved to its front and the
+    # next block read in behind them (a new bytes object a block cost 2 MB of heap churn).
+    buf = bytearray(size + READ_BYTES)
+    view = memoryview(buf)
+    held = 0  # bytes in buf: from source offset `base` on
+    base = 0
     f.seek(0)
-    for block in read_blocks(f, length, name):
-        buf = buf + block
-        view = memoryview(buf)
-        end = len(buf) - size  # last window start inside buf
+    while base + held < length:
+        got = _read_into(f, view[held:held + min(READ_BYTES, length - base - held)], base + held, length, name)
+        held += got
+        end = held - size  # last window start inside buf
         pos = 0
         while pos <= end:
             window = view[pos:pos + size]
@@ -227,11 +231,27 @@ def _scan_windows(table: TargetTable, f: BinaryIO, length: int, size: int, step:
                 if i is not None and offsets[i] == NOT_FOUND:
                     offsets[i] = base + pos
             pos += step
-        view.release()
-        buf = buf[pos:]
+        pos = min(pos, held)
+        view[:held - pos] = view[pos:held]  # memoryview assignment moves overlapping bytes safely
+        held -= pos
         base += pos
         if on_progress is not None:
             on_progress(base)
+    view.release()
+
+
+def _read_into(f: BinaryIO, into: memoryview, at: int, length: int, name: str) -> int:
+    """Fill `into` from `f` (at source offset `at`); a short source or a read error as blocks.read_blocks says them."""
+    done = 0
+    while done < len(into):
+        try:
+            n = f.readinto(into[done:])  # type: ignore[attr-defined]
+        except OSError as exc:
+            raise SourceIndexError(f"read error at byte {at + done}: {exc.strerror or exc}", name) from exc
+        if not n:
+            raise SourceIndexError(f"ends at byte {at + done}, expected {length}", name)
+        done += n
+    return done
 
 
 def _same_offset(target: zck.ChunkIndex, i: int, f: BinaryIO, length: int) -> int:
