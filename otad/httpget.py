@@ -18,6 +18,7 @@ import urllib3
 
 from otad.errors import MalformedResponse, Rejected, ServerUnavailable
 
+RANGE_PIECE_BYTES = 256 << 10  # chunk requests: a piece is parsed as it comes, smaller pieces hold less
 CHUNK_BYTES = 1 << 20  # requests' iter_content default is 1 byte (0.4 MB/s); 1 MiB runs at ~1 GB/s
 
 # What a broken or stalled body raises, wrapped by requests or (on some versions) raw from urllib3.
@@ -77,7 +78,7 @@ class PlainOpener:
         except requests.RequestException as exc:
             raise ServerUnavailable(f"no answer ({type(exc).__name__}: {exc})", url) from exc
         if resp.status_code < 300 or resp.status_code == 416:
-            return BodyResponse(resp)
+            return BodyResponse(resp, RANGE_PIECE_BYTES)
         resp.close()
         kind = ServerUnavailable if resp.status_code >= 500 or resp.status_code == 429 else Rejected
         raise kind(f"HTTP {resp.status_code} {resp.reason or ''}".rstrip(), url, resp.status_code)

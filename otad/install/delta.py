@@ -336,17 +336,20 @@ class DeltaInstall:
         if expected is None or self.request.dry_run:
             return
         digest = hashlib.sha256()
+        buf = bytearray(READ_BYTES)  # one buffer for the whole read-back: no 1 MiB object a read
+        view = memoryview(buf)
         fd = os.open(self.target.path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             at, end = self.target.offset, self.target.offset + header.index.image_length
             while at < end:
-                data = os.pread(fd, min(READ_BYTES, end - at), at)
-                if not data:
+                n = os.preadv(fd, [view[:min(READ_BYTES, end - at)]], at)
+                if not n:
                     break
-                digest.update(data)
-                at += len(data)
+                digest.update(view[:n])
+                at += n
         finally:
             os.close(fd)
+            view.release()
         if digest.hexdigest() != expected:
             raise ImageHashMismatch(f"properties.image-sha256: the assembled image hashes to {digest.hexdigest()}, "
                                     f"sw-description says {expected}", self.name)
