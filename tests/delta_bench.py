@@ -71,7 +71,7 @@ def wrap(name, before, after):
     setattr(delta.DeltaInstall, "_" + name, getattr(delta.DeltaInstall, name))
     setattr(delta.DeltaInstall, name, measured)
 wrap("begin", "bundle open, sw-description verified (the installer's imports, cryptography)",
-     "zck header checked, chunk source opened (requests for a static URL)")
+     "zck header checked, chunk source opened (urllib3 for a static URL)")
 wrap("run", "planning begins", "chunks placed, image checked, index stored")
 rc = otad.cli.main(sys.argv[1:])
 mark("exit")
@@ -79,6 +79,7 @@ for m in marks:
     print("MARK", *m, sep="\t", file=sys.stderr)
 sys.exit(rc)
 """
+DEBIAN_LABEL = "otad, {}, on Debian 12's python3 and python3-* packages (a device's stack)"
 WARM_IMPORTS = "import otad.cli, otad.update, otad.install.delta, otad.delta.libzck, otad.httpget, requests"
 
 Measure = Callable[..., Any]  # scripts/bench's measure(args, env=, timeout=, marker=, scratch=) -> Measured
@@ -214,6 +215,23 @@ def device(env: Env, holds: Holds) -> DeltaDevice:
         if zck_file is not None:
             cache_index(dev, slot, zck_file)
     return dev
+
+
+def debian_stack(env: Env) -> Optional[Path]:
+    """An `otad` that runs this checkout on Debian's /usr/bin/python3 and its python3-* packages
+    (python3-cryptography links the system's libssl3; PyPI's wheel maps its own OpenSSL), its
+    bytecode warmed like the venv's; None when those packages are not installed."""
+    python = Path("/usr/bin/python3")
+    check = "import cryptography, requests, urllib3, asn1crypto, libconf, zstandard"
+    if not python.exists() or subprocess.run([str(python), "-c", check], capture_output=True).returncode != 0:
+        return None
+    d = env.scratch / "debian-stack"
+    d.mkdir(exist_ok=True)
+    for name, tail in (("otad", '-m otad "$@"'), ("python", '"$@"')):
+        (d / name).write_text(f'#!/bin/sh\nPYTHONPATH={REPO} exec {python} {tail}\n')
+        (d / name).chmod(0o755)
+    env.measure([str(d / "python"), "-c", WARM_IMPORTS.replace(", requests", ", urllib3")])
+    return d / "otad"
 
 
 def per_second(served: Sequence[Served]) -> int:
@@ -368,6 +386,13 @@ def run(spec: str, work: Path, scratch: Path, measure: Measure, pki: Tuple[Path,
                    ("identical-fine", fine, Holds(fx.v2), False),
                    ("inplace-v1", "compatible", Holds(fx.v1, v1_zck, fx.v1, v1_zck), True),
                    ("inplace-v2", "compatible", Holds(fx.v1, v1_zck, fx.v2, v2_zck), True)]
+    debian = debian_stack(env)
+    if debian is not None:  # the same installs on what a device runs: Debian 12's python3 and python3-* packages
+        device_rows += [("debian-cached", "compatible", Holds(fx.v1, v1_zck), False),
+                        ("debian-fine", fine, Holds(fx.v1), False)]
+    else:
+        res.notes.append("Debian 12's python3 lacks python3-cryptography, -requests, -asn1crypto, -libconf or "
+                         "-zstandard here: no rows on the device's package stack")
     if spec != "f1":  # the pure-Python chunker: ~3.5 CPU minutes per GiB; its speed is measured on f1
         device_rows = [r for r in device_rows if r[0] != "compatible-python"]
     labels = {"compatible-cached": "otad, `compatible`, cached source index",
@@ -377,7 +402,9 @@ def run(spec: str, work: Path, scratch: Path, measure: Measure, pki: Tuple[Path,
               "identical-compatible": "identical image: otad, `compatible`, cached index",
               "identical-fine": f"identical image: otad, `fine` {default_kib} KiB",
               "inplace-v1": "otad, `compatible`, cached index; slot b holds v1 (and its index): write avoidance",
-              "inplace-v2": "otad, `compatible`, cached index; slot b already holds v2 (and its index)"}
+              "inplace-v2": "otad, `compatible`, cached index; slot b already holds v2 (and its index)",
+              "debian-cached": DEBIAN_LABEL.format("`compatible`, cached source index"),
+              "debian-fine": DEBIAN_LABEL.format(f"`fine` {default_kib} KiB, source scanned at every 4 KiB")}
     for profile in ("compatible", fine):
         name = profile.replace(":", "")
         with RangeServer(b"", "starlette") as srv:
@@ -393,7 +420,8 @@ def run(spec: str, work: Path, scratch: Path, measure: Measure, pki: Tuple[Path,
             for key, row_profile, holds, count_writes in device_rows:
                 if row_profile == profile:
                     log(f"{spec}: otad install, {key}")
-                    res.rows[key] = install_delta(env, labels[key], ours, srv, holds, count_writes=count_writes)
+                    on = replace(env, otad=debian) if key.startswith("debian-") and debian is not None else env
+                    res.rows[key] = install_delta(on, labels[key], ours, srv, holds, count_writes=count_writes)
             if profile == "compatible":
                 log(f"{spec}: otad install, compatible-cached, with marks (where memory and CPU go)")
                 res.marks = marks(env, ours, Holds(fx.v1, v1_zck))
@@ -482,7 +510,7 @@ GOAL_MULTIPART_REQUESTS = 4
 GOAL_PER_S = 10
 ROW_ORDER = ("zstd9", "full", "swupdate-compatible", "compatible-cached", "compatible-libzck", "compatible-python",
              "misbehaving", "swupdate-fine", "fine", "identical-compatible", "identical-fine", "inplace-v1",
-             "inplace-v2", "xdelta3")
+             "inplace-v2", "debian-cached", "debian-fine", "xdelta3")
 OTAD_ROWS = tuple(k for k in ROW_ORDER if k not in ("zstd9", "full", "xdelta3") and not k.startswith("swupdate"))
 
 
@@ -652,13 +680,15 @@ def goals(by: Dict[str, SpecResult]) -> List[str]:
                 extra = row.downloaded - row.head
                 L.append(f"| {r.spec}: {row.label} ≤ head + 1 KiB | head {row.head:,} + {extra:,} in "
                          f"{row.requests} requests | {_verdict(extra <= GOAL_IDENTICAL_SLACK and bool(row.ok))} |")
-        devices = [r.rows[k] for k in OTAD_ROWS if k in r.rows and r.rows[k].rss_kB is not None]
-        if devices:
-            worst = max(devices, key=lambda row: row.rss_kB or 0)
-            best = min(devices, key=lambda row: row.rss_kB or 0)
-            mb = (worst.rss_kB or 0) * 1024 / 1e6
-            L.append(f"| {r.spec}: peak RSS ≤ {GOAL_RSS_MB:.0f} MB (`otad install`, every otad row) | "
-                     f"{mb:.1f} MB ({worst.label}); least {_mb(best.rss_kB)} MB | {_verdict(mb <= GOAL_RSS_MB)} |")
+        for which, keys in (("every otad row on the venv's PyPI wheels", [k for k in OTAD_ROWS if not k.startswith("debian-")]),
+                            ("on Debian 12's python3-* packages, a device's stack", [k for k in OTAD_ROWS if k.startswith("debian-")])):
+            devices = [r.rows[k] for k in keys if k in r.rows and r.rows[k].rss_kB is not None]
+            if devices:
+                worst = max(devices, key=lambda row: row.rss_kB or 0)
+                best = min(devices, key=lambda row: row.rss_kB or 0)
+                mb = (worst.rss_kB or 0) * 1024 / 1e6
+                L.append(f"| {r.spec}: peak RSS ≤ {GOAL_RSS_MB:.0f} MB (`otad install`, {which}) | "
+                         f"{mb:.1f} MB ({worst.label}); least {_mb(best.rss_kB)} MB | {_verdict(mb <= GOAL_RSS_MB)} |")
         busy = [r.rows[k] for k in OTAD_ROWS if k in r.rows and r.rows[k].per_s is not None]
         if busy:
             worst = max(busy, key=lambda row: row.per_s or 0)
@@ -690,7 +720,7 @@ def goals(by: Dict[str, SpecResult]) -> List[str]:
             L.append(f"| CPU with a cached index ≤ {GOAL_CACHED_S_PER_GIB:.0f} s/GiB, growth from f1 to f1-1g (start-up "
                      f"cancels) | {a.cpu_s:.2f} → {b.cpu_s:.2f} s: {growth:.2f} s/GiB | "
                      f"{_verdict(growth <= GOAL_CACHED_S_PER_GIB)} |")
-        for key in ("compatible-cached", "compatible-libzck", "fine"):
+        for key in ("compatible-cached", "compatible-libzck", "fine", "debian-cached", "debian-fine"):
             a, b = small.rows.get(key), big.rows.get(key)
             if a and b and a.rss_kB and b.rss_kB:
                 spread = (b.rss_kB - a.rss_kB) * 1024 / 1e6
