@@ -2,8 +2,8 @@
 
 Owns the bytes of a header — lead, preface, index, signatures — and the chunk index they
 describe, kept as compact arrays (28 bytes a chunk) beside the header's own bytes, which hold the
-digests (in memory, or left in a file: FileDigests). Bytes in, frozen dataclasses out;
-no I/O. Every malformed input is one ZckFormatError naming the field and its byte offset.
+digests (in memory, or left in a file: FileDigests, the only I/O here). Bytes in, frozen
+dataclasses out. Every malformed input is one ZckFormatError naming the field and its byte offset.
 Matching chunks, decoding their data and fetching them belong to the other delta modules.
 """
 
