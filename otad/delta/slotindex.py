@@ -24,7 +24,7 @@ from otad.errors import OtadError
 
 DIRECTORY = "slotindex"
 MAX_META_BYTES = 4096
-READ_BYTES = 1 << 20
+READ_BYTES = 256 << 10
 
 
 @dataclass(frozen=True)
@@ -59,9 +59,10 @@ def commit(state_dir: str, path: str, stamp: str, image_length: int) -> None:
     """The staged header is now the index of what the target at `path` holds (record `stamp`)."""
     header_path, meta_path, new = _paths(state_dir, path)
     digest = hashlib.sha256()
-    with open(new, "rb") as f:
-        for block in iter(lambda: f.read(READ_BYTES), b""):
-            digest.update(block)
+    buf = bytearray(READ_BYTES)  # one buffer: the staged header of a 1 GiB image is 4.5 MB
+    with open(new, "rb") as f, memoryview(buf) as view:
+        for n in iter(lambda: f.readinto(buf), 0):
+            digest.update(view[:n])
     forget(state_dir, path, keep_staged=True)
     os.replace(new, header_path)
     meta = {"stamp": stamp, "image_length": image_length, "header_sha256": digest.hexdigest(), "written_at": time.time()}

@@ -136,15 +136,21 @@ class DeltaInstall:
         """Read and check the header member; find where the chunks come from. Its bytes are kept
         on disk (the target's index once it is written), not in memory."""
         data = _read_member(member, zck.Limits().max_header_bytes)
-        self.check_header(data)
+        header = self._checked(data)
         if not self.request.dry_run and self.opts.state_dir:
             slotindex.stage(self.opts.state_dir, self.target.path, data)
-            assert self.header is not None
-            # From here its digests are read from the staged copy (4 MB for a 1 GiB image in 16 KiB chunks).
-            self.header = self.header.on_file(slotindex.staged(self.opts.state_dir, self.target.path))
+            # From here its digests are read from the staged copy (4 MB for a 1 GiB image in 16 KiB chunks),
+            # and the mapping goes before _locate loads an HTTP client.
+            header = header.on_file(slotindex.staged(self.opts.state_dir, self.target.path))
+            if isinstance(data, mmap.mmap):
+                data.close()
+        self._found(header)
 
     def check_header(self, data: "bytes | mmap.mmap") -> None:
         """The header member's bytes: the signed one, usable, small enough for the target."""
+        self._found(self._checked(data))
+
+    def _checked(self, data: "bytes | mmap.mmap") -> zck.ZckHeader:
         limits = zck.Limits()
         assert self.image.sha256 is not None  # planning requires it: delta images need a signed bundle
         header = zck.verify_signed(data, self.image.sha256, name=f"image {self.name!r}", limits=limits)
@@ -152,6 +158,10 @@ class DeltaInstall:
         if header.index.image_length > self.target.capacity:
             raise ImageTooLarge(f"the delta image has {header.index.image_length} bytes, more than the "
                                 f"{self.target.capacity} of {self.target.description}", self.name)
+        return header
+
+    def _found(self, header: zck.ZckHeader) -> None:
+        """A checked header: where its chunks come from."""
         self.header = header
         self._locate(header)
         log.info("%s: delta image of %d bytes in %d chunks for %s, chunks from %s", self.name,
