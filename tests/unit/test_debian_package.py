@@ -19,7 +19,7 @@ from tests.conftest import one_error, run_cli
 REPO = Path(__file__).resolve().parents[2]
 DEBIAN = REPO / "debian"
 # Module otad imports -> the Debian package that provides it.
-DEBIAN_PACKAGES = {"asn1crypto": "python3-asn1crypto", "cryptography": "python3-cryptography",
+DEBIAN_PACKAGES = {"asn1crypto": "python3-asn1crypto", "certifi": "python3-certifi", "cryptography": "python3-cryptography",
                    "libconf": "python3-libconf", "requests": "python3-requests", "urllib3": "python3-urllib3",
                    "zstandard": "python3-zstandard", "systemd": "python3-systemd"}
 OPTIONAL = {"systemd"}  # imported inside try/except ImportError (otad/notify.py): Suggests
