@@ -1,9 +1,10 @@
 """What a source (the booted slot, an image file) already holds of a target image, and where.
 
 Owns reading a source once, with bounded memory, and matching its bytes to the target's chunk
-digests, three ways: from a chunk index of the source (a cached header, or one made here by
-libzck or the pure-Python chunker: the `compatible` profile, SWUpdate's exact rule), or by
-hashing a fixed-size window at every 4 KiB offset (the `fine` profile). The result is a
+digests, three ways: from the source's chunks as they come (a cached header's entries, or cut
+here by libzck or the pure-Python chunker: the `compatible` profile, SWUpdate's exact rule), or
+by hashing a fixed-size window at every 4 KiB offset (the `fine` profile), each looked up in the
+target's digest table (TargetTable); nothing is kept per source chunk. The result is a
 `SourceMatch`: a source offset per target chunk. Verifying those bytes again when they are
 copied, and deciding what to fetch, belong to the assembler and the planner.
 """
