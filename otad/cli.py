@@ -52,13 +52,13 @@ class _HelpFormatter(argparse.HelpFormatter):
     help lines was half of `otad --help` on a Pi Zero. The output is the same as textwrap's."""
 
     def _split_lines(self, text: str, width: int) -> Any:
-        one = self._whitespace_matcher.sub(" ", text).strip()  # type: ignore[attr-defined]
+        one = self._whitespace_matcher.sub(" ", text).strip()
         if len(one) <= width:
             return [one] if one else []
         return super()._split_lines(text, width)
 
     def _fill_text(self, text: str, width: int, indent: str) -> str:
-        one = indent + self._whitespace_matcher.sub(" ", text).strip()  # type: ignore[attr-defined]
+        one = indent + self._whitespace_matcher.sub(" ", text).strip()
         if len(one) <= width and one.strip():
             return one
         return super()._fill_text(text, width, indent)
