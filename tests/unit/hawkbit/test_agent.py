@@ -778,3 +778,25 @@ def test_network_waits_fit_inside_the_watchdogs(rig: Rig, monkeypatch: pytest.Mo
     assert (settings_from_config(slow).connect_timeout_s, settings_from_config(slow).read_timeout_s) == (15, 15)
     hardware = slow.replace("watchdog", enabled=True, timeout_s=15)
     assert settings_from_config(hardware).read_timeout_s == 3.75
+
+
+def test_an_idle_wait_wakes_only_as_often_as_the_watchdogs_need(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Waking every second cost an idle Pi Zero 0.8 s of CPU per poll (docs/performance.md)."""
+    monkeypatch.delenv("WATCHDOG_USEC", raising=False)
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+
+    def sleeps(cfg: otad_config.Config) -> List[float]:
+        asked: List[float] = []
+
+        def sleep(seconds: float) -> None:
+            asked.append(round(seconds, 1))
+            rig.clock.sleep(seconds)
+
+        Agent(cfg, AgentOptions(once=False, reboot=False, sleep=sleep, monotonic=rig.clock.now)).wait(100)
+        return asked
+
+    cfg = rig.config()
+    assert sleeps(cfg) == [60.0, 40.0]  # nothing to feed
+    assert sleeps(cfg.replace("watchdog", enabled=True, timeout_s=15)) == [3.8] * 26 + [2.5]  # a quarter of 15 s
+    monkeypatch.setenv("WATCHDOG_USEC", "60000000")  # otad.service: WatchdogSec=60, WATCHDOG=1 due every 30 s
+    assert sleeps(cfg) == [15.0] * 6 + [10.0]
