@@ -188,7 +188,9 @@ if want delta && [ -d $D ]; then
     local got=$(sha256sum $D/dev/mmcblk0p3 | cut -d' ' -f1) rc=$(field $R/$tag.time 'Exit status') ok=no
     [ "$got" = "$V2_SHA" ] && [ "$rc" = 0 ] && ok=yes
     echo "$tag kind=otad rc=$rc ok=$ok wall=$(secs $R/$tag.time) user=$(field $R/$tag.time 'User time') sys=$(field $R/$tag.time 'System time') rss_kb=$(field $R/$tag.time 'Maximum resident') sync_s=$(echo "$t2 $t1" | awk '{printf "%.2f",$1-$2}') board_cpu=$(jiffies $b1 $b0)" | tee -a $SUM
-    echo "$tag: $(grep -E 'reused|fetched' $R/$tag.log | tail -1 | cut -d' ' -f2-)" >> $R/delta-said.txt
+    said() { grep -E "$1" $R/$tag.log | tail -1 | cut -d' ' -f2- | sed -e 's/^otad: INFO: //' -e "s|$D/dev/||g"; }
+    echo "$tag: $(said 'reused|fetched')" >> $R/delta-said.txt  # what it did
+    echo "$tag-plan: $(said ': source .*: reuse')" >> $R/delta-said.txt  # what a Range fetch would take
   }
   cat $D/v2.swu > /dev/null; echo "bundle: $(stat -c %s $D/v2.swu) bytes" >> $R/delta-said.txt
   fresh; dinstall delta-full $D/full.conf
@@ -217,6 +219,13 @@ if want idle && grep -q '^iface sl0' /etc/network/interfaces; then
   for i in $(seq 1 60); do [ "$(polls)" -ge 3 ] && break; sleep 2; done  # registered, warmed up
   for i in $(seq 0 ${IDLE_SAMPLES:-8}); do sample $i; [ $i = ${IDLE_SAMPLES:-8} ] || sleep 15; done
   kill $P; sleep 2; cp $RUNLOG $R/run.log
+  # Where a poll's CPU goes: the same daemon under cProfile for ~60 s (not in the figures above).
+  (python3 -m cProfile -o $R/idle.prof /usr/bin/otad --config /root/run.conf run > /run/otad-bench-prof.log 2>&1 \
+     < /dev/null & echo $! > /run/otad-bench.pid)
+  P=$(cat /run/otad-bench.pid); sleep 75; kill $P
+  for i in $(seq 1 30); do [ -e /proc/$P ] || break; sleep 1; done
+  python3 -c "import pstats; pstats.Stats('$R/idle.prof').sort_stats('tottime').print_stats(25)" > $R/idle-profile-tottime.txt 2>&1
+  python3 -c "import pstats; pstats.Stats('$R/idle.prof').sort_stats('cumulative').print_stats(40)" > $R/idle-profile-cum.txt 2>&1
 fi
 echo BENCH-DONE | tee -a $SUM
 """
@@ -488,7 +497,8 @@ def run_on_board(card_path: Path, outdir: Path, runs: int, parts: str = "all") -
                     board.sh(f"bash /root/bench.sh {runs} {parts} > /root/bench.out 2>&1", timeout=3600)
                     texts = {}
                     for name in ("summary.txt", "importtime.log", "importtime-help.log", "profile-tottime.txt",
-                                 "profile-cum.txt", "delta-said.txt", "run.log", "ifup.log"):
+                                 "profile-cum.txt", "delta-said.txt", "run.log", "ifup.log",
+                                 "idle-profile-tottime.txt", "idle-profile-cum.txt"):
                         texts[name] = board.sh(f"cat /root/results/{name}", timeout=300, check=False)
                     board.sh("sync")
                 try:  # what the server saw of the idle daemon
@@ -754,10 +764,12 @@ def delta_section(rows: Dict[str, Dict[str, str]], texts: Dict[str, str]) -> Lis
              "tool added), its self-contained bundle (sw-description, the zck header, the zck body last; "
              f"{said.get('bundle', '?')}), `otad install` on a file-backed A/B device on the card's data partition "
              "as delta_device builds it (slot a = v1 and booted, slot b = 0x5a, the target; a fresh state and env "
-             "before each install). No server: the chunks the source lacks are read from the bundle's last member "
-             "(`fetched` is what a device would download by Range from the bundle's link). Measured as the installs "
-             "above; the slot's sha256 is v2's in every counted row.", "",
-             "| install | wall s | wall + sync s | process CPU s (user / sys) | board CPU s | peak RSS MB | otad's summary |",
+             "before each install). No server: the chunks the source lacks are read from the bundle's last member, "
+             "which `otad install` of a local file reads whole (`fetched … with the bundle`); otad's plan line says "
+             "what a device would fetch by Range from the bundle's link instead. Measured as the installs above; the "
+             "slot's sha256 is v2's in every counted row.", "",
+             "| install | wall s | wall + sync s | process CPU s (user / sys) | board CPU s | peak RSS MB | otad's plan → "
+             "what it did |",
              "|---|---|---|---|---|---|---|"]
     for tag, label in DELTA_ROWS:
         r = rows.get(tag)
@@ -770,7 +782,7 @@ def delta_section(rows: Dict[str, Dict[str, str]], texts: Dict[str, str]) -> Lis
         lines.append(f"| {label}{ok} | {fmt(wall)} | {fmt(wall + sync if wall is not None and sync is not None else None)}"
                      f" | {fmt(u + sy if u is not None and sy is not None else None)} ({fmt(u)} / {fmt(sy)}) | "
                      f"{fmt(_num(r, 'board_cpu'))} | {fmt((_num(r, 'rss_kb') or 0) / 1000, 1)} | "
-                     f"{said.get(tag, '–')} |")
+                     f"{said.get(tag + '-plan') or '–'} → {said.get(tag) or '–'} |")
     if "libzck1" in texts.get("delta-said.txt", ""):
         lines += ["", "On the card: " + next(l for l in texts["delta-said.txt"].splitlines() if "libzck1" in l)
                   + " (Debian's swupdate depends on it)."]
