@@ -10,18 +10,26 @@ host (swupdate refuses every bundle at 1970), and runs a guest script that measu
 
   * install of a 64 MiB ext4 image, zstd -10 and gzip -6, CMS-signed, `cpio -H crc`, into a
     regular file /root/slot.img: wall, user+sys CPU and peak RSS (GNU time -v), then a `sync`
-    (swupdate does not fsync; otad does), and the slot's sha256 against the image's;
+    (swupdate does not fsync; otad does), and the slot's sha256 against the image's; the board's
+    busy time (/proc/stat) from the tool's start until after the `sync`, which the CPU goal reads
+    (the card's write-back is otad's sys time but the kernel's for swupdate);
   * the same with a 64 KiB image (each tool's fixed cost);
   * `otad --help`, `otad info` and `otad install` start-up (until its `installing` line, the
     last thing before the first byte is written), warm and after drop_caches (cold);
-  * one `python3 -X importtime` and one cProfile install (not in the tables).
+  * one `python3 -X importtime` and one cProfile install (not in the tables);
+  * issue 12's delta on the board: tests/delta_fixtures.py's f1 (v1 -> v2, 96 MiB ext4) through
+    `otad install` of its self-contained bundle on a file-backed A/B device on the data partition
+    (DELTA_DIR): full, delta with slot a's cached index, delta with libzck indexing the source;
+  * idle `otad run` against a real goosebit on this host over SLIP (tests/pi/slipnet.py; the
+    guest reaches only that port): CPU per poll and RSS from /proc/PID, then the same daemon
+    under cProfile (where a poll's CPU goes, not in the tables).
 
 Results go to OUTDIR (default: a directory under /tmp, printed) and, unless --no-report, into
 the Pi section of docs/performance.md (between its `bench:pi` markers; the rest is untouched).
 Emulated means TCG on a shared 2-core x86 host: compare ratios from the same run, not absolute
 seconds with a real Pi.
 
-    scripts/bench --pi [--card sd.img] [--runs 3] [--keep] [--outdir DIR] [--no-report]
+    scripts/bench --pi [--card sd.img] [--runs 3] [--keep] [--outdir DIR] [--no-report] [--parts delta,idle]
 
 Waits until no other emulated board (qemu-system-arm) runs: QEMU is CPU-bound and another
 board would distort every number. Needs root (loop mount + chroot to install swupdate; armel
@@ -219,10 +227,10 @@ if want idle && grep -q '^iface sl0' /etc/network/interfaces; then
   for i in $(seq 1 60); do [ "$(polls)" -ge 3 ] && break; sleep 2; done  # registered, warmed up
   for i in $(seq 0 ${IDLE_SAMPLES:-8}); do sample $i; [ $i = ${IDLE_SAMPLES:-8} ] || sleep 15; done
   kill $P; sleep 2; cp $RUNLOG $R/run.log
-  # Where a poll's CPU goes: the same daemon under cProfile for ~60 s (not in the figures above).
+  # Where an idle daemon's CPU goes: the same daemon under cProfile for 150 s (not in the figures above).
   (python3 -m cProfile -o $R/idle.prof /usr/bin/otad --config /root/run.conf run > /run/otad-bench-prof.log 2>&1 \
      < /dev/null & echo $! > /run/otad-bench.pid)
-  P=$(cat /run/otad-bench.pid); sleep 75; kill $P
+  P=$(cat /run/otad-bench.pid); sleep 150; kill $P  # its first poll comes after a random first delay
   for i in $(seq 1 30); do [ -e /proc/$P ] || break; sleep 1; done
   python3 -c "import pstats; pstats.Stats('$R/idle.prof').sort_stats('tottime').print_stats(25)" > $R/idle-profile-tottime.txt 2>&1
   python3 -c "import pstats; pstats.Stats('$R/idle.prof').sort_stats('cumulative').print_stats(40)" > $R/idle-profile-cum.txt 2>&1
@@ -632,13 +640,13 @@ def report(rows: Dict[str, Dict[str, str]], texts: Dict[str, str], versions: str
              "`installed-directly`, `sha256`, selection `stable,copy1`, CMS-signed (RSA-2048), `cpio -o -H crc`, "
              "target the regular file /root/slot.img; and a 64 KiB image (each tool's fixed cost). Each install "
              "starts from a fresh `truncate` + `sync`; `sync` right after it is timed separately (swupdate does "
-             "not fsync; otad fdatasyncs every 32 MiB and at the end). Every counted install wrote the right bytes "
+             "not fsync; otad starts the write-back of every 4 MiB and fdatasyncs every 32 MiB and at the end). Every counted install wrote the right bytes "
              "(sha256 of the slot against the image's). Process CPU = user+sys of the tool and its children (GNU "
              "time), with user and sys apart; board CPU = the board's busy time from /proc/stat (user, nice, system, "
              "irq, softirq; not idle or iowait) from the tool's start until the data is on the card (after the "
-             "`sync`): otad fdatasyncs in its own process, so the card's write-back is charged to its sys time, while "
-             "swupdate's runs in the kernel's flusher threads and in the `sync`, which its process CPU does not "
-             "count; the board CPU counts both the same way (and also the shell's timestamping of the log lines). "
+             "`sync`): otad starts and waits for the card's write-back in its own process, swupdate leaves it to the "
+             "kernel's flusher threads and the `sync`, which its process CPU does not count; the board CPU counts "
+             "both the same way (and also the shell's timestamping of the log lines). "
              "RSS = GNU time's maximum resident set "
              f"(largest single process). {runs} runs per tool and codec, interleaved (otad first in odd runs, "
              "swupdate first in even ones), bundles in the page cache; median (min–max).", ""]
@@ -715,9 +723,10 @@ def report(rows: Dict[str, Dict[str, str]], texts: Dict[str, str], versions: str
     idle = idle_figures(rows)
     lines += [f"| idle `otad run` RSS and CPU per poll | {idle} | no goal (issue 11 asks for the figure) |", "",
               "The CPU goal reads the board's CPU until the data is on the card, not the tools' process CPU (ratios "
-              f"{fmt(ratios['zstd']['cpu'])}× zstd, {fmt(ratios['zlib']['cpu'])}× gzip above): otad's fdatasync makes "
-              "it pay for the card's write-back in its own sys time, which swupdate leaves to the kernel's flusher "
-              "threads and the `sync` after it, so only the board's total compares the same work.", ""]
+              f"{fmt(ratios['zstd']['cpu'])}× zstd, {fmt(ratios['zlib']['cpu'])}× gzip above): otad writes the card "
+              "back in its own process (fadvise and fdatasync), swupdate in the kernel's flusher threads and the "
+              "`sync` after it, which its process CPU does not count, so only the board's total compares the same "
+              "work.", ""]
     lines += delta_section(rows, texts)
     lines += ["### Where otad's start-up goes on the board (one `-X importtime` install, inflated by the measurement)",
               ""]
