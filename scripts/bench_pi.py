@@ -324,7 +324,7 @@ def build_bundles(work: Path) -> Dict[str, Path]:
     tiny = work / "tiny.img"
     tiny.write_bytes(os.urandom(64 << 10))
     (work / "sums.txt").write_text(f"{sha256_file(image)}  rootfs.ext4\n{sha256_file(tiny)}  tiny.img\n")
-    files = {
+    return {
         "B-zstd.swu": build_bundle(work, "B-zstd", image, "rootfs.ext4.zst", ["zstd", "-q", "-10", "-c"], "zstd",
                                    "/root/slot.img", pki),
         "B-zlib.swu": build_bundle(work, "B-zlib", image, "rootfs.ext4.gz", ["gzip", "-6", "-n", "-c"], "zlib",
@@ -335,7 +335,6 @@ def build_bundles(work: Path) -> Dict[str, Path]:
         "sums.txt": work / "sums.txt",
         "bench-delta": delta_files(work, pki),
     }
-    return files
 
 
 DELTA_DIR = "/var/lib/otad/bench-delta"  # on the card's data partition (p4): the slots fit there
@@ -375,7 +374,7 @@ def delta_files(work: Path, pki: Tuple[Path, Path, Path]) -> Path:
     shutil.copyfile(fx.v1, d / "dev" / "mmcblk0p2")
     with open(d / "dev" / "mmcblk0p3", "wb") as f:
         f.write(b"\x5a" * fx.v1.stat().st_size)
-    ca, signer, key = pki
+    _ca, signer, key = pki
     delta_fixtures.self_contained(fx, d / "v2.swu", SimpleNamespace(signer_cert=signer, signer_key=key,
                                                                    chain_pem=None))
     shutil.rmtree(d / "v2.swu.d")
@@ -400,6 +399,7 @@ def bench_card(golden: Path, work: Path, files: Dict[str, Path]) -> Path:
     """A copy of the card with swupdate and GNU time installed in slot a (p2), both daemons off
     at boot, and the bench files in /root."""
     from tests.pi.card import Card
+    from tests.pi.server import FREE_THE_PL011
 
     card = Card.copy_of(golden, work / "bench-sd.img")
     part = card.partition(2)
@@ -459,10 +459,23 @@ def bench_card(golden: Path, work: Path, files: Dict[str, Path]) -> Path:
     finally:
         sh(["umount", mnt])
     card.prepare_for_emulator(os.environ.get("OTAD_PI_BOOTARGS", ""))
-    from tests.pi.server import FREE_THE_PL011
-
     card.set_env({"otad_fdt_fixup": FREE_THE_PL011})  # the PL011 as ttyAMA0, for SLIP
     return card.path
+
+
+def replace_guest_script(card_path: Path, mnt: Path) -> None:
+    """This guest script on a kept bench card. Through a mount, not debugfs: the last run ended
+    with a power cut, and the kernel's journal replay at the next boot would undo what debugfs
+    wrote beside an unreplayed journal (the old script ran again)."""
+    from tests.pi.card import Card
+
+    part = Card(card_path).partition(2)
+    mnt.mkdir(exist_ok=True)
+    sh(["mount", "-o", f"loop,offset={part.start},sizelimit={part.size}", card_path, mnt])
+    try:
+        (mnt / "root" / "bench.sh").write_text(GUEST_SCRIPT)
+    finally:
+        sh(["umount", mnt])
 
 
 def network(root: Path) -> None:
@@ -640,8 +653,8 @@ def report(rows: Dict[str, Dict[str, str]], texts: Dict[str, str], versions: str
              "`installed-directly`, `sha256`, selection `stable,copy1`, CMS-signed (RSA-2048), `cpio -o -H crc`, "
              "target the regular file /root/slot.img; and a 64 KiB image (each tool's fixed cost). Each install "
              "starts from a fresh `truncate` + `sync`; `sync` right after it is timed separately (swupdate does "
-             "not fsync; otad starts the write-back of every 4 MiB and fdatasyncs every 32 MiB and at the end). Every counted install wrote the right bytes "
-             "(sha256 of the slot against the image's). Process CPU = user+sys of the tool and its children (GNU "
+             "not fsync; otad starts the write-back of every 4 MiB and fdatasyncs every 32 MiB and at the end). "
+             "Every counted install wrote the right bytes (sha256 of the slot against the image's). Process CPU = user+sys of the tool and its children (GNU "
              "time), with user and sys apart; board CPU = the board's busy time from /proc/stat (user, nice, system, "
              "irq, softirq; not idle or iowait) from the tool's start until the data is on the card (after the "
              "`sync`): otad starts and waits for the card's write-back in its own process, swupdate leaves it to the "
@@ -859,10 +872,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="otad-bench-pi-"))
     try:
         if args.bench_card:
-            from tests.pi.card import Card
-
             bench, kept = args.bench_card, args.bench_card.parent
-            Card(bench).ext4_write(2, "/root/bench.sh", GUEST_SCRIPT.encode(), mode=0o755)
+            replace_guest_script(bench, work / "mnt")
             files = {name: kept / name for name in ("B-tiny.swu", "ca.pem")}
             shutil.copyfile(kept / "versions.txt", outdir / "versions.txt")
         else:
