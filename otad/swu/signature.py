@@ -270,7 +270,7 @@ def _extensions(tbs: Any) -> Dict[str, Any]:
         oid = ext["extn_id"].dotted
         if oid in found:
             raise ValueError(f"extension {ext['extn_id'].native} appears twice")
-        ext["critical"].native
+        ext["critical"].native  # a BOOLEAN that is not one fails here
         value = ext["extn_value"].parsed
         if value is not None:
             value.native  # parses the whole value
@@ -311,7 +311,7 @@ def _read_cert(der: bytes) -> _Cert:
         common_names=_name_values(tbs["subject"], _COMMON_NAME),
         not_before=validity["not_before"].native, not_after=validity["not_after"].native,
         v1=tbs["version"].native == "v1",
-        ca=bc["ca"].native if bc else None, pathlen=bc["path_len_constraint"].native if bc else None,
+        ca=None if bc is None else bc["ca"].native, pathlen=None if bc is None else bc["path_len_constraint"].native,
         key_usage=None if ku is None else frozenset(_KEY_USAGES[n] for n in ku.native if n in _KEY_USAGES),
         eku=None if eku is None else frozenset(purpose.dotted for purpose in eku),
         public_key=_public_key(tbs["subject_public_key_info"]), tbs=tbs.dump(),
