@@ -12,6 +12,7 @@ callers fall back to hashlib (and to restarting downloads from the first byte).
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Dict, Optional
 
@@ -36,13 +37,21 @@ ALGORITHMS: Dict[str, _Algorithm] = {
 
 
 class _Libcrypto:
-    def __init__(self) -> None:
-        import ctypes
-        import ctypes.util
+    """The libcrypto hashlib has loaded, else one by its usual names; ctypes.util.find_library
+    only last: it runs ldconfig (and gcc) as subprocesses, 2 s of `otad install`'s start on a Pi Zero."""
 
-        self.lib: Optional[ctypes.CDLL] = None
-        path = ctypes.util.find_library("crypto")
-        for candidate in filter(None, (path, "libcrypto.so.3", "libcrypto.so.1.1")):
+    def __init__(self) -> None:
+        self.lib: Optional[ctypes.CDLL] = self._load(_hashlibs_libcrypto(), "libcrypto.so.3", "libcrypto.so.1.1")
+        if self.lib is None:
+            import ctypes.util
+
+            self.lib = self._load(ctypes.util.find_library("crypto"))
+
+    @staticmethod
+    def _load(*candidates: Optional[str]) -> Optional[ctypes.CDLL]:
+        import ctypes
+
+        for candidate in filter(None, candidates):
             try:
                 lib = ctypes.CDLL(candidate)
                 for algorithm in ALGORITHMS.values():
@@ -50,8 +59,22 @@ class _Libcrypto:
                         getattr(lib, algorithm.prefix + suffix)
             except (OSError, AttributeError):
                 continue
-            self.lib = lib
-            break
+            return lib
+        return None
+
+
+def _hashlibs_libcrypto(maps: str = "/proc/self/maps") -> Optional[str]:
+    """The path of the libcrypto mapped into this process (hashlib's), if any."""
+    try:
+        import _hashlib  # noqa: F401  # hashlib's OpenSSL module: maps libcrypto
+        with open(maps) as f:
+            for line in f:
+                path = line.split(None, 5)[-1].strip()
+                if os.path.basename(path).startswith("libcrypto.so"):
+                    return path
+    except (ImportError, OSError):
+        pass
+    return None
 
 
 _LIBCRYPTO: Optional[_Libcrypto] = None

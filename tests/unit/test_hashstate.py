@@ -49,3 +49,29 @@ def test_new_hash_falls_back_to_hashlib_for_other_algorithms() -> None:
     md5 = new_hash("md5")
     md5.update(b"x")
     assert md5.hexdigest() == hashlib.md5(b"x").hexdigest()
+
+
+def test_libcrypto_is_found_without_running_a_process() -> None:
+    """find_library runs ldconfig and gcc: 2 s of a zstd install's start on the emulated Pi Zero."""
+    import subprocess
+    import sys
+
+    code = ("import subprocess\n"
+            "def refuse(*a, **k): raise AssertionError('a process was started')\n"
+            "subprocess.Popen = refuse\n"
+            "from otad import hashstate\n"
+            "assert hashstate.available()\n"
+            "print(hashstate._hashlibs_libcrypto())\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "libcrypto.so" in done.stdout
+
+
+def test_hashlibs_libcrypto_is_read_from_the_process_maps(tmp_path) -> None:
+    maps = tmp_path / "maps"
+    maps.write_text("7f00-7f10 r-xp 00000000 08:01 1234 /usr/lib/x86_64-linux-gnu/libssl.so.3\n"
+                    "7f10-7f20 r-xp 00000000 08:01 1235 /opt/my lib/libcrypto.so.3\n"
+                    "7f20-7f30 rw-p 00000000 00:00 0 \n")
+    assert hashstate._hashlibs_libcrypto(str(maps)) == "/opt/my lib/libcrypto.so.3"
+    maps.write_text("7f20-7f30 rw-p 00000000 00:00 0 [heap]\n")
+    assert hashstate._hashlibs_libcrypto(str(maps)) is None
