@@ -238,7 +238,8 @@ class DeltaInstall:
                 candidates[i] = 1
         journal = self._journal()
         if journal is not None:
-            candidates[:min(journal.next_chunk, len(index))] = b"\x01" * min(journal.next_chunk, len(index))
+            written = min(journal.next_chunk, len(index))
+            candidates[:written] = b"\x01" * written
             log.info("%s: an interrupted install of this image wrote %d chunks: checking them in %s", self.name,
                      journal.next_chunk, self.target.description)
         for i in self._same_offset(index):
@@ -422,10 +423,8 @@ def _read_member(member: CpioMember, limit: int) -> "mmap.mmap | bytes":
     """A member's bytes (at most `limit`) in an anonymous mapping, not the heap: the header of a
     1 GiB image in 16 KiB chunks is 4.5 MB, and a freed heap block that big raises glibc's mmap
     threshold, after which the 1 MiB read blocks of the install stay in the heap and its RSS grows."""
-    if member.remaining == 0:
-        return member.read_all(limit)
-    if member.remaining > limit:
-        return member.read_all(limit)  # refused there, in its words
+    if member.remaining == 0 or member.remaining > limit:
+        return member.read_all(limit)  # an empty member, or one refused there in its words
     buf = mmap.mmap(-1, member.remaining)
     for piece in member.chunks(READ_BYTES):
         buf.write(piece)
